@@ -1,0 +1,1 @@
+"""Analyze: parameters, sizes and MACs of a model, per layer and in total."""

@@ -1,0 +1,238 @@
+"""The ``repfx-deploy`` commands. Each is a thin shell over a pipeline function; see ``--help``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from repfx_deploy.cli.output import emit_json, handle_errors, setup_logging, stderr, stdout
+
+app = typer.Typer(
+    name="repfx-deploy",
+    help="Compress a trained PyTorch model, lower it to ONNX, compile it with TVM for a device, measure it, report it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Options shared by the commands that read a model.
+Arch = Annotated[str | None, typer.Option("--arch", help="module:callable that builds the model a state_dict belongs to.")]
+PythonPath = Annotated[list[Path] | None, typer.Option("--python-path", help="Folder to import --arch from (repeatable).")]
+TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled nn.Module. Unpickling runs code: only for files you trust.")]
+InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="Input shape, e.g. 1,3,32,32 or x=1,3,32,32:float32 (repeat for several inputs).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")]
+Target = Annotated[str | None, typer.Option("--target", help="Device profile name (see `repfx-deploy targets`).")]
+TargetFile = Annotated[Path | None, typer.Option("--target-file", help="A device profile TOML file not in targets/.")]
+Threads = Annotated[int, typer.Option("--threads", min=0, help="Intra-op threads (0: the target's default).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
+
+
+def _load_options(arch, python_path, trust_pickle, input_shape):
+    from repfx_deploy.ingest.loader import LoadOptions
+    from repfx_deploy.spec import parse_input_shapes
+
+    return LoadOptions(
+        arch=arch,
+        python_path=tuple(python_path or ()),
+        trust_pickle=trust_pickle,
+        input_specs=parse_input_shapes(input_shape or []),
+    )
+
+
+@app.command()
+@handle_errors
+def inspect(
+    model: Annotated[Path, typer.Argument(help="Model file: state_dict (.pt/.pth with --arch), .pt2, TorchScript or .onnx.")],
+    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
+    json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Parameters, size, MACs per layer and in total, input and output shapes."""
+    setup_logging(verbose)
+    from repfx_deploy.analyze.onnx_stats import onnx_stats
+    from repfx_deploy.analyze.torch_stats import torch_stats
+    from repfx_deploy.ingest.loader import load_model
+
+    loaded = load_model(model, _load_options(arch, python_path, trust_pickle, input_shape))
+    stats = torch_stats(loaded.module, loaded.input_specs) if loaded.is_torch else onnx_stats(loaded.onnx_path)
+    doc = {"model": str(model), "format": loaded.format, "sha256": loaded.sha256, **stats.to_dict()}
+    if json_out:
+        return emit_json(doc)
+    from rich.table import Table
+
+    table = Table(title=f"{model} ({loaded.format})")
+    for col in ("layer", "type", "MACs", "params"):
+        table.add_column(col, justify="right" if col in ("MACs", "params") else "left")
+    for layer in stats.layers:
+        table.add_row(layer.name, layer.kind, f"{layer.macs:,}", f"{layer.params:,}")
+    stdout.print(table)
+    stdout.print(f"total: {stats.params:,} parameters, {stats.size_bytes:,} bytes, {stats.macs:,} MACs")
+    stdout.print(f"inputs: {stats.inputs}\noutputs: {stats.outputs}")
+
+
+@app.command()
+@handle_errors
+def export(
+    model: Annotated[Path, typer.Argument(help="PyTorch model file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .onnx file.")],
+    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17-20).")] = 18,
+    exporter: Annotated[str, typer.Option(help="auto, dynamo or torchscript.")] = "auto",
+    data: Annotated[Path | None, typer.Option("--data", help="Real inputs (.npz with x) to verify on, besides random ones.")] = None,
+    force: Force = False, json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Export to ONNX (checked, shape-inferred, constant-folded) and verify it against torch with ONNX Runtime."""
+    setup_logging(verbose)
+    from repfx_deploy.atomic import check_output
+    from repfx_deploy.data.tensors import random_inputs
+    from repfx_deploy.errors import InputError
+    from repfx_deploy.ingest.loader import load_model
+    from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
+    from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
+    from repfx_deploy.verify import compare
+
+    check_output(output, force=force)
+    config = ExportConfig(opset=opset, exporter=exporter)  # type: ignore[arg-type]
+    loaded = load_model(model, _load_options(arch, python_path, trust_pickle, input_shape))
+    if not loaded.is_torch:
+        raise InputError(f"{str(model)!r} is already ONNX.", "export takes a PyTorch model; use compile or bench for ONNX files.")
+    samples = [random_inputs(loaded.input_specs, seed=s) for s in range(4)]
+    if data is not None:
+        from repfx_deploy.data.datasets import load_dataset
+        from repfx_deploy.data.preprocess import Preprocess
+
+        ds = load_dataset(data, loaded.input_specs[0], Preprocess(), limit=64)
+        samples += [[b] for b in ds.batches(loaded.input_specs[0].shape[0])[:16]]
+    result = export_onnx(loaded.module, loaded.input_specs, output, config=config, source_sha256=loaded.sha256, force=force)
+    torch_r, ort_r = TorchRunner(loaded.module), OrtRunner(result.path)
+    agreement = compare([torch_r.run(s) for s in samples], [ort_r.run(s) for s in samples], reference_name="torch", candidate_name="onnxruntime")
+    doc = {**result.to_dict(), "source_sha256": loaded.sha256, "inputs": [s.to_dict() for s in loaded.input_specs],
+           "verification": agreement.to_dict()}
+    if json_out:
+        return emit_json(doc)
+    stdout.print(f"wrote {result.path} ({result.size_bytes:,} bytes, opset {result.opset}, {result.exporter} exporter)")
+    stdout.print(f"verified on {agreement.samples} inputs: max abs error {agreement.max_abs_error:.3g}, cosine {agreement.cosine:.8f}")
+
+
+@app.command("compile")
+@handle_errors
+def compile_cmd(
+    model: Annotated[Path, typer.Argument(help="PyTorch model file or .onnx file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the compiled artifact.")],
+    target: Target = None, target_file: TargetFile = None, threads: Threads = 0,
+    tune_trials: Annotated[int, typer.Option("--tune-trials", min=0, help="MetaSchedule trials (0: use the tuning database only).")] = 0,
+    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
+    force: Force = False, json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Compile with TVM for a target into a library the TVM runtime loads alone; verified against ONNX Runtime."""
+    setup_logging(verbose)
+    from repfx_deploy.pipeline.compile import CompileRequest, compile_model
+
+    doc = compile_model(CompileRequest(
+        source=model, out_dir=output, load=_load_options(arch, python_path, trust_pickle, input_shape),
+        target=target or "host", target_file=target_file, threads=threads, tune_trials=tune_trials, force=force,
+    ))
+    if json_out:
+        return emit_json(doc)
+    stdout.print(f"wrote {doc['artifact']['library_path']} for {doc['target']}; "
+                 f"max abs error vs ONNX Runtime {doc['verification']['max_abs_error']:.3g}")
+
+
+@app.command()
+@handle_errors
+def bench(
+    model: Annotated[Path, typer.Argument(help="PyTorch model, .onnx file, or compiled TVM artifact folder.")],
+    target: Target = None, target_file: TargetFile = None, threads: Threads = 0,
+    runtime: Annotated[list[str] | None, typer.Option("--runtime", help="torch, onnxruntime, tvm or all (repeatable).")] = None,
+    warmup: Annotated[int, typer.Option(min=0)] = 10,
+    repeats: Annotated[int, typer.Option(min=3)] = 50,
+    tune_trials: Annotated[int, typer.Option("--tune-trials", min=0)] = 0,
+    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
+    json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Latency on each runtime: warm-up, repeats, median, p90, min, threads, versions and CPU."""
+    setup_logging(verbose)
+    from repfx_deploy.measure.timing import TimingConfig
+    from repfx_deploy.pipeline.bench import BenchRequest
+    from repfx_deploy.pipeline.bench import bench as run_bench
+
+    runtimes = tuple(r for r in (runtime or []) if r != "all")
+    doc = run_bench(BenchRequest(
+        source=model, runtimes=runtimes, load=_load_options(arch, python_path, trust_pickle, input_shape),
+        target=target or "host", target_file=target_file, threads=threads, tune_trials=tune_trials,
+        timing=TimingConfig(warmup=warmup, repeats=repeats, max_repeats=max(2000, repeats)),
+    ))
+    if json_out:
+        return emit_json(doc)
+    from rich.table import Table
+
+    table = Table(title=f"{model} on {doc['target']}, {doc['threads']} thread(s), batch latency")
+    for col in ("runtime", "median ms", "p90 ms", "min ms", "repeats"):
+        table.add_column(col)
+    for name, r in doc["results"].items():
+        st = r["stats"]
+        table.add_row(name, f"{st['median_ms']:.4f}", f"{st['p90_ms']:.4f}", f"{st['min_ms']:.4f}", str(st["repeats"]))
+    stdout.print(table)
+    for v in doc["verification"]:
+        stdout.print(f"{v['candidate']} vs {v['reference']}: max abs error {v['max_abs_error']:.3g}")
+
+
+@app.command()
+@handle_errors
+def targets(json_out: Json = False) -> None:
+    """The known device profiles."""
+    from repfx_deploy.targets import list_profiles
+
+    profiles = {name: p.to_dict() for name, p in sorted(list_profiles().items())}
+    if json_out:
+        return emit_json({"targets": profiles})
+    from rich.table import Table
+
+    table = Table(title="device profiles")
+    for col in ("name", "description", "TVM target", "runtimes"):
+        table.add_column(col)
+    for name, p in profiles.items():
+        table.add_row(name, p["description"], str(p["tvm_target"]), ", ".join(p["runtimes"]))
+    stdout.print(table)
+
+
+@app.command()
+@handle_errors
+def compress(
+    model: Annotated[Path, typer.Argument(help="PyTorch model file (state_dict with --arch, .pt2, TorchScript).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Result folder.")] = Path("repfx-out"),
+    target: Target = None, target_file: TargetFile = None, threads: Threads = 0,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML (passes, data, preprocessing).")] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", help="Calibration data (.npz/.npy, image folder or zip).")] = None,
+    eval_data: Annotated[Path | None, typer.Option("--eval-data", help="Labeled evaluation data, for accuracy before and after.")] = None,
+    tune_trials: Annotated[int | None, typer.Option("--tune-trials", min=0)] = None,
+    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
+    force: Force = False, json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """The main job: ingest -> passes -> ONNX -> TVM -> measure -> report, into one folder."""
+    setup_logging(verbose)
+    from repfx_deploy.pipeline.compress import CompressRequest
+    from repfx_deploy.pipeline.compress import compress as run_compress
+    from repfx_deploy.recipe import load_recipe
+    from repfx_deploy.spec import parse_input_shapes
+
+    loaded_recipe = load_recipe(recipe).with_overrides(
+        target=target, threads=threads or None, tune_trials=tune_trials, arch=arch,
+        input_specs=parse_input_shapes(input_shape or []), calibration=calibration, eval=eval_data,
+    )
+    report = run_compress(CompressRequest(
+        model_path=model, out_dir=output, recipe=loaded_recipe, load=_load_options(arch, python_path, trust_pickle, None),
+        target_file=target_file, force=force,
+    ))
+    if json_out:
+        return emit_json(report)
+    from repfx_deploy.report.markdown import render_markdown
+
+    stdout.print(render_markdown(report))
+    stderr.print(f"results in {output}/")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Data: calibration and evaluation sets, their preprocessing, and input tensors for a signature."""

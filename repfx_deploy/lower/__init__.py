@@ -1,0 +1,1 @@
+"""Lower: torch -> ONNX, checked, shape-inferred, constant-folded, stamped with metadata and verified."""

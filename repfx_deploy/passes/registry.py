@@ -1,0 +1,95 @@
+"""The pass registry: one handler per recipe ``kind``, registered once.
+
+A handler is ``handler(module, options, context) -> PassResult``; ``options`` is the recipe table of that
+pass without ``kind``. Handlers validate their options into their own frozen config and raise ``RecipeError``
+for unknown keys, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from repfx_deploy.errors import PassError, RecipeError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from repfx_deploy.data.datasets import Dataset
+    from repfx_deploy.spec import InputSpec
+
+log = logging.getLogger("repfx_deploy.passes")
+
+# Every kind a recipe may name. A kind without a registered handler is planned but not built yet.
+PASS_KINDS = ("prune", "quantize", "lowrank", "slicegpt", "tokens", "snn")
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the module: the input signature and the data the user gave."""
+
+    input_specs: tuple["InputSpec", ...]
+    calibration: "Dataset | None" = None
+    train: "Dataset | None" = None
+    target_name: str = "host"
+
+
+@dataclass
+class PassResult:
+    """The transformed module and what the pass did (JSON-ready stats for the report)."""
+
+    module: "nn.Module"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[["nn.Module", Mapping[str, Any], PassContext], PassResult]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def register_pass(kind: str) -> Callable[[Handler], Handler]:
+    """Decorator registering ``handler`` for recipe ``kind``; a second registration for a kind is refused."""
+    if kind not in PASS_KINDS:
+        raise ValueError(f"unknown pass kind {kind!r}; add it to PASS_KINDS first")
+
+    def decorate(handler: Handler) -> Handler:
+        if kind in _HANDLERS:
+            raise ValueError(f"a handler for pass kind {kind!r} is already registered ({_HANDLERS[kind].__qualname__})")
+        _HANDLERS[kind] = handler
+        return handler
+
+    return decorate
+
+
+def registered_kinds() -> tuple[str, ...]:
+    return tuple(sorted(_HANDLERS))
+
+
+def check_pass_kind(kind: str) -> None:
+    """Raise ``RecipeError`` for a kind that is unknown or has no handler yet, naming what is available."""
+    if kind not in PASS_KINDS:
+        raise RecipeError(f"Unknown pass kind {kind!r}.", f"Use one of: {', '.join(PASS_KINDS)}.")
+    if kind not in _HANDLERS:
+        available = ", ".join(registered_kinds()) or "none yet"
+        raise RecipeError(
+            f"The pass kind {kind!r} is not available in this version of repfx-deploy (available: {available}).",
+            "Remove that [[passes]] entry from the recipe.",
+        )
+
+
+def apply_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]], ...], context: PassContext) -> tuple["nn.Module", list[dict]]:
+    """Run ``passes`` (``(kind, options)`` pairs) in order; returns the final module and one stats dict per pass."""
+    records = []
+    for index, (kind, options) in enumerate(passes):
+        check_pass_kind(kind)
+        log.info("pass %d: %s", index, kind)
+        try:
+            result = _HANDLERS[kind](module, options, context)
+        except (RecipeError, PassError):
+            raise
+        except Exception as e:
+            raise PassError(f"The {kind} pass failed: {type(e).__name__}: {e}", "Check the pass options in the recipe.") from e
+        module = result.module
+        records.append({"kind": kind, "options": dict(options), "stats": result.stats})
+    return module, records

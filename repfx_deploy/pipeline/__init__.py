@@ -1,0 +1,1 @@
+"""Pipeline: the commands' orchestration of ingest -> passes -> lower -> compile -> measure -> report."""

@@ -1,0 +1,241 @@
+"""``compress``: ingest -> passes -> export -> compile -> bench -> report, into one output folder.
+
+The folder is assembled in a temporary sibling and renamed into place at the end, so a failure leaves no
+half-written result. When TVM cannot compile the model, what was produced before (the ONNX artifact, a report
+saying what failed) is still kept, and the command then fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from repfx_deploy.atomic import atomic_dir, check_output
+from repfx_deploy.data.datasets import Dataset, load_dataset
+from repfx_deploy.data.tensors import random_inputs
+from repfx_deploy.errors import CompileError, InputError
+from repfx_deploy.ingest.loader import LoadedModel, LoadOptions, load_model
+from repfx_deploy.lower.onnx_export import ExportConfig
+from repfx_deploy.measure.timing import TimingConfig
+from repfx_deploy.pipeline.artifacts import Artifacts, build_artifacts
+from repfx_deploy.pipeline.evaluate import fidelity, predictions, top1_accuracy
+from repfx_deploy.recipe import Recipe, dump_recipe
+from repfx_deploy.targets import TargetProfile, get_profile, resolve_tvm_target
+
+log = logging.getLogger("repfx_deploy.pipeline")
+
+VERIFY_BATCHES = 8
+
+
+@dataclass(frozen=True)
+class CompressRequest:
+    model_path: Path
+    out_dir: Path
+    recipe: Recipe
+    load: LoadOptions = LoadOptions()
+    target_file: Path | None = None
+    force: bool = False
+    timing: TimingConfig = TimingConfig()
+    compile_tvm: bool = True
+
+
+@dataclass
+class _Data:
+    calibration: Dataset | None
+    eval: Dataset | None
+    train: Dataset | None
+
+
+def _load_data(recipe: Recipe, loaded: LoadedModel) -> _Data:
+    spec = loaded.input_specs[0]
+    wanted = [p for p in (recipe.data.calibration, recipe.data.eval, recipe.data.train) if p is not None]
+    if wanted and len(loaded.input_specs) != 1:
+        raise InputError("Calibration/evaluation data is only supported for single-input models.", "Drop the [data] paths for this model.")
+    pre = recipe.data.preprocess
+    calibration = (
+        load_dataset(recipe.data.calibration, spec, pre, limit=recipe.data.calibration_samples) if recipe.data.calibration else None
+    )
+    evaluation = load_dataset(recipe.data.eval, spec, pre, limit=recipe.data.eval_samples) if recipe.data.eval else None
+    train = load_dataset(recipe.data.train, spec, pre) if recipe.data.train else None
+    return _Data(calibration, evaluation, train)
+
+
+def _samples(loaded: LoadedModel, data: _Data) -> list[list[np.ndarray]]:
+    """Inputs used to verify artifacts: real calibration batches when given, plus seeded random inputs."""
+    samples: list[list[np.ndarray]] = []
+    if data.calibration is not None:
+        batch = loaded.input_specs[0].shape[0]
+        samples += [[b] for b in data.calibration.batches(batch)[:VERIFY_BATCHES]]
+    samples += [random_inputs(loaded.input_specs, seed=s) for s in range(2)]
+    return samples
+
+
+def _bench(artifacts: Artifacts, module, profile: TargetProfile, inputs: list[np.ndarray], threads: int, timing: TimingConfig) -> dict:
+    from repfx_deploy.measure.bench import bench_runners
+    from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
+
+    runners = []
+    if "torch" in profile.runtimes:
+        runners.append(TorchRunner(module, threads))
+    if "onnxruntime" in profile.runtimes:
+        runners.append(OrtRunner(artifacts.onnx_path, threads))
+    if "tvm" in profile.runtimes and artifacts.tvm_dir is not None:
+        from repfx_deploy.compile.tvm_runtime import load_tvm_runner
+
+        runners.append(load_tvm_runner(artifacts.tvm_dir, threads))
+    return bench_runners(runners, inputs, timing)
+
+
+def _quality(module, artifacts: Artifacts, data: _Data, batch: int, threads: int, reference: dict) -> dict:
+    """Accuracy on eval data (deployed ONNX model) and fidelity to the original on calibration data."""
+    from repfx_deploy.measure.runtimes import OrtRunner
+
+    ort = OrtRunner(artifacts.onnx_path, threads)
+    out: dict = {"accuracy": None, "agreement": None, "fidelity": None}
+    if data.eval is not None and data.eval.labeled:
+        out["accuracy"] = top1_accuracy(predictions(ort, data.eval, batch), data.eval, batch)
+    fid_data = data.calibration or data.eval
+    if fid_data is not None and "calibration" in reference:
+        fid = fidelity(reference["calibration"], predictions(ort, fid_data, batch), reference_name="original (torch)", candidate_name="deployed (onnxruntime)")
+        out["fidelity"] = fid
+        out["agreement"] = fid["top1_agreement"]
+    return out
+
+
+def _summary(stats, artifacts: Artifacts, latency: dict, quality: dict) -> dict:
+    return {
+        "params": stats.params,
+        "macs": stats.macs,
+        "weights_bytes": stats.size_bytes,
+        "size_bytes": artifacts.onnx_path.stat().st_size,
+        "accuracy": quality["accuracy"],
+        "agreement": quality["agreement"],
+        "fidelity": quality["fidelity"],
+        "latency_ms": {name: r["latency_ms"] for name, r in latency.items()},
+        "latency": latency,
+    }
+
+
+def compress(request: CompressRequest) -> dict:
+    """Run the whole job; returns the report (also written to ``out_dir/report.json``)."""
+    from repfx_deploy.analyze.torch_stats import torch_stats
+    from repfx_deploy.passes.registry import PassContext, apply_passes
+    from repfx_deploy.report.writer import write_report
+
+    check_output(request.out_dir, force=request.force)
+    recipe = request.recipe
+    profile = get_profile(recipe.target, request.target_file)
+    started = time.perf_counter()
+    loaded = load_model(request.model_path, LoadOptions(
+        arch=request.load.arch or recipe.arch,
+        python_path=request.load.python_path,
+        trust_pickle=request.load.trust_pickle,
+        input_specs=recipe.input_specs or request.load.input_specs,
+    ))
+    if not loaded.is_torch:
+        raise InputError(
+            f"compress needs a PyTorch model, but {str(request.model_path)!r} is {loaded.format}.",
+            "Pass the trained PyTorch model (a state_dict with --arch, a .pt2 or TorchScript); use `compile`/`bench` for ONNX files.",
+        )
+    recipe = recipe.with_overrides(input_specs=loaded.input_specs, arch=loaded.arch)
+    threads = recipe.threads or profile.threads or 0
+    from repfx_deploy.measure.runtimes import TorchRunner, default_threads
+
+    threads = threads or default_threads()
+    data = _load_data(recipe, loaded)
+    batch = loaded.input_specs[0].shape[0]
+    original = loaded.module
+    assert original is not None
+    baseline_stats = torch_stats(original, loaded.input_specs)
+    reference: dict = {}
+    fid_data = data.calibration or data.eval
+    torch_runner = TorchRunner(original, threads)
+    if fid_data is not None:
+        reference["calibration"] = predictions(torch_runner, fid_data, batch)
+    baseline_accuracy = None
+    if data.eval is not None and data.eval.labeled:
+        baseline_accuracy = top1_accuracy(predictions(torch_runner, data.eval, batch), data.eval, batch)
+
+    context = PassContext(input_specs=loaded.input_specs, calibration=data.calibration, train=data.train, target_name=profile.name)
+    compressed, pass_records = apply_passes(copy.deepcopy(original), recipe.passes, context)
+    compressed_stats = torch_stats(compressed, loaded.input_specs) if pass_records else baseline_stats
+
+    tvm_target = resolve_tvm_target(profile, threads) if request.compile_tvm and "tvm" in profile.runtimes else None
+    export_config = ExportConfig(opset=recipe.opset, exporter=recipe.exporter)  # type: ignore[arg-type]
+    samples = _samples(loaded, data)
+    bench_inputs = samples[0]
+    report: dict = {
+        "status": "ok",
+        "model": {"path": str(loaded.path), "format": loaded.format, "sha256": loaded.sha256, "arch": loaded.arch},
+        "inputs": [s.to_dict() for s in loaded.input_specs],
+        "target": {**profile.to_dict(), "tvm_target_resolved": tvm_target},
+        "threads": threads,
+        "passes": pass_records,
+        "notes": [],
+        "warnings": [],
+    }
+    if fid_data is None:
+        report["notes"].append("No calibration or eval data given: fidelity was not measured on real data.")
+    with atomic_dir(request.out_dir, force=request.force) as tmp:
+        build = dict(samples=samples, export_config=export_config, tvm_target=tvm_target,
+                     tune_trials=recipe.tune_trials, threads=threads, source_sha256=loaded.sha256)
+        art = build_artifacts(compressed, loaded.input_specs, tmp, **build)
+        base_art = build_artifacts(original, loaded.input_specs, tmp / "baseline", **build) if pass_records else art
+        report["verification"] = art.verification
+        report["warnings"] += _verification_warnings(art.verification)
+        report["artifacts"] = _artifact_paths(request.out_dir, tmp, art)
+        report["export"] = art.export
+        report["compile"] = art.compile or None
+        if art.compile_error:
+            report["status"] = "failed at compile"
+            report["error"] = art.compile_error
+            write_report(tmp, report, recipe_toml=dump_recipe(recipe))
+        else:
+            compressed_latency = _bench(art, compressed, profile, bench_inputs, threads, request.timing)
+            baseline_latency = (
+                _bench(base_art, original, profile, bench_inputs, threads, request.timing) if pass_records else compressed_latency
+            )
+            quality = _quality(compressed, art, data, batch, threads, reference)
+            report["baseline"] = _summary(
+                baseline_stats, base_art, baseline_latency,
+                {"accuracy": baseline_accuracy, "agreement": 1.0 if fid_data is not None else None, "fidelity": None},
+            )
+            report["compressed"] = _summary(compressed_stats, art, compressed_latency, quality)
+            if not pass_records:
+                report["notes"].append("The recipe has no passes: the compressed model is the baseline, measured once.")
+            report["elapsed_s"] = round(time.perf_counter() - started, 2)
+            write_report(tmp, report, recipe_toml=dump_recipe(recipe))
+    if report["status"] != "ok":
+        raise CompileError(
+            f"TVM could not compile the model; the ONNX artifact and a report were kept in {str(request.out_dir)!r}. {report['error']}",
+            "See report.md; compile the ONNX artifact again once the operator is supported, or deploy it with ONNX Runtime.",
+        )
+    return report
+
+
+def _verification_warnings(verification: list[dict]) -> list[str]:
+    # float32 kernels differ in summation order; beyond these bounds it is no longer rounding.
+    return [
+        f"{v['candidate']} differs from {v['reference']} by up to {v['max_abs_error']:.3g} (cosine {v['cosine']:.6f})."
+        for v in verification
+        if v["max_abs_error"] > 1e-3 or v["cosine"] < 0.9999
+    ]
+
+
+def _artifact_paths(final: Path, tmp: Path, art: Artifacts) -> dict:
+    def rel(p: Path | None) -> str | None:
+        return str(final / p.relative_to(tmp)) if p is not None else None
+
+    return {
+        "onnx": rel(art.onnx_path),
+        "tvm_library": rel(art.tvm_dir / "model.so") if art.tvm_dir else None,
+        "tvm_manifest": rel(art.tvm_dir / "manifest.json") if art.tvm_dir else None,
+        "report_json": str(final / "report.json"),
+        "report_md": str(final / "report.md"),
+        "recipe": str(final / "recipe.toml"),
+    }

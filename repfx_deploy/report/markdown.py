@@ -1,0 +1,78 @@
+"""Render a compress report as Markdown a person can read in a code review."""
+
+from __future__ import annotations
+
+_RUNTIMES = ("onnxruntime", "tvm", "torch")
+
+
+def _fmt(value, spec: str = "", none: str = "n/a") -> str:
+    if value is None:
+        return none
+    return format(value, spec) if spec else str(value)
+
+
+def _ratio(before, after) -> str:
+    if not before or not after:
+        return "n/a"
+    return f"{before / after:.2f}x"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# repfx-deploy report: {report['model']['path']}", ""]
+    lines.append(f"Status: **{report['status']}**. Target: `{report['target']['name']}` "
+                 f"({report['target']['description']}), {report['threads']} thread(s).")
+    lines.append("")
+    if report.get("error"):
+        lines += ["## Error", "", report["error"], ""]
+    base, comp = report.get("baseline"), report.get("compressed")
+    if base and comp:
+        lines += ["## Before and after", "", "| | baseline | compressed | change |", "|---|---|---|---|"]
+        lines.append(f"| parameters | {base['params']:,} | {comp['params']:,} | {_ratio(base['params'], comp['params'])} fewer |")
+        lines.append(f"| MACs | {base['macs']:,} | {comp['macs']:,} | {_ratio(base['macs'], comp['macs'])} fewer |")
+        lines.append(f"| ONNX size (bytes) | {base['size_bytes']:,} | {comp['size_bytes']:,} | {_ratio(base['size_bytes'], comp['size_bytes'])} smaller |")
+        lines.append(f"| top-1 accuracy | {_pct(base['accuracy'])} | {_pct(comp['accuracy'])} | |")
+        lines.append(f"| top-1 agreement with original | {_pct(base['agreement'])} | {_pct(comp['agreement'])} | |")
+        for rt in _RUNTIMES:
+            b, c = base["latency_ms"].get(rt), comp["latency_ms"].get(rt)
+            if b is not None or c is not None:
+                lines.append(f"| latency {rt} (ms, median, measured) | {_fmt(b, '.4f')} | {_fmt(c, '.4f')} | {_ratio(b, c)} faster |")
+        lines.append("")
+        lines += ["## Latency measurements", "", "| model | runtime | median ms | p90 ms | min ms | repeats | threads |", "|---|---|---|---|---|---|---|"]
+        for label, summary in (("baseline", base), ("compressed", comp)):
+            for rt, r in summary["latency"].items():
+                st = r["stats"]
+                lines.append(f"| {label} | {rt} | {st['median_ms']:.4f} | {st['p90_ms']:.4f} | {st['min_ms']:.4f} | {st['repeats']} | {r['environment']['threads']} |")
+        env = next(iter(comp["latency"].values()), {}).get("environment") if comp["latency"] else None
+        if env:
+            v = env["versions"]
+            lines += ["", f"Measured on {env['cpu']} ({env['machine']}), torch {v['torch']}, onnxruntime {v['onnxruntime']}, "
+                      f"TVM {v['apache-tvm']}."]
+        lines.append("")
+    if report.get("passes"):
+        lines += ["## Passes", ""]
+        for i, p in enumerate(report["passes"]):
+            lines.append(f"{i + 1}. `{p['kind']}` {p['options']}: {p['stats']}")
+        lines.append("")
+    if report.get("verification"):
+        lines += ["## Verification (same inputs, outputs compared)", "", "| reference | candidate | max abs error | cosine | samples |", "|---|---|---|---|---|"]
+        for v in report["verification"]:
+            lines.append(f"| {v['reference']} | {v['candidate']} | {v['max_abs_error']:.3g} | {v['cosine']:.8f} | {v['samples']} |")
+        lines.append("")
+    if report.get("compile"):
+        c = report["compile"]
+        manifest = c.get("manifest", {})
+        lines += ["## TVM build", "", f"- library: `{c.get('library_path')}`"]
+        for key in ("tune_trials", "kernels_tuned", "kernels_untuned", "compile_s"):
+            if key in manifest:
+                lines.append(f"- {key}: {manifest[key]}")
+        lines.append("")
+    if report.get("artifacts"):
+        lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in report["artifacts"].items() if v] + [""]
+    for title, key in (("Warnings", "warnings"), ("Notes", "notes")):
+        if report.get(key):
+            lines += [f"## {title}", ""] + [f"- {x}" for x in report[key]] + [""]
+    return "\n".join(lines)

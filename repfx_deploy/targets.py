@@ -1,0 +1,148 @@
+"""Device profiles: data files in ``targets/``, validated on load; unknown keys are refused.
+
+A profile says how to compile for a device (the TVM target as a JSON dict) and how to run there (threads,
+runtimes). ``host`` is special: its CPU and core count are detected when it is used.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from repfx_deploy.errors import TargetError
+
+_REQUIRED = {"name", "description", "tvm_target"}
+_OPTIONAL = {"threads", "runtimes", "notes"}
+_KNOWN_RUNTIMES = ("torch", "onnxruntime", "tvm")
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """One device.
+
+    ``tvm_target`` is the TVM target JSON dict; the value ``"detect"`` for ``mcpu``/``mtriple``/``num-cores``
+    means "this machine's", resolved at compile time. ``threads`` 0 means every core available.
+    """
+
+    name: str
+    description: str
+    tvm_target: tuple[tuple[str, Any], ...]
+    threads: int = 0
+    runtimes: tuple[str, ...] = _KNOWN_RUNTIMES
+    notes: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("-", "").replace("_", "").isalnum():
+            raise TargetError(f"Target name {self.name!r} must be letters, digits, - and _.", "Rename the profile.")
+        if self.threads < 0:
+            raise TargetError(f"Target {self.name!r}: threads must be >= 0, got {self.threads}.", "Use 0 for all cores.")
+        unknown = [r for r in self.runtimes if r not in _KNOWN_RUNTIMES]
+        if unknown:
+            raise TargetError(f"Target {self.name!r} lists unknown runtimes {unknown}.", f"Use {list(_KNOWN_RUNTIMES)}.")
+        if dict(self.tvm_target).get("kind") != "llvm":
+            raise TargetError(f"Target {self.name!r}: tvm_target.kind must be 'llvm' (CPU targets only).", "Set kind = \"llvm\".")
+
+    @property
+    def target_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.tvm_target}
+
+    @property
+    def is_host(self) -> bool:
+        return any(v == "detect" for _, v in self.tvm_target)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "tvm_target": self.target_dict,
+            "threads": self.threads,
+            "runtimes": list(self.runtimes),
+            "notes": self.notes,
+            "source": self.source,
+        }
+
+
+def targets_dirs() -> list[Path]:
+    """Where profiles are looked up, first match wins: $REPFX_TARGETS_DIR, then the project's ``targets/``."""
+    dirs = []
+    if env := os.environ.get("REPFX_TARGETS_DIR"):
+        dirs.append(Path(env))
+    dirs.append(Path(__file__).resolve().parents[1] / "targets")
+    return [d for d in dirs if d.is_dir()]
+
+
+def load_profile_file(path: Path) -> TargetProfile:
+    """Read and validate one profile file."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise TargetError(f"The target file {str(path)!r} does not exist.", "Check the path given to --target-file.") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise TargetError(f"The target file {str(path)!r} is not valid TOML: {e}", "Fix the syntax.") from e
+    unknown = set(data) - _REQUIRED - _OPTIONAL
+    if unknown:
+        raise TargetError(f"{str(path)!r} has unknown keys {sorted(unknown)}.", f"Allowed keys: {sorted(_REQUIRED | _OPTIONAL)}.")
+    missing = _REQUIRED - set(data)
+    if missing:
+        raise TargetError(f"{str(path)!r} lacks required keys {sorted(missing)}.", "Add them; see targets/host.toml.")
+    if not isinstance(data["tvm_target"], dict):
+        raise TargetError(f"{str(path)!r}: tvm_target must be a table.", "Write it as [tvm_target] with kind, mtriple, mcpu.")
+    tvm_target = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in data["tvm_target"].items())
+    try:
+        return TargetProfile(
+            name=str(data["name"]),
+            description=str(data["description"]),
+            tvm_target=tvm_target,
+            threads=int(data.get("threads", 0)),
+            runtimes=tuple(data.get("runtimes", _KNOWN_RUNTIMES)),
+            notes=str(data.get("notes", "")),
+            source=str(path),
+        )
+    except (TypeError, ValueError) as e:
+        raise TargetError(f"{str(path)!r} has a value of the wrong type: {e}", "See targets/host.toml for the types.") from e
+
+
+def list_profiles() -> dict[str, TargetProfile]:
+    """Every profile found, by name; two files with the same name in one folder are refused."""
+    found: dict[str, TargetProfile] = {}
+    for folder in reversed(targets_dirs()):  # earlier folders override later ones
+        names_here: set[str] = set()
+        for file in sorted(folder.glob("*.toml")):
+            profile = load_profile_file(file)
+            if profile.name in names_here:
+                raise TargetError(f"Two profiles in {str(folder)!r} are named {profile.name!r}.", "Rename one of them.")
+            names_here.add(profile.name)
+            found[profile.name] = profile
+    return found
+
+
+def get_profile(name: str | None = None, target_file: Path | None = None) -> TargetProfile:
+    """The profile named ``name`` (default ``host``), or the one in ``target_file``."""
+    if target_file is not None:
+        return load_profile_file(target_file)
+    profiles = list_profiles()
+    name = name or "host"
+    if name not in profiles:
+        raise TargetError(
+            f"Unknown target {name!r}. Known targets: {', '.join(sorted(profiles)) or 'none'}.",
+            "Pick one of those, or describe your device in a TOML file and pass --target-file.",
+        )
+    return profiles[name]
+
+
+def resolve_tvm_target(profile: TargetProfile, threads: int | None = None) -> dict[str, Any]:
+    """The concrete TVM target dict: ``detect`` values replaced by this machine's (imports TVM)."""
+    target = profile.target_dict
+    if profile.is_host:
+        from repfx_deploy.compile.host import host_target
+
+        detected = host_target(threads or profile.threads or None)
+        target = {k: (detected.get(k) if v == "detect" else v) for k, v in target.items()}
+        target = {k: v for k, v in target.items() if v is not None}
+    if "num-cores" not in target:
+        target["num-cores"] = threads or profile.threads or os.cpu_count() or 1
+    return target
