@@ -65,8 +65,11 @@ def torch_stats(module: "nn.Module", specs: tuple[InputSpec, ...]) -> ModelStats
     params = sum(p.numel() for p in module.parameters())
     size_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    # With grad enabled, MultiheadAttention and TransformerEncoderLayer take their composite path instead of the
+    # fused inference kernel, which FlopCounterMode cannot see into.
+    with torch.enable_grad(), counter:
         out = module(*zeros_for(specs))
+    out = [t.detach() for t in _flatten(out)]
     inclusive = {name: sum(ops.values()) // 2 for name, ops in counter.get_flop_counts().items() if name != "Global"}
     total = sum(counter.get_flop_counts().get("Global", {}).values()) // 2
     root = type(module).__name__
@@ -96,7 +99,7 @@ def torch_stats(module: "nn.Module", specs: tuple[InputSpec, ...]) -> ModelStats
     layers.sort(key=lambda layer: order.get(layer.name, -1))
     outputs = tuple(
         {"name": f"output_{i}", "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-        for i, t in enumerate(_flatten(out))
+        for i, t in enumerate(out)
     )
     return ModelStats(
         params=params,

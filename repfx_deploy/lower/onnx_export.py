@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -121,9 +122,17 @@ def export_onnx(
     )
 
 
+_OPERATOR = re.compile(r"aten(?:::|\.)[A-Za-z_][\w.]*")
+
+
 def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    """The error's first line, plus the ATen operator it names anywhere in its (often long) text."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # exporters colour their messages
+    line = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    ops = sorted(set(_OPERATOR.findall(text)))
+    if ops and not any(op in line for op in ops):
+        line += f" (operator: {', '.join(ops[:3])})"
+    return line
 
 
 def _run_exporter(exporter: str, module, example, names, path: Path, opset: int) -> None:

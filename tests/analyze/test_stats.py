@@ -1,0 +1,39 @@
+import torch.nn as nn
+
+import tiny_models
+from repfx_deploy.analyze.onnx_stats import onnx_stats
+from repfx_deploy.analyze.torch_stats import torch_stats
+from repfx_deploy.spec import InputSpec
+
+
+def test_conv_and_linear_macs_counted_exactly():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    stats = torch_stats(model, (InputSpec("input", (1, 3, 4, 4)),))
+    conv_macs = 8 * 4 * 4 * 3 * 3 * 3
+    assert stats.macs == conv_macs + 128 * 5
+    by_name = {layer.name: layer for layer in stats.layers}
+    assert by_name["0"].macs == conv_macs and by_name["2"].macs == 640
+    assert stats.params == sum(p.numel() for p in model.parameters())
+    assert stats.size_bytes == 4 * stats.params
+
+
+def test_attention_and_functional_matmul_counted_in_layers_that_own_them():
+    stats = torch_stats(tiny_models.TinyAttention().eval(), (InputSpec("input", (1, 4, 8)),))
+    names = {layer.name: layer.macs for layer in stats.layers}
+    assert names["attn"] > 0
+    assert names["(top level)"] == 4 * 4 * 8 + 4 * 8 * 4  # a @ a^T then (.) @ a
+    assert sum(layer.macs for layer in stats.layers) == stats.macs
+
+
+def test_batchnorm_listed_with_params_and_zero_macs(tiny_conv):
+    stats = torch_stats(tiny_conv, (InputSpec("input", (1, 3, 8, 8)),))
+    bn = next(layer for layer in stats.layers if layer.name == "bn")
+    assert bn.macs == 0 and bn.params == 16
+    assert stats.outputs[0]["shape"] == [1, 4]
+
+
+def test_onnx_macs_match_torch_count(tiny_conv, tiny_onnx):
+    torch_count = torch_stats(tiny_conv, (InputSpec("input", (1, 3, 8, 8)),))
+    onnx_count = onnx_stats(tiny_onnx)
+    assert onnx_count.macs == torch_count.macs
+    assert onnx_count.inputs[0]["shape"] == [1, 3, 8, 8]

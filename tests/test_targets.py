@@ -1,0 +1,37 @@
+import pytest
+
+from repfx_deploy.errors import TargetError
+from repfx_deploy.targets import get_profile, list_profiles, load_profile_file
+
+
+def test_host_profile_is_shipped_and_detected():
+    profile = get_profile("host")
+    assert profile.is_host and "tvm" in profile.runtimes
+    assert "host" in list_profiles()
+
+
+def test_unknown_target_names_known_ones():
+    with pytest.raises(TargetError, match="Known targets: .*host"):
+        get_profile("toaster")
+
+
+def test_target_file_with_unknown_key_refused(tmp_path):
+    path = tmp_path / "dev.toml"
+    path.write_text('name = "dev"\ndescription = "d"\nspeed = 3\n[tvm_target]\nkind = "llvm"\n')
+    with pytest.raises(TargetError, match="unknown keys"):
+        load_profile_file(path)
+
+
+def test_target_file_loads_user_device(tmp_path):
+    path = tmp_path / "dev.toml"
+    path.write_text('name = "dev"\ndescription = "a board"\nthreads = 4\n[tvm_target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\nmattr = ["+neon"]\n')
+    profile = get_profile(target_file=path)
+    assert profile.target_dict["mattr"] == ["+neon"] and profile.threads == 4 and not profile.is_host
+
+
+def test_duplicate_profile_names_in_one_folder_refused(tmp_path, monkeypatch):
+    for f in ("a.toml", "b.toml"):
+        (tmp_path / f).write_text('name = "same"\ndescription = "d"\n[tvm_target]\nkind = "llvm"\n')
+    monkeypatch.setenv("REPFX_TARGETS_DIR", str(tmp_path))
+    with pytest.raises(TargetError, match="Two profiles"):
+        list_profiles()
