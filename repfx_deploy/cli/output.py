@@ -71,6 +71,10 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
         except typer.Exit:
             raise
+        except OSError as e:  # a write that failed halfway (disk full, permissions): artifacts were not put in place
+            _report(json_out, "OSError", f"A file operation failed: {e}. Nothing half-written was kept.",
+                    "Check free disk space and write permissions of the output folder, then rerun.")
+            raise typer.Exit(2) from None
         except Exception as e:  # a bug: keep the user-facing contract, offer the traceback on request
             if os.environ.get("REPFX_DEBUG"):
                 raise

@@ -1,0 +1,113 @@
+"""Batch-1 latency on the host: torch eager vs ONNX Runtime vs TVM (default build and tuned), side by side.
+
+For ResNet-20, ResNet-56, LeNet-5 and the CIFAR ViT from ../shared/assets, in one run:
+export -> ONNX Runtime; compile untuned (timed) -> TVM; tune with a stated trial budget (the tuning database
+persists, so a second run reuses it) -> TVM tuned. Prints the latency table and the ratios TVM/ORT and
+TVM/torch. Every figure is a median of many timed calls after warm-up, with the same thread count.
+
+    python benchmarks/runtimes.py [--trials 64] [--models resnet20,lenet5] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+
+
+def load_zoo():
+    if not (ASSETS / "zoo.py").exists():
+        sys.exit(f"needs the shared assets at {ASSETS}")
+    spec = importlib.util.spec_from_file_location("zoo", ASSETS / "zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    return zoo
+
+
+MODELS = {
+    "resnet20": (lambda z: z.cifar10_resnet(20), (1, 3, 32, 32)),
+    "resnet56": (lambda z: z.cifar10_resnet(56), (1, 3, 32, 32)),
+    "lenet5": (lambda z: z.mnist_lenet5(), (1, 1, 32, 32)),
+    "vit": (lambda z: z.cifar10_vit(), (1, 3, 32, 32)),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per model for the tuned build (0: skip)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
+    from repfx_deploy.compile.tvm_runtime import load_tvm_runner
+    from repfx_deploy.data.tensors import random_inputs
+    from repfx_deploy.lower.onnx_export import export_onnx
+    from repfx_deploy.measure.bench import bench_runner
+    from repfx_deploy.measure.environment import environment
+    from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner, default_threads
+    from repfx_deploy.measure.timing import TimingConfig
+    from repfx_deploy.spec import InputSpec
+    from repfx_deploy.targets import get_profile, resolve_tvm_target
+    from repfx_deploy.verify import compare
+
+    zoo = load_zoo()
+    threads = args.threads or default_threads()
+    target = resolve_tvm_target(get_profile("host"), threads)
+    timing = TimingConfig(warmup=20, repeats=100, min_time_s=1.0)
+    rows = []
+    for name in args.models.split(","):
+        build, shape = MODELS[name]
+        model = build(zoo).eval()
+        specs = (InputSpec("input", shape),)
+        inputs = random_inputs(specs)
+        with tempfile.TemporaryDirectory() as scratch:
+            work = Path(scratch)
+            onnx_path = export_onnx(model, specs, work / "m.onnx").path
+            torch_r, ort_r = TorchRunner(model, threads), OrtRunner(onnx_path, threads)
+            row = {"model": name, "threads": threads}
+            row["torch_ms"] = bench_runner(torch_r, inputs, timing)["latency_ms"]
+            row["ort_ms"] = bench_runner(ort_r, inputs, timing)["latency_ms"]
+            reference = [torch_r.run(inputs)]
+            for label, trials in (("default", 0), ("tuned", args.trials)):
+                if label == "tuned" and trials == 0:
+                    continue
+                out = work / label
+                out.mkdir()
+                t0 = time.perf_counter()
+                compile_onnx(onnx_path, out, CompileConfig(target=target, tune_trials=trials))
+                row[f"tvm_{label}_compile_s"] = round(time.perf_counter() - t0, 1)
+                tvm_r = load_tvm_runner(out, threads)
+                row[f"tvm_{label}_ms"] = bench_runner(tvm_r, inputs, timing)["latency_ms"]
+                row[f"tvm_{label}_max_abs_err_vs_torch"] = compare(reference, [tvm_r.run(inputs)], reference_name="torch", candidate_name="tvm").max_abs_error
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+    env = environment(threads)
+    print(f"\nbatch 1, {threads} thread(s), {env['cpu']}; torch {env['versions']['torch']}, "
+          f"onnxruntime {env['versions']['onnxruntime']}, TVM {env['versions']['apache-tvm']}; median ms")
+    print("| model | torch | ORT | TVM default | TVM tuned (trials) | TVM/ORT default | TVM/ORT tuned | TVM/torch best "
+          "| compile default s | max err vs torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        tuned = r.get("tvm_tuned_ms")
+        best = min(x for x in (r["tvm_default_ms"], tuned) if x is not None)
+        tuned_cell = f"{tuned:.3f} ({args.trials})" if tuned is not None else "n/a"
+        tuned_ratio = f"{tuned / r['ort_ms']:.2f}" if tuned is not None else "n/a"
+        print(f"| {r['model']} | {r['torch_ms']:.3f} | {r['ort_ms']:.3f} | {r['tvm_default_ms']:.3f} | {tuned_cell} | "
+              f"{r['tvm_default_ms'] / r['ort_ms']:.2f} | {tuned_ratio} | {best / r['torch_ms']:.2f} | "
+              f"{r['tvm_default_compile_s']} | {r['tvm_default_max_abs_err_vs_torch']:.2g} |")
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""End to end: compress a tiny model into a result folder, and the failure modes around it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from repfx_deploy.errors import CompileError, OutputExistsError
+from repfx_deploy.ingest.loader import LoadOptions
+from repfx_deploy.measure.timing import TimingConfig
+from repfx_deploy.pipeline.compress import CompressRequest, compress
+from repfx_deploy.recipe import load_recipe
+
+FAST = TimingConfig(warmup=2, repeats=5, min_time_s=0.0, remeasure=0)
+
+pytestmark = pytest.mark.tvm
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8), y=rng.integers(0, 4, 12))
+    return path
+
+
+def _recipe(tmp_path, data):
+    path = tmp_path / "recipe.toml"
+    path.write_text(f'''
+input_shape = "1,3,8,8"
+[data]
+calibration = "{data}"
+eval = "{data}"
+calibration_samples = 8
+[data.preprocess]
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+layout = "NCHW"
+''')
+    return load_recipe(path)
+
+
+def _request(tmp_path, tiny_state_dict, fixtures_dir, data, **kw):
+    return CompressRequest(
+        model_path=tiny_state_dict,
+        out_dir=tmp_path / "out",
+        recipe=_recipe(tmp_path, data),
+        load=LoadOptions(arch="tiny_models:TinyConvNet", python_path=(fixtures_dir,)),
+        timing=FAST,
+        **kw,
+    )
+
+
+def test_compress_writes_verified_artifacts_and_report(tmp_path, tiny_state_dict, fixtures_dir, tiny_data):
+    report = compress(_request(tmp_path, tiny_state_dict, fixtures_dir, tiny_data))
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "tvm", "report.json", "report.md", "recipe.toml"}
+    assert (out / "tvm" / "model.so").exists()
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["status"] == "ok"
+    for side in ("baseline", "compressed"):
+        summary = on_disk[side]
+        assert summary["params"] > 0 and summary["macs"] > 0 and summary["size_bytes"] > 0
+        assert set(summary["latency_ms"]) == {"torch", "onnxruntime", "tvm"}
+        assert all(v > 0 for v in summary["latency_ms"].values())
+        assert 0.0 <= summary["accuracy"] <= 1.0
+    assert report["compressed"]["agreement"] == 1.0
+    pairs = {(v["reference"], v["candidate"]): v for v in report["verification"]}
+    assert set(pairs) == {("torch", "onnxruntime"), ("onnxruntime", "tvm"), ("torch", "tvm")}
+    assert all(v["max_abs_error"] < 1e-4 for v in pairs.values())
+    assert "Before and after" in (out / "report.md").read_text()
+    replay = load_recipe(out / "recipe.toml")
+    assert replay.input_specs[0].shape == (1, 3, 8, 8) and replay.arch == "tiny_models:TinyConvNet"
+
+
+def test_compress_refuses_existing_output_without_force(tmp_path, tiny_state_dict, fixtures_dir, tiny_data):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        compress(_request(tmp_path, tiny_state_dict, fixtures_dir, tiny_data))
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_compress_keeps_onnx_and_report_when_tvm_cannot_compile(tmp_path, tiny_state_dict, fixtures_dir, tiny_data, monkeypatch):
+    import repfx_deploy.compile.tvm_build as tvm_build
+
+    def refuse(*args, **kwargs):
+        raise CompileError("TVM's ONNX importer has no converter for operator FancyOp.", "Replace FancyOp.")
+
+    monkeypatch.setattr(tvm_build, "compile_onnx", refuse)
+    with pytest.raises(CompileError, match="ONNX artifact and a report were kept"):
+        compress(_request(tmp_path, tiny_state_dict, fixtures_dir, tiny_data))
+    out = tmp_path / "out"
+    assert (out / "model.onnx").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed at compile" and "FancyOp" in report["error"]
+
+
+def test_compress_leaves_nothing_when_it_crashes_midway(tmp_path, tiny_state_dict, fixtures_dir, tiny_data, monkeypatch):
+    import repfx_deploy.pipeline.compress as pipeline
+
+    def crash(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_report", crash, raising=False)
+    monkeypatch.setattr("repfx_deploy.report.writer.write_report", crash)
+    with pytest.raises(OSError):
+        compress(_request(tmp_path, tiny_state_dict, fixtures_dir, tiny_data))
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
