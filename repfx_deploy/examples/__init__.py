@@ -1,0 +1,1 @@
+"""Small built-in example models with committed weights, used as the toolkit's default input."""
