@@ -12,7 +12,7 @@ import numpy as np
 from repfx_deploy.errors import CompileError
 from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
 from repfx_deploy.spec import InputSpec
-from repfx_deploy.verify import Agreement, compare
+from repfx_deploy.verify import compare
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -56,6 +56,7 @@ def build_artifacts(
     from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("exporting to ONNX: %s", out_dir / "model.onnx")
     result = export_onnx(module, specs, out_dir / "model.onnx", config=export_config, source_sha256=source_sha256)
     artifacts = Artifacts(onnx_path=result.path, export=result.to_dict())
     torch_out = run_all(TorchRunner(module, threads), samples)
@@ -68,6 +69,7 @@ def build_artifacts(
 
     tvm_dir = out_dir / "tvm"
     tvm_dir.mkdir()
+    log.info("compiling with TVM for %s (%d tuning trials)", tvm_target.get("mcpu", tvm_target.get("mtriple")), tune_trials)
     try:
         compiled = compile_onnx(result.path, tvm_dir, CompileConfig(target=tvm_target, tune_trials=tune_trials))
     except CompileError as e:
@@ -76,15 +78,9 @@ def build_artifacts(
         return artifacts
     artifacts.tvm_dir = tvm_dir
     artifacts.compile = compiled.to_dict()
+    log.info("verifying TVM against ONNX Runtime and torch on %d inputs", len(samples))
     tvm_out = run_all(load_tvm_runner(tvm_dir, threads), samples)
     artifacts.verification.append(compare(ort_out, tvm_out, reference_name="onnxruntime", candidate_name="tvm").to_dict())
     artifacts.verification.append(compare(torch_out, tvm_out, reference_name="torch", candidate_name="tvm").to_dict())
     return artifacts
 
-
-def worst(verification: list[dict]) -> Agreement | None:
-    """The comparison with the largest error, for summaries."""
-    if not verification:
-        return None
-    d = max(verification, key=lambda v: v["max_abs_error"])
-    return Agreement(**d)

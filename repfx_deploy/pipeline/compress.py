@@ -147,6 +147,7 @@ def compress(request: CompressRequest) -> dict:
     from repfx_deploy.measure.runtimes import TorchRunner, default_threads
 
     threads = threads or default_threads()
+    log.info("loaded %s (%s), inputs %s", loaded.path, loaded.format, ", ".join(map(str, loaded.input_specs)))
     data = _load_data(recipe, loaded)
     batch = loaded.input_specs[0].shape[0]
     original = loaded.module
@@ -162,6 +163,7 @@ def compress(request: CompressRequest) -> dict:
         baseline_accuracy = top1_accuracy(predictions(torch_runner, data.eval, batch), data.eval, batch)
 
     context = PassContext(input_specs=loaded.input_specs, calibration=data.calibration, train=data.train, target_name=profile.name)
+    log.info("applying %d pass(es)", len(recipe.passes))
     compressed, pass_records = apply_passes(copy.deepcopy(original), recipe.passes, context)
     compressed_stats = torch_stats(compressed, loaded.input_specs) if pass_records else baseline_stats
 
@@ -196,10 +198,12 @@ def compress(request: CompressRequest) -> dict:
             report["error"] = art.compile_error
             write_report(tmp, report, recipe_toml=dump_recipe(recipe))
         else:
+            log.info("measuring latency on %s with %d thread(s)", ", ".join(profile.runtimes), threads)
             compressed_latency = _bench(art, compressed, profile, bench_inputs, threads, request.timing)
             baseline_latency = (
                 _bench(base_art, original, profile, bench_inputs, threads, request.timing) if pass_records else compressed_latency
             )
+            log.info("scoring accuracy and fidelity")
             quality = _quality(compressed, art, data, batch, threads, reference)
             report["baseline"] = _summary(
                 baseline_stats, base_art, baseline_latency,
