@@ -167,6 +167,7 @@ def _load_torch_save(path: Path, options: LoadOptions) -> "nn.Module":
                 "Save only the weights (torch.save(model.state_dict(), ...)) and pass --arch module:callable, "
                 "or, if you trust the file's source, pass --trust-pickle.",
             ) from e
+        _extend_sys_path(options.python_path)
         return _load_pickled_module(path)
     except Exception as e:
         raise ModelLoadError(
@@ -225,14 +226,18 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Any]:
     return state
 
 
-def build_arch(arch: str, python_path: tuple[Path, ...] = ()) -> "nn.Module":
-    """Import ``module:callable`` and call it with no arguments; it must return an ``nn.Module``."""
-    import torch.nn as nn
-
+def _extend_sys_path(python_path: tuple[Path, ...]) -> None:
     for folder in python_path:
         folder_str = str(Path(folder).resolve())
         if folder_str not in sys.path:
             sys.path.insert(0, folder_str)
+
+
+def build_arch(arch: str, python_path: tuple[Path, ...] = ()) -> "nn.Module":
+    """Import ``module:callable`` and call it with no arguments; it must return an ``nn.Module``."""
+    import torch.nn as nn
+
+    _extend_sys_path(python_path)
     module_name, _, attr = arch.partition(":")
     try:
         mod = importlib.import_module(module_name)
