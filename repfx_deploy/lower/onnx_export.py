@@ -12,8 +12,8 @@ import io
 import json
 import logging
 import re
-import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -138,22 +138,31 @@ def _first_line(e: Exception) -> str:
 def _run_exporter(exporter: str, module, example, names, path: Path, opset: int) -> None:
     import torch
 
-    # The torch.export exporter prints progress on stdout; stdout belongs to --json output.
+    # The torch.export exporter prints progress on stdout, which belongs to --json output, so it goes to the
+    # debug log. Its warnings about torchvision ops and deprecated pytree APIs concern torch, not the model.
     sink = io.StringIO()
-    with contextlib.redirect_stdout(sink):
-        if exporter == "dynamo":
-            program = torch.onnx.export(
-                module, example, dynamo=True, opset_version=opset, input_names=names, optimize=True, verbose=False
-            )
-            if program is None:
-                raise ExportError("The exporter returned nothing.", "Retry with --exporter torchscript.")
-            program.save(str(path))
-        else:
-            torch.onnx.export(
-                module, example, str(path), dynamo=False, opset_version=opset, input_names=names, do_constant_folding=True
-            )
-    if sink.getvalue():
-        print(sink.getvalue(), file=sys.stderr, end="")
+    torch_onnx_log = logging.getLogger("torch.onnx")
+    level = torch_onnx_log.level
+    torch_onnx_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    module, example, dynamo=True, opset_version=opset, input_names=names, optimize=True, verbose=False
+                )
+                if program is None:
+                    raise ExportError("The exporter returned nothing.", "Retry with --exporter torchscript.")
+                program.save(str(path))
+            else:
+                torch.onnx.export(
+                    module, example, str(path), dynamo=False, opset_version=opset, input_names=names, do_constant_folding=True
+                )
+    finally:
+        torch_onnx_log.setLevel(level)
+        if sink.getvalue():
+            log.debug("%s exporter: %s", exporter, sink.getvalue().strip())
 
 
 def _finish(path: Path, specs: tuple[InputSpec, ...], source_sha256: str, exporter: str) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,3 +85,22 @@ def build_artifacts(
     artifacts.verification.append(compare(torch_out, tvm_out, reference_name="torch", candidate_name="tvm").to_dict())
     return artifacts
 
+
+def relocate(obj: Any, old: Path, new: Path) -> Any:
+    """``obj`` with every path string under ``old`` moved under ``new``: artifacts are built in a temporary
+    folder that is renamed at the end, and what they record must name where they will be."""
+    if isinstance(obj, str):
+        return obj.replace(str(old), str(new)) if str(old) in obj else obj
+    if isinstance(obj, dict):
+        return {k: relocate(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relocate(v, old, new) for v in obj]
+    return obj
+
+
+def relocate_manifest(tvm_dir: Path | None, old: Path, new: Path) -> None:
+    """Rewrite ``tvm_dir/manifest.json`` so its paths name the final folder."""
+    if tvm_dir is None or not (tvm_dir / "manifest.json").exists():
+        return
+    manifest = json.loads((tvm_dir / "manifest.json").read_text())
+    (tvm_dir / "manifest.json").write_text(json.dumps(relocate(manifest, old, new), indent=2) + "\n")

@@ -22,7 +22,7 @@ from repfx_deploy.errors import CompileError, InputError
 from repfx_deploy.ingest.loader import LoadedModel, LoadOptions, load_model
 from repfx_deploy.lower.onnx_export import ExportConfig
 from repfx_deploy.measure.timing import TimingConfig
-from repfx_deploy.pipeline.artifacts import Artifacts, build_artifacts
+from repfx_deploy.pipeline.artifacts import Artifacts, build_artifacts, relocate, relocate_manifest
 from repfx_deploy.pipeline.evaluate import fidelity, predictions, top1_accuracy
 from repfx_deploy.recipe import Recipe, dump_recipe
 from repfx_deploy.targets import TargetProfile, get_profile, resolve_tvm_target
@@ -191,8 +191,10 @@ def compress(request: CompressRequest) -> dict:
         report["verification"] = art.verification
         report["warnings"] += _verification_warnings(art.verification)
         report["artifacts"] = _artifact_paths(request.out_dir, tmp, art)
-        report["export"] = art.export
-        report["compile"] = art.compile or None
+        for a in {id(art): art, id(base_art): base_art}.values():
+            relocate_manifest(a.tvm_dir, tmp, request.out_dir)
+        report["export"] = relocate(art.export, tmp, request.out_dir)
+        report["compile"] = relocate(art.compile, tmp, request.out_dir) or None
         if art.compile_error:
             report["status"] = "failed at compile"
             report["error"] = art.compile_error

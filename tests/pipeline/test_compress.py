@@ -56,7 +56,9 @@ def test_compress_writes_verified_artifacts_and_report(tmp_path, tiny_state_dict
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} >= {"model.onnx", "tvm", "report.json", "report.md", "recipe.toml"}
     assert (out / "tvm" / "model.so").exists()
-    on_disk = json.loads((out / "report.json").read_text())
+    text = (out / "report.json").read_text()
+    assert ".tmp" not in text and ".tmp" not in (out / "tvm" / "manifest.json").read_text()  # paths name the final folder
+    on_disk = json.loads(text)
     assert on_disk["status"] == "ok"
     for side in ("baseline", "compressed"):
         summary = on_disk[side]
