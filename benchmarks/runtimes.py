@@ -11,32 +11,13 @@ TVM/torch. Every figure is a median of many timed calls after warm-up, with the 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
-
-
-def load_zoo():
-    if not (ASSETS / "zoo.py").exists():
-        sys.exit(f"needs the shared assets at {ASSETS}")
-    spec = importlib.util.spec_from_file_location("zoo", ASSETS / "zoo.py")
-    zoo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zoo)
-    return zoo
-
-
-MODELS = {
-    "resnet20": (lambda z: z.cifar10_resnet(20), (1, 3, 32, 32)),
-    "resnet56": (lambda z: z.cifar10_resnet(56), (1, 3, 32, 32)),
-    "lenet5": (lambda z: z.mnist_lenet5(), (1, 1, 32, 32)),
-    "vit": (lambda z: z.cifar10_vit(), (1, 3, 32, 32)),
-}
+from _assets import MODELS, load_zoo
 
 
 def main() -> None:

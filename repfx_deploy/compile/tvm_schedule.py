@@ -1,0 +1,329 @@
+"""A cheap default CPU schedule for the PrimFuncs TVM lowers a model to.
+
+Untuned TVM 0.27 CPU code is one scalar loop nest per kernel on one thread: 10-50x slower than ONNX
+Runtime on the models measured here. MetaSchedule fixes that only after many trials, each a
+1.5-3 s compile, so a few minutes of tuning leaves most kernels poor. This module gives every
+kernel a fixed, analytically chosen schedule instead, in well under a second per kernel:
+
+* an *anchor* (a reduction whose innermost output axis is a spatial loop: conv2d in NHWC, matmul,
+  pooling and mean in NHWC) is register-tiled: ``rows x vec`` output elements are accumulated in
+  vector registers while the reduction loops run, the innermost output axis is vectorized, the
+  rows are unrolled, the outer output loops are fused and parallelized, and the elementwise
+  epilogue (bias, residual add, ReLU) is computed per tile while the tile is still in cache;
+* injective kernels and the padded input of an anchor are fused, parallelized and vectorized;
+* row reductions (softmax, layer norm) run row by row in one parallel loop, with vectorized
+  elementwise stages and the reductions split into vector-wide partial sums (rfactor).
+
+It pays off only with vectorizable layouts, so convolutions are converted to NHWC/HWIO first
+(see ``tvm_build``). Kernels it does not recognise keep TVM's plain loops. The schedule uses only
+traceable primitives, so it can be replayed and compared with MetaSchedule's records (``tvm_tune``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("repfx_deploy.compile")
+
+# An anchor with fewer multiply-adds than this runs on one thread: a TVM parallel region costs a
+# few microseconds to launch and join, which is more than such a kernel takes on one core.
+PARALLEL_MIN_MACS = 60_000
+# Injective kernels with fewer elements than this are not parallelized, for the same reason.
+PARALLEL_MIN_ELEMS = 32_768
+# Accumulator budget of a register tile, in vector registers (AVX-512 has 32; leave room for the
+# weight vector and the broadcast inputs).
+MAX_ACC_VECTORS = 16
+MAX_ROWS = 8
+
+
+_SPATIAL, _REDUCE = 0, 2  # tirx.IterVar.DataPar, tirx.IterVar.CommReduce
+
+
+def _ext(sch, loop) -> int | None:
+    from tvm import tirx
+
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _pick_vec(extent: int, lanes: int) -> int:
+    """Elements of the innermost output axis one tile covers: whole vectors where the axis allows."""
+    for k in (2, 1):
+        if extent % (lanes * k) == 0:
+            return lanes * k
+    if extent <= 4 * lanes:
+        return extent  # one short, odd-width vector (LLVM splits it into legal pieces)
+    fits = [d for d in _divisors(extent) if d <= 2 * lanes]
+    return max(fits)
+
+
+def _pick_rows(extent: int, vec_regs: int) -> int:
+    fits = [d for d in _divisors(extent) if d <= MAX_ROWS and d * vec_regs <= MAX_ACC_VECTORS]
+    return max(fits) if fits else 1
+
+
+def _is_anchor(sch, block) -> bool:
+    """A reduction block whose output's innermost index is its last spatial iterator."""
+    from tvm import tirx
+
+    stmt = sch.get(block)
+    kinds = [iv.iter_type for iv in stmt.iter_vars]
+    if tirx.IterVar.CommReduce not in kinds or tirx.IterVar.DataPar not in kinds:
+        return False
+    if any(k not in (tirx.IterVar.DataPar, tirx.IterVar.CommReduce) for k in kinds):
+        return False
+    if len(stmt.writes) != 1:
+        return False
+    spatial = [iv for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+    last_index = stmt.writes[0].region[-1].min
+    if not (isinstance(last_index, tirx.Var) and last_index.same_as(spatial[-1].var)):
+        return False
+    # the loops must map one to one onto the block's iterators (true straight after lowering)
+    loops = sch.get_loops(block)
+    if len(loops) != len(stmt.iter_vars):
+        return False
+    return all(_ext(sch, lp) is not None for lp in loops)
+
+
+def _inline_all(sch, root, keep) -> None:
+    """Inline every non-output spatial block except ``keep`` until nothing more inlines."""
+    changed = True
+    while changed:
+        changed = False
+        for block in sch.get_child_blocks(root):
+            name = sch.get(block).name_hint
+            if name in keep:
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+            except Exception:  # noqa: BLE001 - "cannot inline" is an answer here, not a failure
+                continue
+
+
+def _schedule_injective(sch, block, lanes: int) -> None:
+    """Fuse the loops of a spatial block, vectorize the inside and parallelize the outside if large."""
+    loops = sch.get_loops(block)
+    exts = [_ext(sch, lp) for lp in loops]
+    if not loops or any(e is None for e in exts):
+        return
+    total = 1
+    for e in exts:
+        total *= e
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    inner_ext = exts[-1]
+    if total % lanes == 0 and inner_ext % lanes == 0:
+        vec = lanes
+    elif inner_ext <= 4 * lanes and total % inner_ext == 0:
+        vec = inner_ext
+    else:
+        vec = 1
+    if vec > 1 and total > vec:
+        outer, inner = sch.split(fused, factors=[None, vec])
+        sch.vectorize(inner)
+    elif vec > 1:
+        sch.vectorize(fused)
+        return
+    else:
+        outer = fused
+    if total >= PARALLEL_MIN_ELEMS:
+        po, _ = sch.split(outer, factors=[None, 8]) if (total // max(vec, 1)) % 8 == 0 else (outer, None)
+        sch.parallel(po)
+
+
+def _schedule_anchor(sch, block, lanes: int) -> None:
+    from tvm import tirx
+
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    kinds = [iv.iter_type for iv in stmt.iter_vars]
+    exts = [_ext(sch, lp) for lp in loops]
+    s_idx = [i for i, k in enumerate(kinds) if k == tirx.IterVar.DataPar]
+    r_idx = [i for i, k in enumerate(kinds) if k == tirx.IterVar.CommReduce]
+    macs = 1
+    for e in exts:
+        macs *= e
+
+    v = s_idx[-1]
+    vec = _pick_vec(exts[v], lanes)
+    v_o, v_i = sch.split(loops[v], factors=[None, vec])
+    vec_regs = max(1, -(-vec // lanes))
+    row_candidates = [i for i in s_idx[:-1] if exts[i] > 1]
+    r_o = r_i = None
+    if row_candidates:
+        r = row_candidates[-1]
+        rows = _pick_rows(exts[r], vec_regs)
+        r_o, r_i = sch.split(loops[r], factors=[None, rows])
+    outer = []
+    for i in s_idx[:-1]:
+        if r_o is not None and i == row_candidates[-1]:
+            outer.append(r_o)
+        else:
+            outer.append(loops[i])
+    outer.append(v_o)
+    reds = [loops[i] for i in r_idx]
+    inner = ([r_i] if r_i is not None else []) + [v_i]
+    sch.reorder(*outer, *reds, *inner)
+
+    consumers = sch.get_consumers(block)
+    for c in consumers:
+        sch.reverse_compute_at(c, outer[-1], preserve_unit_loops=True)
+
+    # parallel before decompose_reduction: TIR only parallelizes loops over complete reduction blocks
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if macs >= PARALLEL_MIN_MACS and (_ext(sch, fused) or 0) > 1:
+        sch.parallel(fused)
+    n_outer = 1
+    if r_i is not None:
+        sch.unroll(r_i)
+    sch.vectorize(v_i)
+    init = sch.decompose_reduction(block, reds[0])
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    for c in consumers:
+        c_loops = sch.get_loops(c)[n_outer:]
+        if c_loops:
+            inner_c = sch.fuse(*c_loops) if len(c_loops) > 1 else c_loops[0]
+            c_ext = _ext(sch, inner_c)
+            if c_ext is not None and c_ext % vec == 0 and c_ext > vec:
+                _, cv = sch.split(inner_c, factors=[None, vec])
+                sch.vectorize(cv)
+            else:
+                sch.vectorize(inner_c)
+
+
+def _rfactor_row(sch, block, lanes: int):
+    """Split a row reduction into ``w`` partial sums computed as one vector, then ``w`` scalar steps.
+
+    A plain sum over a row is one chain of dependent float adds (4 cycles each); with ``w`` lanes
+    the chain is ``w`` times shorter. ``w`` divides the row length so there is no tail.
+    """
+    stmt = sch.get(block)
+    kinds = [iv.iter_type for iv in stmt.iter_vars]
+    loops = sch.get_loops(block)
+    if kinds.count(_REDUCE) != 1 or kinds[-1] != _REDUCE or len(loops) != len(kinds):
+        return None
+    ext = _ext(sch, loops[-1])
+    if ext is None:
+        return None
+    width = max((d for d in _divisors(ext) if d <= lanes), default=1)
+    if width < 4 or ext // width < 2:
+        return None
+    _, k_in = sch.split(loops[-1], factors=[None, width])
+    try:
+        return sch.rfactor(k_in, factor_axis=len(kinds) - 1)
+    except Exception:  # noqa: BLE001 - a reduction rfactor cannot take (e.g. argmax) stays serial
+        return None
+
+
+def _schedule_rows(sch, root, lanes: int):
+    """Row-wise reductions (softmax, layer norm): one parallel loop over rows, every stage inside it.
+
+    The stages of a row run back to back while the row is in L1; the elementwise stages are
+    vectorized over the whole row (no tail predicate, which would stop LLVM vectorizing).
+    """
+    # inline elementwise stages with one consumer; a stage read twice (exp in softmax) stays
+    # materialized per row instead of being computed twice
+    changed = True
+    while changed:
+        changed = False
+        for block in sch.get_child_blocks(root):
+            if any(iv.iter_type != _SPATIAL for iv in sch.get(block).iter_vars) or len(sch.get_consumers(block)) != 1:
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+            except Exception:  # noqa: BLE001 - not inlinable: keep it
+                continue
+    blocks = sch.get_child_blocks(root)
+    last = blocks[-1]
+    if any(iv.iter_type != _SPATIAL for iv in sch.get(last).iter_vars):
+        return None
+    rf_names = []
+    for b in blocks[:-1]:
+        rf = _rfactor_row(sch, b, lanes)
+        if rf is not None:
+            rf_names.append(sch.get(rf).name_hint)
+    blocks = sch.get_child_blocks(root)
+    out_loops = sch.get_loops(last)
+    out_exts = [_ext(sch, lp) for lp in out_loops]
+    if any(e is None for e in out_exts) or len(out_loops) != len(sch.get(last).iter_vars):
+        return None
+    n_lead = len(out_exts) - 1
+    for b in blocks[:-1]:
+        # compare loop extents (not iterator order: rfactor puts the lane iterator first)
+        lead = [_ext(sch, lp) for lp in sch.get_loops(b)]
+        n = 0
+        while n < min(len(lead), n_lead) and lead[n] == out_exts[n]:
+            n += 1
+        n_lead = min(n_lead, n)
+    if n_lead == 0:
+        return None
+    rows = sch.fuse(*out_loops[:n_lead]) if n_lead > 1 else out_loops[0]
+    for b in reversed(blocks[:-1]):
+        sch.compute_at(b, rows, preserve_unit_loops=True)
+    total = 1
+    for e in out_exts:
+        total *= e
+    if total >= PARALLEL_MIN_ELEMS and (_ext(sch, rows) or 0) > 1:
+        sch.parallel(rows)
+    for name in rf_names:
+        # compute_at rebuilt the loops in iterator order, lanes outermost: move them inside
+        inner = sch.get_loops(sch.get_sblock(name))[1:]
+        if len(inner) >= 2:
+            sch.reorder(inner[-1], inner[0])
+            sch.vectorize(inner[0])
+    for b in blocks:
+        inner = sch.get_loops(b)[1:]
+        if not inner or any(iv.iter_type != _SPATIAL for iv in sch.get(b).iter_vars):
+            continue
+        loop = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+        ext = _ext(sch, loop) or 0
+        if 1 < ext <= 8 * lanes:
+            sch.vectorize(loop)
+        elif ext % lanes == 0:
+            sch.vectorize(sch.split(loop, factors=[None, lanes])[1])
+    return sch
+
+
+def schedule_func(func, target):
+    """Return a traced ``Schedule`` of ``func`` with the default CPU schedule, or None if none applies.
+
+    Raises nothing for unusual kernels: what cannot be scheduled is left as TVM lowered it.
+    """
+    from tvm import s_tir
+    from tvm.target import codegen
+
+    width_bits = codegen.llvm_get_vector_width(target) or 128
+    sch = s_tir.Schedule(func, debug_mask="all")
+    root = sch.get_sblock("root")
+    blocks = sch.get_child_blocks(root)
+    anchors = [b for b in blocks if _is_anchor(sch, b)]
+    if len(anchors) == 1:
+        anchor = anchors[0]
+        anchor_name = sch.get(anchor).name_hint
+        dtype_bits = sch.get(anchor).writes[0].source.dtype.bits
+        lanes = max(1, width_bits // dtype_bits)
+        keep = {anchor_name} | {sch.get(p).name_hint for p in sch.get_producers(anchor)}
+        _inline_all(sch, root, keep)
+        anchor = sch.get_sblock(anchor_name)
+        producers = list(sch.get_producers(anchor))
+        consumers = sch.get_consumers(anchor)
+        if len(consumers) > 1:
+            return None
+        _schedule_anchor(sch, anchor, lanes)
+        for p in producers:
+            _schedule_injective(sch, p, lanes)
+        return sch
+    reductions = [b for b in blocks if any(iv.iter_type != _SPATIAL for iv in sch.get(b).iter_vars)]
+    if reductions:
+        return _schedule_rows(sch, root, max(1, width_bits // 32))
+    _inline_all(sch, root, keep=set())
+    lanes = max(1, width_bits // 32)
+    for b in sch.get_child_blocks(root):
+        _schedule_injective(sch, b, lanes)
+    return sch
