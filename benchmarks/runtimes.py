@@ -3,7 +3,8 @@
 For ResNet-20, ResNet-56, LeNet-5 and the CIFAR ViT from ../shared/assets, in one run:
 export -> ONNX Runtime; compile untuned (timed) -> TVM; tune with a stated trial budget (the tuning database
 persists, so a second run reuses it) -> TVM tuned. Prints the latency table and the ratios TVM/ORT and
-TVM/torch. Every figure is a median of many timed calls after warm-up, with the same thread count.
+TVM/torch. Every figure is a median of many timed calls after warm-up, with the same thread count; all variants of a
+model are timed in the same interleaved rounds, so drift on a shared machine hurts them alike.
 
     python benchmarks/runtimes.py [--trials 64] [--models resnet20,lenet5] [--threads 2] [--json out.json]
 """
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per model for the tuned build (0: skip)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -32,10 +34,9 @@ def main() -> None:
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
     from repfx_deploy.data.tensors import random_inputs
     from repfx_deploy.lower.onnx_export import export_onnx
-    from repfx_deploy.measure.bench import bench_runner
     from repfx_deploy.measure.environment import environment
     from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner, default_threads
-    from repfx_deploy.measure.timing import TimingConfig
+    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
     from repfx_deploy.spec import InputSpec
     from repfx_deploy.targets import get_profile, resolve_tvm_target
     from repfx_deploy.verify import compare
@@ -53,35 +54,40 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             work = Path(scratch)
             onnx_path = export_onnx(model, specs, work / "m.onnx").path
-            torch_r, ort_r = TorchRunner(model, threads), OrtRunner(onnx_path, threads)
+            torch_r = TorchRunner(model, threads)
             row = {"model": name, "threads": threads}
-            row["torch_ms"] = bench_runner(torch_r, inputs, timing)["latency_ms"]
-            row["ort_ms"] = bench_runner(ort_r, inputs, timing)["latency_ms"]
-            reference = [torch_r.run(inputs)]
+            runners = {"torch": torch_r, "ort": OrtRunner(onnx_path, threads)}
             for label, trials in (("default", 0), ("tuned", args.trials)):
                 if label == "tuned" and trials == 0:
                     continue
                 out = work / label
                 out.mkdir()
                 t0 = time.perf_counter()
-                compile_onnx(onnx_path, out, CompileConfig(target=target, tune_trials=trials))
+                artifact = compile_onnx(onnx_path, out, CompileConfig(target=target, tune_trials=trials))
                 row[f"tvm_{label}_compile_s"] = round(time.perf_counter() - t0, 1)
-                tvm_r = load_tvm_runner(out, threads)
-                row[f"tvm_{label}_ms"] = bench_runner(tvm_r, inputs, timing)["latency_ms"]
-                row[f"tvm_{label}_max_abs_err_vs_torch"] = compare(reference, [tvm_r.run(inputs)], reference_name="torch", candidate_name="tvm").max_abs_error
+                row[f"tvm_{label}_trials_run"] = artifact.manifest.get("tuning", {}).get("trials_run", 0)
+                row[f"tvm_{label}_kernels"] = artifact.manifest.get("kernels")
+                runners[f"tvm_{label}"] = tvm_r = load_tvm_runner(out, threads)
+                row[f"tvm_{label}_max_abs_err_vs_torch"] = compare(
+                    [torch_r.run(inputs)], [tvm_r.run(inputs)], reference_name="torch", candidate_name="tvm"
+                ).max_abs_error
+            # every variant timed in the same interleaved rounds, so the ratios are not skewed by drift
+            stats = time_interleaved({k: r.bind(inputs) for k, r in runners.items()}, timing, rounds=args.rounds)
+            for key, st in stats.items():
+                row[f"{key}_ms"] = round(st.median_ms, 4)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
     env = environment(threads)
     print(f"\nbatch 1, {threads} thread(s), {env['cpu']}; torch {env['versions']['torch']}, "
           f"onnxruntime {env['versions']['onnxruntime']}, TVM {env['versions']['apache-tvm']}; median ms")
-    print("| model | torch | ORT | TVM default | TVM tuned (trials) | TVM/ORT default | TVM/ORT tuned | TVM/torch best "
+    print("| model | torch | ORT | TVM default | TVM tuned (trials run now) | TVM/ORT default | TVM/ORT tuned | TVM/torch best "
           "| compile default s | max err vs torch |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tuned = r.get("tvm_tuned_ms")
         best = min(x for x in (r["tvm_default_ms"], tuned) if x is not None)
-        tuned_cell = f"{tuned:.3f} ({args.trials})" if tuned is not None else "n/a"
+        tuned_cell = f"{tuned:.3f} ({r['tvm_tuned_trials_run']} run)" if tuned is not None else "n/a"
         tuned_ratio = f"{tuned / r['ort_ms']:.2f}" if tuned is not None else "n/a"
         print(f"| {r['model']} | {r['torch_ms']:.3f} | {r['ort_ms']:.3f} | {r['tvm_default_ms']:.3f} | {tuned_cell} | "
               f"{r['tvm_default_ms'] / r['ort_ms']:.2f} | {tuned_ratio} | {best / r['torch_ms']:.2f} | "

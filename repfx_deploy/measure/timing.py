@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 
@@ -78,6 +78,19 @@ def _summarize(samples_ms: list[float], warmup: int, remeasured: int) -> Latency
     )
 
 
+def _collect(fn: Callable[[], object], config: TimingConfig) -> list[float]:
+    """Timed calls in ms: at least ``repeats``, more until ``min_time_s`` passes (capped by ``max_repeats``)."""
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < config.repeats or (
+        time.perf_counter() - started < config.min_time_s and len(samples) < config.max_repeats
+    ):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
 def time_callable(fn: Callable[[], object], config: TimingConfig = TimingConfig()) -> LatencyStats:
     """Time ``fn()`` (which must block until its result is ready) and return robust statistics.
 
@@ -89,18 +102,38 @@ def time_callable(fn: Callable[[], object], config: TimingConfig = TimingConfig(
     for attempt in range(config.remeasure + 1):
         for _ in range(config.warmup):
             fn()
-        samples: list[float] = []
-        started = time.perf_counter()
-        while len(samples) < config.repeats or (
-            time.perf_counter() - started < config.min_time_s and len(samples) < config.max_repeats
-        ):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-        stats = _summarize(samples, config.warmup, remeasured=0)
+        stats = _summarize(_collect(fn, config), config.warmup, remeasured=0)
         if best is None or stats.spread < best.spread:
             best = stats
         if stats.spread <= config.max_spread:
             break
     assert best is not None
     return dataclasses.replace(best, remeasured=attempt)
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]], config: TimingConfig = TimingConfig(), rounds: int = 5
+) -> dict[str, LatencyStats]:
+    """Time several callables in alternation, so a busy neighbour or a clock change hurts them all alike.
+
+    Each callable is warmed up once; then ``rounds`` rounds each time every callable for a share of
+    ``config.repeats`` (at least 3 calls, stretched to a share of ``min_time_s``). Samples are pooled per
+    callable. Use this, not back-to-back ``time_callable`` calls, when the figures are compared as ratios.
+    """
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    for fn in fns.values():
+        for _ in range(config.warmup):
+            fn()
+    share = TimingConfig(
+        warmup=0,
+        repeats=max(3, config.repeats // rounds),
+        min_time_s=config.min_time_s / rounds,
+        max_repeats=max(3, config.max_repeats // rounds),
+        remeasure=0,
+    )
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name] += _collect(fn, share)
+    return {name: _summarize(s, config.warmup, remeasured=0) for name, s in samples.items()}

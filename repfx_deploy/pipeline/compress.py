@@ -30,6 +30,7 @@ from repfx_deploy.targets import TargetProfile, get_profile, resolve_tvm_target
 log = logging.getLogger("repfx_deploy.pipeline")
 
 VERIFY_BATCHES = 8
+RANDOM_FIDELITY_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -91,19 +92,27 @@ def _bench(artifacts: Artifacts, module, profile: TargetProfile, inputs: list[np
     return bench_runners(runners, inputs, timing)
 
 
-def _quality(module, artifacts: Artifacts, data: _Data, batch: int, threads: int, reference: dict) -> dict:
-    """Accuracy on eval data (deployed ONNX model) and fidelity to the original on calibration data."""
+def _fidelity_inputs(loaded: LoadedModel, data: _Data) -> tuple[list[list[np.ndarray]], str]:
+    """Inputs fidelity to the original is measured on: the calibration data, else the eval data, else seeded
+    random inputs (said so in the report, as random inputs say little about real behaviour)."""
+    batch = loaded.input_specs[0].shape[0]
+    for name, ds in (("calibration", data.calibration), ("eval", data.eval)):
+        if ds is not None:
+            return [[b] for b in ds.batches(batch)], f"{name} data ({ds.source})"
+    return [random_inputs(loaded.input_specs, seed=100 + s) for s in range(RANDOM_FIDELITY_SAMPLES)], "random inputs (no data given)"
+
+
+def _quality(artifacts: Artifacts, data: _Data, batch: int, threads: int, fid_inputs: list, reference: list, fid_source: str) -> dict:
+    """Accuracy on eval data and fidelity to the original, both of the deployed ONNX model."""
     from repfx_deploy.measure.runtimes import OrtRunner
 
     ort = OrtRunner(artifacts.onnx_path, threads)
-    out: dict = {"accuracy": None, "agreement": None, "fidelity": None}
+    out: dict = {"accuracy": None}
     if data.eval is not None and data.eval.labeled:
         out["accuracy"] = top1_accuracy(predictions(ort, data.eval, batch), data.eval, batch)
-    fid_data = data.calibration or data.eval
-    if fid_data is not None and "calibration" in reference:
-        fid = fidelity(reference["calibration"], predictions(ort, fid_data, batch), reference_name="original (torch)", candidate_name="deployed (onnxruntime)")
-        out["fidelity"] = fid
-        out["agreement"] = fid["top1_agreement"]
+    fid = fidelity(reference, [ort.run(x) for x in fid_inputs], reference_name="original (torch)", candidate_name="deployed (onnxruntime)")
+    out["fidelity"] = {**fid, "data": fid_source}
+    out["agreement"] = fid["top1_agreement"]
     return out
 
 
@@ -153,11 +162,9 @@ def compress(request: CompressRequest) -> dict:
     original = loaded.module
     assert original is not None
     baseline_stats = torch_stats(original, loaded.input_specs)
-    reference: dict = {}
-    fid_data = data.calibration or data.eval
     torch_runner = TorchRunner(original, threads)
-    if fid_data is not None:
-        reference["calibration"] = predictions(torch_runner, fid_data, batch)
+    fid_inputs, fid_source = _fidelity_inputs(loaded, data)
+    reference = [torch_runner.run(x) for x in fid_inputs]
     baseline_accuracy = None
     if data.eval is not None and data.eval.labeled:
         baseline_accuracy = top1_accuracy(predictions(torch_runner, data.eval, batch), data.eval, batch)
@@ -181,8 +188,8 @@ def compress(request: CompressRequest) -> dict:
         "notes": [],
         "warnings": [],
     }
-    if fid_data is None:
-        report["notes"].append("No calibration or eval data given: fidelity was not measured on real data.")
+    if data.calibration is None and data.eval is None:
+        report["notes"].append("No calibration or eval data given: fidelity was measured on random inputs only.")
     with atomic_dir(request.out_dir, force=request.force) as tmp:
         build = dict(samples=samples, export_config=export_config, tvm_target=tvm_target,
                      tune_trials=recipe.tune_trials, threads=threads, source_sha256=loaded.sha256)
@@ -206,10 +213,10 @@ def compress(request: CompressRequest) -> dict:
                 _bench(base_art, original, profile, bench_inputs, threads, request.timing) if pass_records else compressed_latency
             )
             log.info("scoring accuracy and fidelity")
-            quality = _quality(compressed, art, data, batch, threads, reference)
+            quality = _quality(art, data, batch, threads, fid_inputs, reference, fid_source)
             report["baseline"] = _summary(
                 baseline_stats, base_art, baseline_latency,
-                {"accuracy": baseline_accuracy, "agreement": 1.0 if fid_data is not None else None, "fidelity": None},
+                {"accuracy": baseline_accuracy, "agreement": 1.0, "fidelity": None},
             )
             report["compressed"] = _summary(compressed_stats, art, compressed_latency, quality)
             if not pass_records:

@@ -36,10 +36,16 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| ONNX size (bytes) | {base['size_bytes']:,} | {comp['size_bytes']:,} | {_ratio(base['size_bytes'], comp['size_bytes'])} smaller |")
         lines.append(f"| top-1 accuracy | {_pct(base['accuracy'])} | {_pct(comp['accuracy'])} | |")
         lines.append(f"| top-1 agreement with original | {_pct(base['agreement'])} | {_pct(comp['agreement'])} | |")
+        fid = comp.get("fidelity") or {}
+        if fid:
+            lines.append(f"| output cosine with original | 1.00000000 | {fid['cosine']:.8f} | |")
         for rt in _RUNTIMES:
             b, c = base["latency_ms"].get(rt), comp["latency_ms"].get(rt)
             if b is not None or c is not None:
                 lines.append(f"| latency {rt} (ms, median, measured) | {_fmt(b, '.4f')} | {_fmt(c, '.4f')} | {_ratio(b, c)} faster |")
+        if fid:
+            lines += ["", f"Accuracy and agreement are of the deployed ONNX model (ONNX Runtime); agreement and cosine "
+                      f"were measured on {fid['data']}, {fid['samples']} batch(es)."]
         lines.append("")
         lines += ["## Latency measurements", "", "| model | runtime | median ms | p90 ms | min ms | repeats | threads |", "|---|---|---|---|---|---|---|"]
         for label, summary in (("baseline", base), ("compressed", comp)):

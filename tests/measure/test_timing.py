@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from repfx_deploy.measure.timing import TimingConfig, time_callable
+from repfx_deploy.measure.timing import TimingConfig, time_callable, time_interleaved
 
 
 def test_time_callable_counts_warmup_and_repeats():
@@ -37,3 +37,12 @@ def test_time_callable_remeasures_when_spread_is_wide():
 def test_timing_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         TimingConfig(**kwargs)
+
+
+def test_time_interleaved_alternates_callables_and_pools_samples():
+    order = []
+    fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    stats = time_interleaved(fns, TimingConfig(warmup=1, repeats=12, min_time_s=0.0), rounds=3)
+    assert stats["a"].repeats == 12 and stats["b"].repeats == 12
+    timed = order[2:]  # after one warm-up call each
+    assert timed[:4] == ["a"] * 4 and timed[4:8] == ["b"] * 4 and timed[8:12] == ["a"] * 4

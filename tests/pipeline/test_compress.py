@@ -110,3 +110,17 @@ def test_compress_leaves_nothing_when_it_crashes_midway(tmp_path, tiny_state_dic
         compress(_request(tmp_path, tiny_state_dict, fixtures_dir, tiny_data))
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_compress_measures_fidelity_on_random_inputs_when_no_data_given(tmp_path, tiny_state_dict, fixtures_dir):
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text('input_shape = "1,3,8,8"\n')
+    request = CompressRequest(
+        model_path=tiny_state_dict, out_dir=tmp_path / "out", recipe=load_recipe(recipe_path),
+        load=LoadOptions(arch="tiny_models:TinyConvNet", python_path=(fixtures_dir,)), timing=FAST,
+    )
+    report = compress(request)
+    fid = report["compressed"]["fidelity"]
+    assert fid["data"].startswith("random inputs") and fid["cosine"] > 0.9999
+    assert report["compressed"]["accuracy"] is None
+    assert any("random inputs" in n for n in report["notes"])
