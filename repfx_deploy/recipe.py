@@ -104,7 +104,7 @@ def _path(value: Any, base: Path, key: str) -> Path | None:
     if not isinstance(value, str):
         raise RecipeError(f"data.{key} must be a path string, got {type(value).__name__}.", "Quote the path.")
     p = Path(value)
-    return p if p.is_absolute() else (base / p)
+    return p if p.is_absolute() else (base / p).resolve()
 
 
 def _preprocess(table: dict) -> Preprocess:
