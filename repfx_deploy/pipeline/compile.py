@@ -12,6 +12,7 @@ from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.ingest.loader import LoadOptions, load_model
 from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
 from repfx_deploy.measure.runtimes import default_threads
+from repfx_deploy.pipeline.artifacts import relocate
 from repfx_deploy.targets import get_profile, resolve_tvm_target
 from repfx_deploy.verify import compare
 
@@ -54,8 +55,7 @@ def compile_model(request: CompileRequest) -> dict:
         ort, tvm = OrtRunner(onnx_path, threads), load_tvm_runner(tmp, threads)
         agreement = compare([ort.run(s) for s in samples], [tvm.run(s) for s in samples], reference_name="onnxruntime", candidate_name="tvm")
         (tmp / "verification.json").write_text(json.dumps(agreement.to_dict(), indent=2) + "\n")
-    summary = artifact.to_dict()
-    summary["library_path"] = str(request.out_dir / Path(summary["library_path"]).name)
+        summary = relocate(artifact.to_dict(), tmp, request.out_dir)
     return {
         "source": str(request.source),
         "target": profile.name,

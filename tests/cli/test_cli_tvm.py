@@ -24,6 +24,7 @@ def test_compile_onnx_json_reports_artifact_and_verification(tmp_path, tiny_onnx
     assert (out / "model.so").exists() and (out / "manifest.json").exists()
     assert doc["verification"]["max_abs_error"] < 1e-4
     assert doc["tvm_target"]["kind"] == "llvm" and doc["tvm_target"]["num-cores"] >= 1
+    assert doc["artifact"]["library_path"] == str(out / "model.so") and doc["artifact"]["manifest_path"] == str(out / "manifest.json")
 
 
 def test_bench_all_on_torch_model_times_every_runtime_with_environment(tmp_path, tiny_state_dict, fixtures_dir):
