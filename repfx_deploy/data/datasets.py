@@ -49,11 +49,9 @@ def load_dataset(path: Path, spec: InputSpec, preprocess: Preprocess, *, limit: 
     path = Path(path)
     if not path.exists():
         raise DataError(f"The data path {str(path)!r} does not exist.", "Check the --calibration/--eval-data path or the recipe's [data] table.")
-    if path.is_dir():
-        pixels, y = _read_images(_folder_entries(path), str(path), spec, preprocess.size)
-        x = preprocess.apply(pixels)
-    elif path.suffix == ".zip":
-        pixels, y = _read_zip(path, spec, preprocess.size)
+    if path.is_dir() or path.suffix == ".zip":
+        # images are chosen before they are decoded: a 50,000-image archive need not be read for 256 samples
+        pixels, y = _read_images(path, spec, preprocess.size, limit=limit, seed=seed)
         x = preprocess.apply(pixels)
     elif path.suffix in (".npz", ".npy"):
         x, y = _read_arrays(path)
@@ -72,7 +70,7 @@ def load_dataset(path: Path, spec: InputSpec, preprocess: Preprocess, *, limit: 
     if y is not None and len(y) != len(x):
         raise DataError(f"{str(path)!r} has {len(x)} samples but {len(y)} labels.", "Store one label per sample.")
     if limit is not None and limit < len(x):
-        idx = np.sort(np.random.default_rng(seed).choice(len(x), size=limit, replace=False))
+        idx = _subset(len(x), limit, seed)
         x, y = x[idx], (y[idx] if y is not None else None)
     return Dataset(x=np.ascontiguousarray(x), y=y, source=str(path))
 
@@ -92,41 +90,49 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise DataError(f"Cannot read {str(path)!r} as numpy data: {e}", "Check the file; object arrays are refused for safety.") from e
 
 
-def _folder_entries(root: Path) -> list[tuple[str, str, bytes]]:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-    return [(p.parent.name, str(p), p.read_bytes()) for p in files]
+def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random subset of ``limit`` out of ``n`` (all when ``limit`` is None or >= n)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def _read_zip(path: Path, spec: InputSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = sorted(n for n in z.namelist() if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
-            entries = [(Path(n).parent.name, n, z.read(n)) for n in names]
-    except zipfile.BadZipFile as e:
-        raise DataError(f"{str(path)!r} is not a readable zip archive: {e}", "Re-create the archive.") from e
-    return _read_images(entries, str(path), spec, size)
-
-
-def _read_images(entries: list[tuple[str, str, bytes]], source: str, spec: InputSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode images to uint8 arrays (gray or RGB as the model input needs), resized to ``size`` when given."""
+def _read_images(path: Path, spec: InputSpec, size: int, *, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode images from a folder or zip of class folders to uint8 arrays (gray or RGB as the model input
+    needs), resized to ``size`` when given. Labels index the sorted class names of the whole set."""
     from PIL import Image, UnidentifiedImageError
 
-    if not entries:
-        raise DataError(f"No images found in {source!r}.", f"Put images ({', '.join(_IMAGE_SUFFIXES)}) in one folder per class.")
-    classes = sorted({cls for cls, _, _ in entries})
-    channels = spec.shape[1] if len(spec.shape) == 4 and spec.shape[1] in (1, 3) else spec.shape[-1]
-    mode = "L" if channels == 1 else "RGB"
-    pixels, labels = [], []
-    for cls, name, blob in entries:
-        try:
-            with Image.open(io.BytesIO(blob)) as im:
-                im = im.convert(mode)
-                if size and im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                pixels.append(np.asarray(im, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"Cannot decode the image {name!r} in {source!r}: {e}", "Remove or re-save that file.") from e
-        labels.append(classes.index(cls))
+    source = str(path)
+    archive = None
+    try:
+        if path.is_dir():
+            names = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        else:
+            archive = zipfile.ZipFile(path)
+            names = sorted(n for n in archive.namelist() if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
+        if not names:
+            raise DataError(f"No images found in {source!r}.", f"Put images ({', '.join(_IMAGE_SUFFIXES)}) in one folder per class.")
+        classes = sorted({Path(n).parent.name for n in names})
+        channels = spec.shape[1] if len(spec.shape) == 4 and spec.shape[1] in (1, 3) else spec.shape[-1]
+        mode = "L" if channels == 1 else "RGB"
+        pixels, labels = [], []
+        for i in _subset(len(names), limit, seed):
+            name = names[i]
+            blob = archive.read(name) if archive is not None else Path(name).read_bytes()
+            try:
+                with Image.open(io.BytesIO(blob)) as im:
+                    im = im.convert(mode)
+                    if size and im.size != (size, size):
+                        im = im.resize((size, size), Image.Resampling.BILINEAR)
+                    pixels.append(np.asarray(im, dtype=np.uint8))
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError(f"Cannot decode the image {name!r} in {source!r}: {e}", "Remove or re-save that file.") from e
+            labels.append(classes.index(Path(name).parent.name))
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{source!r} is not a readable zip archive: {e}", "Re-create the archive.") from e
+    finally:
+        if archive is not None:
+            archive.close()
     shapes = {p.shape for p in pixels}
     if len(shapes) != 1:
         raise DataError(f"Images in {source!r} have different sizes {sorted(shapes)[:3]}.", "Set [data.preprocess] size so they are resized to one size.")

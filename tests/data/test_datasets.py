@@ -96,3 +96,16 @@ def test_batches_drop_remainder_for_static_batch():
 
     ds = Dataset(x=np.zeros((7, 1, 2, 2), np.float32), y=None, source="mem")
     assert [b.shape[0] for b in ds.batches(3)] == [3, 3]
+
+
+def test_zip_limit_decodes_only_the_chosen_images(tmp_path, monkeypatch):
+    path = tmp_path / "d.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(30):
+            z.writestr(f"c{i % 3}/{i}.png", _png((i, i, i)))
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    ds = load_dataset(path, RGB, Preprocess(), limit=4, seed=1)
+    assert len(ds) == 4 and len(opened) == 4
+    assert set(ds.y.tolist()) <= {0, 1, 2}
