@@ -53,6 +53,31 @@ def _own_params(module: "nn.Module") -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
 
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of softmax(Q K^T) V for (batch, heads, length, dim) shapes: two batched matmuls."""
+    b, h, lq, d = query_shape
+    lk, dv = key_shape[-2], value_shape[-1]
+    return 2 * b * h * lq * lk * d + 2 * b * h * lq * lk * dv
+
+
+def _custom_flop_formulas() -> dict:
+    """Formulas FlopCounterMode lacks: the CPU build's fused attention kernel (it knows only the GPU ones)."""
+    import torch
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return {op: _sdpa_cpu_flops} if op is not None else {}
+
+
+def _nearest_counted_descendants(name: str, counted: dict[str, int]) -> list[str]:
+    """Counted modules under ``name`` with no counted module between them and it.
+
+    Containers whose own forward never runs (a ModuleList, a plain holder module) are absent from the
+    counter, so a counted module's nearest counted descendants may be grandchildren or deeper.
+    """
+    below = [k for k in counted if k.startswith(name + ".")]
+    return [k for k in below if not any(k.startswith(j + ".") for j in below if j != k)]
+
+
 def torch_stats(module: "nn.Module", specs: tuple[InputSpec, ...]) -> ModelStats:
     """Count parameters, bytes of parameters and buffers, and MACs for one call on inputs of ``specs``."""
     import torch
@@ -64,7 +89,7 @@ def torch_stats(module: "nn.Module", specs: tuple[InputSpec, ...]) -> ModelStats
     module = module.eval()
     params = sum(p.numel() for p in module.parameters())
     size_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas())
     # With grad enabled, MultiheadAttention and TransformerEncoderLayer take their composite path instead of the
     # fused inference kernel, which FlopCounterMode cannot see into.
     with torch.enable_grad(), counter:
@@ -77,8 +102,7 @@ def torch_stats(module: "nn.Module", specs: tuple[InputSpec, ...]) -> ModelStats
     layers = []
     for full, macs in inclusive.items():
         name = "" if full == root else full.removeprefix(root + ".")
-        children = [v for k, v in inclusive.items() if k.startswith(full + ".") and k.count(".") == full.count(".") + 1]
-        own = macs - sum(children)
+        own = macs - sum(inclusive[k] for k in _nearest_counted_descendants(full, inclusive))
         if own <= 0:
             continue
         sub = named.get(name)
