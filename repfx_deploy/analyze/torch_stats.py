@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from repfx_deploy.modules import inference_mode
 from repfx_deploy.spec import InputSpec
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def torch_stats(module: "nn.Module", specs: tuple[InputSpec, ...]) -> ModelStats
     from repfx_deploy.data.tensors import zeros_for
     from repfx_deploy.measure.runtimes import _flatten
 
-    module = module.eval()
+    module = inference_mode(module)
     params = sum(p.numel() for p in module.parameters())
     size_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
     counter = FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas())

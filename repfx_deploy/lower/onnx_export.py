@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from repfx_deploy import __version__
 from repfx_deploy.atomic import atomic_file
 from repfx_deploy.errors import ExportError
+from repfx_deploy.modules import inference_mode
 from repfx_deploy.spec import InputSpec
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def export_onnx(
 
     from repfx_deploy.data.tensors import zeros_for
 
-    module = module.eval()
+    module = inference_mode(module)
     example = tuple(zeros_for(specs))
     names = [s.name for s in specs]
     is_script = isinstance(module, torch.jit.ScriptModule)

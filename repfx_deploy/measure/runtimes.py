@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from repfx_deploy.errors import MeasureError
+from repfx_deploy.modules import inference_mode
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -35,7 +36,7 @@ class TorchRunner:
 
         self.threads = threads or default_threads()
         torch.set_num_threads(self.threads)
-        self._module = module.eval()
+        self._module = inference_mode(module)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch

@@ -73,3 +73,14 @@ def test_export_failure_names_operator_and_leaves_no_file(tmp_path):
         export_onnx(_EighNet(), (InputSpec("input", (1, 4, 4)),), out)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_export_archive_module_exports_and_matches(tmp_path, tiny_conv):
+    from repfx_deploy.ingest.loader import load_model
+
+    archive = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(tiny_conv, (torch.randn(1, 3, 8, 8),)), archive)
+    loaded = load_model(archive)
+    result = export_onnx(loaded.module, loaded.input_specs, tmp_path / "m.onnx")
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(OrtRunner(result.path).run([x])[0], TorchRunner(loaded.module).run([x])[0], atol=1e-5)
