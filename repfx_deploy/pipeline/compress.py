@@ -171,7 +171,9 @@ def compress(request: CompressRequest) -> dict:
 
     context = PassContext(input_specs=loaded.input_specs, calibration=data.calibration, train=data.train, target_name=profile.name)
     log.info("applying %d pass(es)", len(recipe.passes))
-    compressed, pass_records = apply_passes(copy.deepcopy(original), recipe.passes, context)
+    # passes work on a copy so the original stays the reference; with none there is nothing to copy
+    start = copy.deepcopy(original) if recipe.passes else original
+    compressed, pass_records = apply_passes(start, recipe.passes, context)
     compressed_stats = torch_stats(compressed, loaded.input_specs) if pass_records else baseline_stats
 
     tvm_target = resolve_tvm_target(profile, threads) if request.compile_tvm and "tvm" in profile.runtimes else None
