@@ -15,8 +15,12 @@ from typing import Any
 from repfx_deploy.errors import TargetError
 
 _REQUIRED = {"name", "description", "tvm_target"}
-_OPTIONAL = {"threads", "runtimes", "notes"}
+_OPTIONAL = {"threads", "runtimes", "notes", "os", "link", "channel_multiple", "rpc_key"}
 _KNOWN_RUNTIMES = ("torch", "onnxruntime", "tvm")
+_OSES = ("linux", "android")
+# "shared": a .so linked here (natively or with a cross g++); "objects": a .tar of object files plus the
+# command that links them on a machine with the right toolchain (Android needs the NDK, not installable here).
+_LINKS = ("shared", "objects")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,9 @@ class TargetProfile:
 
     ``tvm_target`` is the TVM target JSON dict; the value ``"detect"`` for ``mcpu``/``mtriple``/``num-cores``
     means "this machine's", resolved at compile time. ``threads`` 0 means every core available.
+    ``link`` says how the compiled artifact is packaged (see ``_LINKS``); ``channel_multiple`` is the channel
+    count that keeps this CPU's vector units full (passes round to it); ``rpc_key`` names the device in a
+    TVM RPC tracker.
     """
 
     name: str
@@ -33,9 +40,19 @@ class TargetProfile:
     threads: int = 0
     runtimes: tuple[str, ...] = _KNOWN_RUNTIMES
     notes: str = ""
+    os: str = "linux"
+    link: str = "shared"
+    channel_multiple: int = 8
+    rpc_key: str = ""
     source: str = ""
 
     def __post_init__(self) -> None:
+        if self.os not in _OSES:
+            raise TargetError(f"Target {self.name!r}: os must be one of {_OSES}, got {self.os!r}.", "Fix the profile.")
+        if self.link not in _LINKS:
+            raise TargetError(f"Target {self.name!r}: link must be one of {_LINKS}, got {self.link!r}.", "Fix the profile.")
+        if self.channel_multiple < 1:
+            raise TargetError(f"Target {self.name!r}: channel_multiple must be >= 1.", "Use e.g. 8.")
         if not self.name.replace("-", "").replace("_", "").isalnum():
             raise TargetError(f"Target name {self.name!r} must be letters, digits, - and _.", "Rename the profile.")
         if self.threads < 0:
@@ -62,6 +79,10 @@ class TargetProfile:
             "threads": self.threads,
             "runtimes": list(self.runtimes),
             "notes": self.notes,
+            "os": self.os,
+            "link": self.link,
+            "channel_multiple": self.channel_multiple,
+            "rpc_key": self.rpc_key or self.name,
             "source": self.source,
         }
 
@@ -100,6 +121,10 @@ def load_profile_file(path: Path) -> TargetProfile:
             threads=int(data.get("threads", 0)),
             runtimes=tuple(data.get("runtimes", _KNOWN_RUNTIMES)),
             notes=str(data.get("notes", "")),
+            os=str(data.get("os", "linux")),
+            link=str(data.get("link", "shared")),
+            channel_multiple=int(data.get("channel_multiple", 8)),
+            rpc_key=str(data.get("rpc_key", "")),
             source=str(path),
         )
     except (TypeError, ValueError) as e:

@@ -9,3 +9,14 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 # torch==2.13.0 resolves to the CPU wheel on this machine; pyproject pins it so no CUDA build is pulled.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-input -e ".[dev]"
+# Cross linkers for the aarch64 and armv7 Linux device profiles (Debian packages). Not fatal: without them only
+# those profiles' compiles fail, with a message naming the package, and their tests skip.
+if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v arm-linux-gnueabihf-g++ >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            g++-aarch64-linux-gnu g++-arm-linux-gnueabihf >/dev/null; } \
+            || echo "warning: could not install the ARM cross compilers; ARM Linux targets will not link" >&2
+    else
+        echo "note: install g++-aarch64-linux-gnu and g++-arm-linux-gnueabihf to link models for ARM boards" >&2
+    fi
+fi

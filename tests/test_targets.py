@@ -35,3 +35,18 @@ def test_duplicate_profile_names_in_one_folder_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("REPFX_TARGETS_DIR", str(tmp_path))
     with pytest.raises(TargetError, match="Two profiles"):
         list_profiles()
+
+
+def test_shipped_profiles_cover_the_devices_and_validate():
+    profiles = list_profiles()
+    assert {"host", "pixel1", "rpi4", "rpi3-armv7", "jetson-nano"} <= set(profiles)
+    assert profiles["pixel1"].os == "android" and profiles["pixel1"].link == "objects"
+    assert profiles["rpi3-armv7"].target_dict["mfloat-abi"] == "hard"
+    assert all(p.target_dict.get("num-cores") for name, p in profiles.items() if name != "host")
+
+
+def test_profile_with_unknown_link_kind_refused(tmp_path):
+    path = tmp_path / "dev.toml"
+    path.write_text('name = "dev"\ndescription = "d"\nlink = "zip"\n[tvm_target]\nkind = "llvm"\n')
+    with pytest.raises(TargetError, match="link"):
+        load_profile_file(path)

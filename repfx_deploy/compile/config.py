@@ -39,6 +39,8 @@ class CompileConfig:
     approximations instead of libm calls (exp within 4e-6 relative; softmax 3x faster on the CIFAR ViT).
 
     ``tune_max_s``: stop starting new tuning tasks after this many seconds (``None``: no limit).
+    ``link``: ``"shared"`` writes ``model.so`` (cross-linked for foreign Linux targets); ``"objects"``
+    writes ``model.tar`` and the command that links it (Android: the NDK is not available here).
     ``builder_timeout_s``: MetaSchedule's per-candidate compile timeout (its 30 s default expires
     under load and leaves tasks with no schedule).
     """
@@ -51,6 +53,7 @@ class CompileConfig:
     fast_math: bool = True
     tune_max_s: float | None = None
     builder_timeout_s: float = 90.0
+    link: str = "shared"
 
     def __post_init__(self) -> None:
         target = self.target
@@ -70,6 +73,8 @@ class CompileConfig:
             raise ValueError(f"conv_layout must be one of {CONV_LAYOUTS}, got {self.conv_layout!r}")
         if self.tune_max_s is not None and self.tune_max_s <= 0:
             raise ValueError("tune_max_s must be positive or None")
+        if self.link not in ("shared", "objects"):
+            raise ValueError(f"link must be 'shared' or 'objects', got {self.link!r}")
         if self.builder_timeout_s <= 0:
             raise ValueError("builder_timeout_s must be positive")
         db = Path(self.tuning_db).expanduser() if self.tuning_db is not None else default_tuning_db(self.target_dict)
@@ -94,4 +99,5 @@ class CompileConfig:
             "fast_math": self.fast_math,
             "tune_max_s": self.tune_max_s,
             "builder_timeout_s": self.builder_timeout_s,
+            "link": self.link,
         }

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from repfx_deploy.compile.config import CompileConfig
 from repfx_deploy.compile.host import ensure_thread_pool_capacity
+from repfx_deploy.compile.link import LIBRARY_NAME, export_artifact, is_foreign_target
 from repfx_deploy.compile.onnx_import import import_onnx, load_onnx, onnx_opset, output_specs
 from repfx_deploy.ingest.loader import file_sha256
 from repfx_deploy.ingest.onnx_signature import graph_input_specs
@@ -34,7 +35,6 @@ from repfx_deploy.spec import InputSpec
 log = logging.getLogger("repfx_deploy.compile")
 
 MANIFEST_NAME = "manifest.json"
-LIBRARY_NAME = "model.so"
 MANIFEST_FORMAT = "repfx-deploy/tvm-artifact"
 MANIFEST_VERSION = 1
 
@@ -210,39 +210,6 @@ def build(mod, target):
         return tvm.compile(mod, target=target, relax_pipeline=tail)
 
 
-def _arch(triple_or_machine: str) -> str:
-    arch = triple_or_machine.split("-")[0].lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, "arm" if arch.startswith(("armv", "thumb")) else arch)
-
-
-def is_foreign_target(target_dict: dict) -> bool:
-    """True when the target's architecture is not this machine's (cross-compilation: nothing runs here)."""
-    import platform
-
-    triple = str(target_dict.get("mtriple", ""))
-    return bool(triple) and _arch(triple) != _arch(platform.machine())
-
-
-def _cross_compiler(target_dict: dict):
-    """``fcompile`` for ``export_library``: None on the host, else the target's g++ cross compiler."""
-    import shutil
-
-    if not is_foreign_target(target_dict):
-        return None
-    from tvm.support import cc
-
-    triple = str(target_dict["mtriple"])
-    known = {"aarch64": "aarch64-linux-gnu-g++", "arm": "arm-linux-gnueabihf-g++"}.get(_arch(triple))
-    names = list(dict.fromkeys([f"{triple}-g++", *([known] if known else [])]))
-    for name in names:
-        if shutil.which(name):
-            return cc.cross_compiler(name)
-    raise CompileError(
-        f"No C++ cross compiler for {triple} to link model.so (looked for {', '.join(names)}).",
-        f"Install one (Debian: apt-get install g++-{(known or triple + '-g++')[:-4]}), or compile on the device.",
-    )
-
-
 def compile_onnx(
     onnx_path: Path,
     out_dir: Path,
@@ -286,10 +253,8 @@ def compile_onnx(
     try:
         scheduled, counts = schedule_kernels(kernels_mod, target, config.tuning_db, config.default_schedule)
         log.info("kernels: %s", counts.to_dict())
-        fcompile = _cross_compiler(config.target_dict)
         executable = build(scheduled, target)
-        library_path = out_dir / LIBRARY_NAME
-        executable.export_library(str(library_path), fcompile=fcompile)
+        library_path, link_info = export_artifact(executable, out_dir, config.target_dict, config.link)
     except CompileError:
         raise
     except Exception as e:
@@ -298,7 +263,8 @@ def compile_onnx(
     manifest = {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
-        "library": LIBRARY_NAME,
+        "library": library_path.name,
+        "link": link_info,
         "tvm_version": tvm.__version__,
         "target": config.target_dict,
         "target_hash": config.target_hash,

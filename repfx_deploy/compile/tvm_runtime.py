@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from repfx_deploy.compile.host import ensure_thread_pool_capacity
-from repfx_deploy.compile.tvm_build import LIBRARY_NAME, MANIFEST_NAME
+from repfx_deploy.compile.link import LIBRARY_NAME
+from repfx_deploy.compile.tvm_build import MANIFEST_NAME
 from repfx_deploy.errors import InputShapeError, MeasureError, ModelLoadError
 from repfx_deploy.spec import InputSpec
 

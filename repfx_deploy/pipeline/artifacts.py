@@ -31,6 +31,7 @@ class Artifacts:
     compile: dict = field(default_factory=dict)
     compile_error: str | None = None
     verification: list[dict] = field(default_factory=list)
+    tvm_runs_here: bool = True  # False for a cross-compiled artifact: nothing here can load it
 
 
 def run_all(runner: Any, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -48,6 +49,7 @@ def build_artifacts(
     tune_trials: int,
     threads: int,
     source_sha256: str,
+    link: str = "shared",
 ) -> Artifacts:
     """Export ``module`` to ``out_dir/model.onnx`` and compile it to ``out_dir/tvm/``; verify each on ``samples``.
 
@@ -65,6 +67,7 @@ def build_artifacts(
     artifacts.verification.append(compare(torch_out, ort_out, reference_name="torch", candidate_name="onnxruntime").to_dict())
     if tvm_target is None:
         return artifacts
+    from repfx_deploy.compile.link import is_foreign_target
     from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
 
@@ -72,13 +75,16 @@ def build_artifacts(
     tvm_dir.mkdir()
     log.info("compiling with TVM for %s (%d tuning trials)", tvm_target.get("mcpu", tvm_target.get("mtriple")), tune_trials)
     try:
-        compiled = compile_onnx(result.path, tvm_dir, CompileConfig(target=tvm_target, tune_trials=tune_trials))
+        compiled = compile_onnx(result.path, tvm_dir, CompileConfig(target=tvm_target, tune_trials=tune_trials, link=link))
     except CompileError as e:
         log.error("TVM compile failed: %s", e)
         artifacts.compile_error = str(e)
         return artifacts
     artifacts.tvm_dir = tvm_dir
     artifacts.compile = compiled.to_dict()
+    if is_foreign_target(tvm_target) or link != "shared":
+        artifacts.tvm_runs_here = False
+        return artifacts
     log.info("verifying TVM against ONNX Runtime and torch on %d inputs", len(samples))
     tvm_out = run_all(load_tvm_runner(tvm_dir, threads), samples)
     artifacts.verification.append(compare(ort_out, tvm_out, reference_name="onnxruntime", candidate_name="tvm").to_dict())

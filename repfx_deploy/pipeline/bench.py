@@ -45,6 +45,7 @@ def bench(request: BenchRequest) -> dict:
     from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
 
     profile = get_profile(request.target, request.target_file)
+    _refuse_foreign(profile)  # every figure measured here would be this machine's, not the device's
     threads = request.threads or profile.threads or default_threads()
     source = Path(request.source)
     unknown = set(request.runtimes) - set(RUNTIMES)
@@ -96,6 +97,16 @@ def bench(request: BenchRequest) -> dict:
         "latency_ms": {name: r["latency_ms"] for name, r in results.items()},
         "verification": verification,
     }
+
+
+def _refuse_foreign(profile) -> None:
+    from repfx_deploy.compile.link import is_foreign_target
+
+    if profile.link != "shared" or (not profile.is_host and is_foreign_target(profile.target_dict)):
+        raise InputError(
+            f"Target {profile.name!r} is another device; its TVM artifact cannot run on this machine.",
+            "Measure on the device itself (TVM RPC measurement is not built yet), or bench with --target host.",
+        )
 
 
 def _refuse(bad: set[str], what: str, fix: str) -> None:

@@ -34,8 +34,10 @@ class CompileRequest:
 def compile_model(request: CompileRequest) -> dict:
     """Compile ``request.source`` into ``request.out_dir`` (written atomically); returns a JSON-ready summary.
 
-    The artifact is checked against ONNX Runtime on seeded random inputs before it is put in place.
+    An artifact that runs here is checked against ONNX Runtime on seeded random inputs before it is put in
+    place; a cross-compiled one cannot be, and ``verification`` is then ``None``.
     """
+    from repfx_deploy.compile.link import is_foreign_target
     from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
     from repfx_deploy.measure.runtimes import OrtRunner
@@ -50,11 +52,13 @@ def compile_model(request: CompileRequest) -> dict:
         if loaded.is_torch:
             onnx_path = export_onnx(loaded.module, loaded.input_specs, Path(scratch) / "model.onnx", config=ExportConfig(), source_sha256=loaded.sha256).path
         assert onnx_path is not None
-        artifact = compile_onnx(onnx_path, tmp, CompileConfig(target=target, tune_trials=request.tune_trials))
-        samples = [random_inputs(loaded.input_specs, seed=s) for s in range(VERIFY_SAMPLES)]
-        ort, tvm = OrtRunner(onnx_path, threads), load_tvm_runner(tmp, threads)
-        agreement = compare([ort.run(s) for s in samples], [tvm.run(s) for s in samples], reference_name="onnxruntime", candidate_name="tvm")
-        (tmp / "verification.json").write_text(json.dumps(agreement.to_dict(), indent=2) + "\n")
+        artifact = compile_onnx(onnx_path, tmp, CompileConfig(target=target, tune_trials=request.tune_trials, link=profile.link))
+        verification = None
+        if profile.link == "shared" and not is_foreign_target(target):
+            samples = [random_inputs(loaded.input_specs, seed=s) for s in range(VERIFY_SAMPLES)]
+            ort, tvm = OrtRunner(onnx_path, threads), load_tvm_runner(tmp, threads)
+            verification = compare([ort.run(s) for s in samples], [tvm.run(s) for s in samples], reference_name="onnxruntime", candidate_name="tvm").to_dict()
+            (tmp / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
         summary = relocate(artifact.to_dict(), tmp, request.out_dir)
     return {
         "source": str(request.source),
@@ -62,5 +66,6 @@ def compile_model(request: CompileRequest) -> dict:
         "tvm_target": target,
         "threads": threads,
         "artifact": summary,
-        "verification": agreement.to_dict(),
+        # a cross-compiled artifact cannot be loaded here; verifying it on the device needs TVM RPC
+        "verification": verification,
     }

@@ -85,7 +85,7 @@ def _bench(artifacts: Artifacts, module, profile: TargetProfile, inputs: list[np
         runners.append(TorchRunner(module, threads))
     if "onnxruntime" in profile.runtimes:
         runners.append(OrtRunner(artifacts.onnx_path, threads))
-    if "tvm" in profile.runtimes and artifacts.tvm_dir is not None:
+    if "tvm" in profile.runtimes and artifacts.tvm_dir is not None and artifacts.tvm_runs_here:
         from repfx_deploy.compile.tvm_runtime import load_tvm_runner
 
         runners.append(load_tvm_runner(artifacts.tvm_dir, threads))
@@ -194,11 +194,17 @@ def compress(request: CompressRequest) -> dict:
         report["notes"].append("No calibration or eval data given: fidelity was measured on random inputs only.")
     with atomic_dir(request.out_dir, force=request.force) as tmp:
         build = dict(samples=samples, export_config=export_config, tvm_target=tvm_target,
-                     tune_trials=recipe.tune_trials, threads=threads, source_sha256=loaded.sha256)
+                     tune_trials=recipe.tune_trials, threads=threads, source_sha256=loaded.sha256, link=profile.link)
         art = build_artifacts(compressed, loaded.input_specs, tmp, **build)
         base_art = build_artifacts(original, loaded.input_specs, tmp / "baseline", **build) if pass_records else art
         report["verification"] = art.verification
         report["warnings"] += _verification_warnings(art.verification)
+        if art.tvm_dir is not None and not art.tvm_runs_here:
+            report["notes"].append(
+                f"The TVM artifact is built for {profile.name} ({(tvm_target or {}).get('mtriple')}) and cannot run on this "
+                "machine, so it was neither verified against ONNX Runtime nor timed; measuring on the device over TVM "
+                "RPC is not built yet. Accuracy and fidelity are of the same model on ONNX Runtime here."
+            )
         report["artifacts"] = _artifact_paths(request.out_dir, tmp, art)
         for a in {id(art): art, id(base_art): base_art}.values():
             relocate_manifest(a.tvm_dir, tmp, request.out_dir)
@@ -246,9 +252,10 @@ def _artifact_paths(final: Path, tmp: Path, art: Artifacts) -> dict:
     def rel(p: Path | None) -> str | None:
         return str(final / p.relative_to(tmp)) if p is not None else None
 
+    library = (art.compile.get("manifest") or {}).get("library", "model.so")
     return {
         "onnx": rel(art.onnx_path),
-        "tvm_library": rel(art.tvm_dir / "model.so") if art.tvm_dir else None,
+        "tvm_library": rel(art.tvm_dir / library) if art.tvm_dir else None,
         "tvm_manifest": rel(art.tvm_dir / "manifest.json") if art.tvm_dir else None,
         "report_json": str(final / "report.json"),
         "report_md": str(final / "report.md"),

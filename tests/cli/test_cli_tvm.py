@@ -68,3 +68,30 @@ def test_compress_example_recipe_via_cli(tmp_path, tiny_state_dict, fixtures_dir
     assert doc["status"] == "ok" and doc["compressed"]["agreement"] == 1.0
     assert doc["baseline"]["accuracy"] == doc["compressed"]["accuracy"]
     assert (out / "report.md").exists()
+
+
+def test_compile_for_pixel1_writes_objects_without_claiming_verification(tmp_path, tiny_onnx):
+    out = tmp_path / "px"
+    result = _invoke("compile", tiny_onnx, "--target", "pixel1", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (out / "model.tar").exists() and doc["verification"] is None
+    assert doc["artifact"]["manifest"]["link"]["kind"] == "objects"
+
+
+def test_bench_on_another_device_refused_with_reason(tiny_onnx):
+    result = _invoke("bench", tiny_onnx, "--target", "rpi4")
+    assert result.exit_code == 2 and "another device" in result.output
+
+
+def test_compress_for_pixel1_keeps_artifacts_and_says_what_was_not_measured(tmp_path, tiny_state_dict, fixtures_dir):
+    out = tmp_path / "res"
+    result = _invoke(
+        "compress", tiny_state_dict, "--arch", "tiny_models:TinyConvNet", "--python-path", fixtures_dir,
+        "--input-shape", "1,3,8,8", "--target", "pixel1", "-o", out, "--json",
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (out / "tvm" / "model.tar").exists() and doc["artifacts"]["tvm_library"].endswith("model.tar")
+    assert doc["compressed"]["latency_ms"] == {}
+    assert any("cannot run on this machine" in n for n in doc["notes"])
