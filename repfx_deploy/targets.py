@@ -159,6 +159,13 @@ def get_profile(name: str | None = None, target_file: Path | None = None) -> Tar
     return profiles[name]
 
 
+def resolve_threads(profile: TargetProfile, requested: int = 0) -> int:
+    """Threads to run with: what was asked for, else the profile's, else every core this process may use."""
+    from repfx_deploy.measure.runtimes import default_threads
+
+    return requested or profile.threads or default_threads()
+
+
 def resolve_tvm_target(profile: TargetProfile, threads: int | None = None) -> dict[str, Any]:
     """The concrete TVM target dict: ``detect`` values replaced by this machine's (imports TVM)."""
     target = profile.target_dict

@@ -91,6 +91,7 @@ def export(
     from repfx_deploy.ingest.loader import load_model
     from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
     from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
+    from repfx_deploy.pipeline.evaluate import run_all
     from repfx_deploy.verify import compare
 
     check_output(output, force=force)
@@ -107,7 +108,7 @@ def export(
         samples += [[b] for b in ds.batches(loaded.input_specs[0].shape[0])[:16]]
     result = export_onnx(loaded.module, loaded.input_specs, output, config=config, source_sha256=loaded.sha256, force=force)
     torch_r, ort_r = TorchRunner(loaded.module), OrtRunner(result.path)
-    agreement = compare([torch_r.run(s) for s in samples], [ort_r.run(s) for s in samples], reference_name="torch", candidate_name="onnxruntime")
+    agreement = compare(run_all(torch_r, samples), run_all(ort_r, samples), reference_name="torch", candidate_name="onnxruntime")
     doc = {**result.to_dict(), "source_sha256": loaded.sha256, "inputs": [s.to_dict() for s in loaded.input_specs],
            "verification": agreement.to_dict()}
     if json_out:

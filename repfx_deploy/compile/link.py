@@ -28,7 +28,12 @@ def _arch(triple_or_machine: str) -> str:
 def is_foreign_target(target_dict: dict) -> bool:
     """True when the target's architecture is not this machine's (cross-compilation: nothing runs here)."""
     triple = str(target_dict.get("mtriple", ""))
-    return bool(triple) and _arch(triple) != _arch(platform.machine())
+    return triple not in ("", "detect") and _arch(triple) != _arch(platform.machine())
+
+
+def runs_here(target_dict: dict, link: str) -> bool:
+    """True when an artifact for ``target_dict`` packaged as ``link`` can be loaded and run on this machine."""
+    return link == "shared" and not is_foreign_target(target_dict)
 
 
 def _cross_compiler(target_dict: dict) -> tuple[object | None, str]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from repfx_deploy.errors import CompileError
 from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
+from repfx_deploy.pipeline.evaluate import run_all
 from repfx_deploy.spec import InputSpec
 from repfx_deploy.verify import compare
 
@@ -32,10 +33,6 @@ class Artifacts:
     compile_error: str | None = None
     verification: list[dict] = field(default_factory=list)
     tvm_runs_here: bool = True  # False for a cross-compiled artifact: nothing here can load it
-
-
-def run_all(runner: Any, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    return [runner.run(s) for s in samples]
 
 
 def build_artifacts(
@@ -67,7 +64,7 @@ def build_artifacts(
     artifacts.verification.append(compare(torch_out, ort_out, reference_name="torch", candidate_name="onnxruntime").to_dict())
     if tvm_target is None:
         return artifacts
-    from repfx_deploy.compile.link import is_foreign_target
+    from repfx_deploy.compile.link import runs_here
     from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
 
@@ -82,7 +79,7 @@ def build_artifacts(
         return artifacts
     artifacts.tvm_dir = tvm_dir
     artifacts.compile = compiled.to_dict()
-    if is_foreign_target(tvm_target) or link != "shared":
+    if not runs_here(tvm_target, link):
         artifacts.tvm_runs_here = False
         return artifacts
     log.info("verifying TVM against ONNX Runtime and torch on %d inputs", len(samples))

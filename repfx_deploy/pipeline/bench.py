@@ -16,10 +16,10 @@ from repfx_deploy.errors import InputError
 from repfx_deploy.ingest.loader import LoadOptions, load_model
 from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
 from repfx_deploy.measure.bench import bench_runners
-from repfx_deploy.measure.runtimes import RUNTIMES, default_threads
+from repfx_deploy.measure.runtimes import RUNTIMES
 from repfx_deploy.measure.timing import TimingConfig
 from repfx_deploy.spec import InputSpec
-from repfx_deploy.targets import get_profile, resolve_tvm_target
+from repfx_deploy.targets import get_profile, resolve_threads, resolve_tvm_target
 from repfx_deploy.verify import compare
 
 
@@ -46,7 +46,7 @@ def bench(request: BenchRequest) -> dict:
 
     profile = get_profile(request.target, request.target_file)
     _refuse_foreign(profile)  # every figure measured here would be this machine's, not the device's
-    threads = request.threads or profile.threads or default_threads()
+    threads = resolve_threads(profile, request.threads)
     source = Path(request.source)
     unknown = set(request.runtimes) - set(RUNTIMES)
     if unknown:
@@ -100,9 +100,9 @@ def bench(request: BenchRequest) -> dict:
 
 
 def _refuse_foreign(profile) -> None:
-    from repfx_deploy.compile.link import is_foreign_target
+    from repfx_deploy.compile.link import runs_here
 
-    if profile.link != "shared" or (not profile.is_host and is_foreign_target(profile.target_dict)):
+    if not runs_here(profile.target_dict, profile.link):
         raise InputError(
             f"Target {profile.name!r} is another device; its TVM artifact cannot run on this machine.",
             "Measure on the device itself (TVM RPC measurement is not built yet), or bench with --target host.",

@@ -11,9 +11,9 @@ from repfx_deploy.atomic import atomic_dir, check_output
 from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.ingest.loader import LoadOptions, load_model
 from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
-from repfx_deploy.measure.runtimes import default_threads
 from repfx_deploy.pipeline.artifacts import relocate
-from repfx_deploy.targets import get_profile, resolve_tvm_target
+from repfx_deploy.pipeline.evaluate import run_all
+from repfx_deploy.targets import get_profile, resolve_threads, resolve_tvm_target
 from repfx_deploy.verify import compare
 
 VERIFY_SAMPLES = 4
@@ -37,14 +37,14 @@ def compile_model(request: CompileRequest) -> dict:
     An artifact that runs here is checked against ONNX Runtime on seeded random inputs before it is put in
     place; a cross-compiled one cannot be, and ``verification`` is then ``None``.
     """
-    from repfx_deploy.compile.link import is_foreign_target
+    from repfx_deploy.compile.link import runs_here
     from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
     from repfx_deploy.measure.runtimes import OrtRunner
 
     check_output(request.out_dir, force=request.force)
     profile = get_profile(request.target, request.target_file)
-    threads = request.threads or profile.threads or default_threads()
+    threads = resolve_threads(profile, request.threads)
     loaded = load_model(request.source, request.load)
     target = resolve_tvm_target(profile, threads)
     with tempfile.TemporaryDirectory(prefix="repfx-compile-") as scratch, atomic_dir(request.out_dir, force=request.force) as tmp:
@@ -54,10 +54,10 @@ def compile_model(request: CompileRequest) -> dict:
         assert onnx_path is not None
         artifact = compile_onnx(onnx_path, tmp, CompileConfig(target=target, tune_trials=request.tune_trials, link=profile.link))
         verification = None
-        if profile.link == "shared" and not is_foreign_target(target):
+        if runs_here(target, profile.link):
             samples = [random_inputs(loaded.input_specs, seed=s) for s in range(VERIFY_SAMPLES)]
             ort, tvm = OrtRunner(onnx_path, threads), load_tvm_runner(tmp, threads)
-            verification = compare([ort.run(s) for s in samples], [tvm.run(s) for s in samples], reference_name="onnxruntime", candidate_name="tvm").to_dict()
+            verification = compare(run_all(ort, samples), run_all(tvm, samples), reference_name="onnxruntime", candidate_name="tvm").to_dict()
             (tmp / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
         summary = relocate(artifact.to_dict(), tmp, request.out_dir)
     return {

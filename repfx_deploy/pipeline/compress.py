@@ -23,9 +23,9 @@ from repfx_deploy.ingest.loader import LoadedModel, LoadOptions, load_model
 from repfx_deploy.lower.onnx_export import ExportConfig
 from repfx_deploy.measure.timing import TimingConfig
 from repfx_deploy.pipeline.artifacts import Artifacts, build_artifacts, relocate, relocate_manifest
-from repfx_deploy.pipeline.evaluate import fidelity, predictions, top1_accuracy
+from repfx_deploy.pipeline.evaluate import fidelity, predictions, run_all, top1_accuracy
 from repfx_deploy.recipe import Recipe, dump_recipe
-from repfx_deploy.targets import TargetProfile, get_profile, resolve_tvm_target
+from repfx_deploy.targets import TargetProfile, get_profile, resolve_threads, resolve_tvm_target
 
 log = logging.getLogger("repfx_deploy.pipeline")
 
@@ -110,7 +110,7 @@ def _quality(artifacts: Artifacts, data: _Data, batch: int, threads: int, fid_in
     out: dict = {"accuracy": None}
     if data.eval is not None and data.eval.labeled:
         out["accuracy"] = top1_accuracy(predictions(ort, data.eval, batch), data.eval, batch)
-    fid = fidelity(reference, [ort.run(x) for x in fid_inputs], reference_name="original (torch)", candidate_name="deployed (onnxruntime)")
+    fid = fidelity(reference, run_all(ort, fid_inputs), reference_name="original (torch)", candidate_name="deployed (onnxruntime)")
     out["fidelity"] = {**fid, "data": fid_source}
     out["agreement"] = fid["top1_agreement"]
     return out
@@ -152,10 +152,9 @@ def compress(request: CompressRequest) -> dict:
             "Pass the trained PyTorch model (a state_dict with --arch, a .pt2 or TorchScript); use `compile`/`bench` for ONNX files.",
         )
     recipe = recipe.with_overrides(input_specs=loaded.input_specs, arch=loaded.arch)
-    threads = recipe.threads or profile.threads or 0
-    from repfx_deploy.measure.runtimes import TorchRunner, default_threads
+    threads = resolve_threads(profile, recipe.threads)
+    from repfx_deploy.measure.runtimes import TorchRunner
 
-    threads = threads or default_threads()
     log.info("loaded %s (%s), inputs %s", loaded.path, loaded.format, ", ".join(map(str, loaded.input_specs)))
     data = _load_data(recipe, loaded)
     batch = loaded.input_specs[0].shape[0]
@@ -164,7 +163,7 @@ def compress(request: CompressRequest) -> dict:
     baseline_stats = torch_stats(original, loaded.input_specs)
     torch_runner = TorchRunner(original, threads)
     fid_inputs, fid_source = _fidelity_inputs(loaded, data)
-    reference = [torch_runner.run(x) for x in fid_inputs]
+    reference = run_all(torch_runner, fid_inputs)
     baseline_accuracy = None
     if data.eval is not None and data.eval.labeled:
         baseline_accuracy = top1_accuracy(predictions(torch_runner, data.eval, batch), data.eval, batch)

@@ -10,9 +10,14 @@ from repfx_deploy.data.datasets import Dataset
 from repfx_deploy.verify import compare
 
 
+def run_all(runner: Any, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Outputs of ``runner`` for each input list in ``samples``."""
+    return [runner.run(s) for s in samples]
+
+
 def predictions(runner: Any, dataset: Dataset, batch_size: int) -> list[list[np.ndarray]]:
     """Outputs of ``runner`` for every full batch of ``dataset`` (one output list per batch)."""
-    return [runner.run([b]) for b in dataset.batches(batch_size)]
+    return run_all(runner, [[b] for b in dataset.batches(batch_size)])
 
 
 def top1_accuracy(outputs: list[list[np.ndarray]], dataset: Dataset, batch_size: int) -> float:
