@@ -25,6 +25,17 @@ log = logging.getLogger("repfx_deploy.passes")
 # Every kind a recipe may name. A kind without a registered handler is planned but not built yet.
 PASS_KINDS = ("prune", "quantize", "lowrank", "slicegpt", "tokens", "snn")
 
+# Where each built-in kind's handler lives. It is imported only when a recipe names that kind, so a pass's
+# heavy dependencies never slow down the others (or ``--help``). The module registers itself on import.
+BUILTIN_HANDLERS = {
+    "prune": "repfx_deploy.passes.prune.handler",
+    "quantize": "repfx_deploy.passes.quantize.handler",
+    "lowrank": "repfx_deploy.passes.lowrank.handler",
+    "slicegpt": "repfx_deploy.passes.slicegpt.handler",
+    "tokens": "repfx_deploy.passes.tokens.handler",
+    "snn": "repfx_deploy.passes.snn.handler",
+}
+
 
 @dataclass
 class PassContext:
@@ -62,14 +73,40 @@ def register_pass(kind: str) -> Callable[[Handler], Handler]:
     return decorate
 
 
+def _load_builtin(kind: str) -> None:
+    """Import the built-in handler module for ``kind`` if it exists (a kind not built yet has none)."""
+    import importlib
+    import importlib.util
+
+    module = BUILTIN_HANDLERS.get(kind)
+    if kind in _HANDLERS or module is None:
+        return
+    try:
+        present = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its package does not exist yet
+        present = False
+    if present:
+        importlib.import_module(module)
+
+
 def registered_kinds() -> tuple[str, ...]:
+    """Kinds that have a handler (built-in handlers are imported to find out)."""
+    for kind in BUILTIN_HANDLERS:
+        _load_builtin(kind)
     return tuple(sorted(_HANDLERS))
+
+
+def get_handler(kind: str) -> Handler:
+    """The handler for ``kind``; ``RecipeError`` when the kind is unknown or not built."""
+    check_pass_kind(kind)
+    return _HANDLERS[kind]
 
 
 def check_pass_kind(kind: str) -> None:
     """Raise ``RecipeError`` for a kind that is unknown or has no handler yet, naming what is available."""
     if kind not in PASS_KINDS:
         raise RecipeError(f"Unknown pass kind {kind!r}.", f"Use one of: {', '.join(PASS_KINDS)}.")
+    _load_builtin(kind)
     if kind not in _HANDLERS:
         available = ", ".join(registered_kinds()) or "none yet"
         raise RecipeError(
@@ -82,10 +119,10 @@ def apply_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]
     """Run ``passes`` (``(kind, options)`` pairs) in order; returns the final module and one stats dict per pass."""
     records = []
     for index, (kind, options) in enumerate(passes):
-        check_pass_kind(kind)
+        handler = get_handler(kind)
         log.info("pass %d: %s", index, kind)
         try:
-            result = _HANDLERS[kind](module, options, context)
+            result = handler(module, options, context)
         except (RecipeError, PassError):
             raise
         except Exception as e:

@@ -228,6 +228,8 @@ def compress(request: CompressRequest) -> dict:
             report["compressed"] = _summary(compressed_stats, art, compressed_latency, quality)
             if not pass_records:
                 report["notes"].append("The recipe has no passes: the compressed model is the baseline, measured once.")
+            else:
+                report["warnings"] += _not_faster_warnings(baseline_latency, compressed_latency)
             report["elapsed_s"] = round(time.perf_counter() - started, 2)
             write_report(tmp, report, recipe_toml=dump_recipe(recipe))
     if report["status"] != "ok":
@@ -236,6 +238,26 @@ def compress(request: CompressRequest) -> dict:
             "See report.md; compile the ONNX artifact again once the operator is supported, or deploy it with ONNX Runtime.",
         )
     return report
+
+
+# Below this speedup a difference is within what repeated runs on a busy machine disagree by.
+MIN_SPEEDUP = 1.03
+
+
+def _not_faster_warnings(baseline: dict, compressed: dict) -> list[str]:
+    """One warning per runtime where the compressed model did not run measurably faster than the original."""
+    warnings = []
+    for name, after in compressed.items():
+        before = baseline.get(name)
+        if before is None:
+            continue
+        speedup = before["latency_ms"] / max(after["latency_ms"], 1e-9)
+        if speedup < MIN_SPEEDUP:
+            warnings.append(
+                f"On {name} the compressed model is not faster: {after['latency_ms']:.4g} ms vs {before['latency_ms']:.4g} ms "
+                f"before ({speedup:.2f}x)."
+            )
+    return warnings
 
 
 def _verification_warnings(verification: list[dict]) -> list[str]:

@@ -124,3 +124,12 @@ def test_compress_measures_fidelity_on_random_inputs_when_no_data_given(tmp_path
     assert fid["data"].startswith("random inputs") and fid["cosine"] > 0.9999
     assert report["compressed"]["accuracy"] is None
     assert any("random inputs" in n for n in report["notes"])
+
+
+def test_not_faster_warnings_name_runtime_when_compressed_is_slower():
+    from repfx_deploy.pipeline.compress import _not_faster_warnings
+
+    before = {"onnxruntime": {"latency_ms": 1.0}, "tvm": {"latency_ms": 1.0}}
+    after = {"onnxruntime": {"latency_ms": 0.5}, "tvm": {"latency_ms": 1.01}}
+    warnings = _not_faster_warnings(before, after)
+    assert len(warnings) == 1 and "tvm" in warnings[0] and "not faster" in warnings[0]
