@@ -1,7 +1,8 @@
 """Device profiles: data files in ``targets/``, validated on load; unknown keys are refused.
 
 A profile says how to compile for a device (the TVM target as a JSON dict) and how to run there (threads,
-runtimes). ``host`` is special: its CPU and core count are detected when it is used.
+runtimes) and the parameters of its latency estimator (``[estimator]``, see ``EstimatorParams``). ``host`` is
+special: its CPU and core count are detected when it is used.
 """
 
 from __future__ import annotations
@@ -10,17 +11,95 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from repfx_deploy.errors import TargetError
 
 _REQUIRED = {"name", "description", "tvm_target"}
-_OPTIONAL = {"threads", "runtimes", "notes", "os", "link", "channel_multiple", "rpc_key"}
+_OPTIONAL = {"threads", "runtimes", "notes", "os", "link", "channel_multiple", "rpc_key", "estimator"}
 _KNOWN_RUNTIMES = ("torch", "onnxruntime", "tvm")
 _OSES = ("linux", "android")
 # "shared": a .so linked here (natively or with a cross g++); "objects": a .tar of object files plus the
 # command that links them on a machine with the right toolchain (Android needs the NDK, not installable here).
 _LINKS = ("shared", "objects")
+EstimatorMethod = Literal["lookup table", "analytic model"]
+_ESTIMATOR_METHODS = ("lookup table", "analytic model")
+_ESTIMATOR_TEXT = ("method", "runtime", "calibrated_on", "accuracy")
+_ESTIMATOR_RATES = ("conv_gmacs", "depthwise_gmacs", "pointwise_gmacs", "gemm_gmacs", "bandwidth_gbs")
+_ESTIMATOR_NUMBERS = (*_ESTIMATOR_RATES, "overhead_us", "accuracy_pct", "lut_scale", "lut_node_offset_us")
+
+
+@dataclass(frozen=True)
+class EstimatorParams:
+    """The ``[estimator]`` table of a profile: what a latency estimate for this device predicts, and how.
+
+    The analytic model costs each layer ``max(MACs / <class>_gmacs, bytes / bandwidth_gbs) + overhead_us``,
+    with classes conv (dense), depthwise, pointwise (1x1) and gemm (Gemm/MatMul); other ops are costed by the
+    bytes they move. ``fuse_elementwise`` folds elementwise ops that directly follow a conv/gemm into it, as
+    ONNX Runtime, TVM and TF-Lite all do. ``method`` is the default: ``"lookup table"`` (measured per-layer
+    latencies, only where the device is this machine) or ``"analytic model"``. ``lut_scale`` and
+    ``lut_node_offset_us`` correct a sum of standalone per-layer measurements into a whole-model prediction
+    (``scale * sum + offset * layers``; the offset is usually negative: a standalone call pays the runtime's
+    per-call overhead that an in-graph layer does not). ``runtime`` names the runtime whose latency is
+    predicted; ``calibrated_on`` and ``accuracy`` (text) with ``accuracy_pct`` (the typical error, percent)
+    are stated with every estimate.
+    """
+
+    method: EstimatorMethod = "analytic model"
+    runtime: str = "tvm"
+    calibrated_on: str = "uncalibrated"
+    accuracy: str = "uncalibrated"
+    accuracy_pct: float = 100.0
+    conv_gmacs: float = 1.0
+    depthwise_gmacs: float = 0.25
+    pointwise_gmacs: float = 1.0
+    gemm_gmacs: float = 1.0
+    bandwidth_gbs: float = 1.0
+    overhead_us: float = 10.0
+    fuse_elementwise: bool = True
+    lut_scale: float = 1.0
+    lut_node_offset_us: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in _ESTIMATOR_METHODS:
+            raise TargetError(f"estimator.method must be one of {_ESTIMATOR_METHODS}, got {self.method!r}.", "Fix the profile.")
+        for key in _ESTIMATOR_RATES:
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and 0 < value < 1e6):
+                raise TargetError(f"estimator.{key} must be a positive number (GMAC/s or GB/s), got {value!r}.", "Fix the profile.")
+        for key in ("overhead_us", "accuracy_pct"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and 0 <= value < 1e6):
+                raise TargetError(f"estimator.{key} must be a number >= 0, got {value!r}.", "Fix the profile.")
+        if not 0 < self.lut_scale < 100:
+            raise TargetError(f"estimator.lut_scale must be in (0, 100), got {self.lut_scale!r}.", "Fix the profile.")
+        if not -1e4 < self.lut_node_offset_us < 1e4:
+            raise TargetError(f"estimator.lut_node_offset_us is out of range: {self.lut_node_offset_us!r}.", "Fix the profile.")
+        for key in _ESTIMATOR_TEXT[1:]:
+            if not getattr(self, key).strip():
+                raise TargetError(f"estimator.{key} must not be empty.", "Say what the estimate predicts and how well.")
+
+    def to_dict(self) -> dict:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+def _estimator_from_toml(value: Any, path: Path) -> EstimatorParams:
+    """Validate the ``[estimator]`` table: unknown keys and wrong types are refused."""
+    if not isinstance(value, dict):
+        raise TargetError(f"{str(path)!r}: estimator must be a table.", "Write it as [estimator] with method, runtime, ....")
+    allowed = set(EstimatorParams.__dataclass_fields__)
+    unknown = set(value) - allowed
+    if unknown:
+        raise TargetError(f"{str(path)!r}: [estimator] has unknown keys {sorted(unknown)}.", f"Allowed keys: {sorted(allowed)}.")
+    for key, v in value.items():
+        wrong = (
+            (key in _ESTIMATOR_TEXT and not isinstance(v, str))
+            or (key in _ESTIMATOR_NUMBERS and (isinstance(v, bool) or not isinstance(v, (int, float))))
+            or (key == "fuse_elementwise" and not isinstance(v, bool))
+        )
+        if wrong:
+            raise TargetError(f"{str(path)!r}: estimator.{key} has the wrong type ({type(v).__name__}).", "See targets/host.toml for the types.")
+    return EstimatorParams(**{k: (float(v) if k in _ESTIMATOR_NUMBERS else v) for k, v in value.items()})
 
 
 @dataclass(frozen=True)
@@ -44,6 +123,7 @@ class TargetProfile:
     link: str = "shared"
     channel_multiple: int = 8
     rpc_key: str = ""
+    estimator: EstimatorParams | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -83,6 +163,7 @@ class TargetProfile:
             "link": self.link,
             "channel_multiple": self.channel_multiple,
             "rpc_key": self.rpc_key or self.name,
+            "estimator": self.estimator.to_dict() if self.estimator else None,
             "source": self.source,
         }
 
@@ -125,6 +206,7 @@ def load_profile_file(path: Path) -> TargetProfile:
             link=str(data.get("link", "shared")),
             channel_multiple=int(data.get("channel_multiple", 8)),
             rpc_key=str(data.get("rpc_key", "")),
+            estimator=_estimator_from_toml(data["estimator"], path) if "estimator" in data else None,
             source=str(path),
         )
     except (TypeError, ValueError) as e:

@@ -1,0 +1,126 @@
+"""A lookup table of measured per-layer latencies on this machine, cached on disk.
+
+One file per runtime, runtime version, CPU and thread count:
+``${REPFX_CACHE:-~/.cache/repfx-deploy}/latency-lut/onnxruntime-<version>-<hash of CPU and threads>.json``,
+keyed by layer signature. A layer whose signature is in the table is never measured again, so an estimator
+called in a loop (a search over prune ratios) only measures the layers it has not seen. Each entry records the
+statistics it came from, the runtime and its version, and the thread count. The file is rewritten atomically
+(merged with what another process may have added meanwhile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repfx_deploy.atomic import atomic_file
+from repfx_deploy.estimate.ort_layers import OrtGraph, OrtLayer, session_options
+from repfx_deploy.measure.timing import TimingConfig, time_callable
+
+log = logging.getLogger("repfx_deploy.estimate")
+
+RUNTIME = "onnxruntime"
+_FORMAT = 1
+# Short per-layer measurements: a model has tens to hundreds of layers. The median of >= 20 calls after a
+# warm-up, stretched to 30 ms of timed calls, re-measured once when the spread is wide.
+LAYER_TIMING = TimingConfig(warmup=5, repeats=20, min_time_s=0.03, max_repeats=2000, max_spread=0.25, remeasure=1)
+
+
+def cache_root() -> Path:
+    """``$REPFX_CACHE`` or ``~/.cache/repfx-deploy``."""
+    return Path(os.environ.get("REPFX_CACHE") or Path.home() / ".cache" / "repfx-deploy")
+
+
+def runtime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def table_path(threads: int, version: str | None = None, root: Path | None = None) -> Path:
+    """Where the table for this CPU, ``threads`` and the runtime ``version`` (default: the installed one) lives."""
+    from repfx_deploy.measure.environment import cpu_model
+
+    version = version or runtime_version()
+    machine = hashlib.sha256(f"{cpu_model()}|threads={threads}".encode()).hexdigest()[:12]
+    return (root or cache_root()) / "latency-lut" / f"{RUNTIME}-{version}-{machine}.json"
+
+
+@dataclass
+class LatencyTable:
+    """Measured latencies by layer signature for one runtime version, CPU and thread count.
+
+    ``measured`` counts the layers this object timed itself (it stays 0 when every layer was in the table).
+    """
+
+    path: Path
+    threads: int
+    version: str
+    timing: TimingConfig = LAYER_TIMING
+    entries: dict[str, dict] = field(default_factory=dict)
+    measured: int = 0
+    _unsaved: int = 0
+
+    @classmethod
+    def open(cls, threads: int, root: Path | None = None, timing: TimingConfig = LAYER_TIMING) -> "LatencyTable":
+        version = runtime_version()
+        path = table_path(threads, version, root)
+        return cls(path=path, threads=threads, version=version, timing=timing, entries=_read(path))
+
+    def latency_ms(self, graph: OrtGraph, layer: OrtLayer) -> float:
+        """The layer's median standalone latency: from the table, else measured now and added to it."""
+        entry = self.entries.get(layer.signature)
+        if entry is None:
+            entry = self._measure(graph, layer)
+            self.entries[layer.signature] = entry
+            self.measured += 1
+            self._unsaved += 1
+        return float(entry["median_ms"])
+
+    def _measure(self, graph: OrtGraph, layer: OrtLayer) -> dict:
+        import onnxruntime as ort
+
+        model_bytes, feed = graph.standalone(layer)
+        # The node is already ORT's optimised kernel; optimising again would only re-insert layout reorders.
+        session = ort.InferenceSession(model_bytes, session_options(self.threads, optimize=False), providers=["CPUExecutionProvider"])
+        stats = time_callable(lambda: session.run(None, feed), self.timing)
+        return {
+            "op": f"{layer.domain + '.' if layer.domain else ''}{layer.op_type}",
+            "median_ms": stats.median_ms,
+            "p90_ms": stats.p90_ms,
+            "spread": round(stats.spread, 4),
+            "repeats": stats.repeats,
+            "remeasured": stats.remeasured,
+            "runtime": RUNTIME,
+            "runtime_version": self.version,
+            "threads": self.threads,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+    def save(self) -> None:
+        """Write the table (merged with entries another process saved meanwhile), atomically; a no-op if unchanged."""
+        if not self._unsaved:
+            return
+        merged = {**_read(self.path), **self.entries}
+        doc = {"format": _FORMAT, "runtime": RUNTIME, "runtime_version": self.version, "threads": self.threads, "entries": merged}
+        with atomic_file(self.path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        self.entries = merged
+        self._unsaved = 0
+
+
+def _read(path: Path) -> dict[str, dict]:
+    """Entries of the table at ``path``; a missing, unreadable or other-format file is an empty table."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("entries"), dict):
+        log.warning("ignoring the latency table %s: unknown format", path)
+        return {}
+    return doc["entries"]
