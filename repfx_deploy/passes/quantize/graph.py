@@ -1,0 +1,238 @@
+"""Capture a model with ``torch.export`` and place fake quantizers where ONNX Runtime can fuse them to int8 kernels.
+
+ONNX Runtime turns ``DQ -> Conv/Gemm/MatMul/Add -> Q`` into ``QLinearConv``/``QGemm``/``QLinearMatMul``/
+``QLinearAdd``; without the ``Q`` on the output the op stays float. So each quantized layer gets:
+
+- its weight quantized per channel (a ``WeightQuant`` that owns the weight);
+- its input quantized: the producer's quantizer when the input already comes from one, a mirror of it (same
+  scale) when only value-preserving ops (reshape, transpose, slice, zero pad, max-pool) lie between, else a new
+  calibrated quantizer shared by every quantized consumer of that tensor;
+- its output quantized, except a graph output (logits stay float). A ReLU that is the output's only user is
+  folded into the quantizer (range starting at 0), as ONNX Runtime's quantizer removes it.
+
+With ``quantize_add``, an ``add`` of two activations one of which is quantized gets quantized inputs and output,
+so residual connections run as ``QLinearAdd`` instead of dequantize -> add -> quantize.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from repfx_deploy.passes.quantize.fakequant import ActQuant, WeightQuant
+from repfx_deploy.passes.quantize.fold import equalize, fold_batchnorm
+
+aten = torch.ops.aten
+LAYER_OPS = {aten.conv2d.default: "conv", aten.conv1d.default: "conv", aten.linear.default: "linear"}
+ADD_OPS = (aten.add.Tensor,)
+# ops whose output values are a subset of their input values: a quantized input stays on its grid
+VALUE_PRESERVING = {
+    aten.view.default, aten.reshape.default, aten.transpose.int, aten.permute.default, aten.flatten.using_ints,
+    aten.contiguous.default, aten.clone.default, aten.dropout.default, aten.slice.Tensor, aten.select.int,
+    aten.squeeze.dim, aten.unsqueeze.default, aten.unflatten.int, aten.max_pool2d.default, aten.pad.default,
+    aten.expand.default,
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One quantizable layer: its name (the weight's path without ``.weight``), op kind, bits, and quantizers."""
+
+    name: str
+    kind: str
+    bits: int | str
+    weight_quant: str | None
+    weight_numel: int
+    out_channels: int
+
+
+class QuantizedModel(nn.Module):
+    """A captured graph with fake quantizers. Its graph was captured in eval mode, so ``train()`` only records the
+    flag; the pass sets quantizer states itself."""
+
+    def __init__(self, graph: fx.GraphModule, layers: tuple[LayerInfo, ...]) -> None:
+        super().__init__()
+        # not named ``graph``: torch.export rebuilds the model as a GraphModule, whose ``graph`` is taken
+        self.net = graph
+        self.layers = layers
+
+    def forward(self, *args):
+        return self.net(*args)
+
+    def train(self, mode: bool = True) -> "QuantizedModel":
+        self.training = mode
+        return self
+
+    def act_quants(self) -> dict[str, ActQuant]:
+        return {n: m for n, m in self.net.named_modules() if isinstance(m, ActQuant)}
+
+    def weight_quants(self) -> dict[str, WeightQuant]:
+        return {n: m for n, m in self.net.named_modules() if isinstance(m, WeightQuant)}
+
+    def set_state(self, acts: str | None = None, weights: str | None = None) -> None:
+        for m in self.act_quants().values():
+            if acts is not None:
+                m.state = acts
+        for m in self.weight_quants().values():
+            if weights is not None:
+                m.state = weights
+
+    def freeze(self) -> None:
+        """Bake the current scales into the graph: deployment state, what export writes as QDQ."""
+        acts = self.act_quants()
+        for m in sorted(acts.values(), key=lambda a: a.source is not None):  # sources before their mirrors
+            m.freeze()
+        for m in self.weight_quants().values():
+            m.freeze()
+
+
+def capture(model: nn.Module, example: tuple[torch.Tensor, ...], *, dynamic_batch: bool) -> fx.GraphModule:
+    """``torch.export`` graph of (a copy of) ``model`` in eval mode; batch dimension dynamic when asked and possible."""
+    model = copy.deepcopy(model).eval()
+    shapes = tuple({0: torch.export.Dim.AUTO} for _ in example) if dynamic_batch else None
+    return torch.export.export(model, example, dynamic_shapes=shapes).module()
+
+
+def quantize_graph(
+    gm: fx.GraphModule,
+    *,
+    weight_bits: int,
+    layer_bits: Mapping[str, int | str],
+    method: str,
+    percentile: float,
+    weight_method: str,
+    quantize_add: bool,
+    cle: bool,
+) -> tuple[LayerInfo, ...]:
+    """Fold BatchNorm, optionally equalize, and insert quantizers into ``gm`` in place; returns the layers found."""
+    fold_batchnorm(gm)
+    if cle:
+        equalize(gm)
+    graph = gm.graph
+    counter = {"a": 0, "w": 0}
+    quantized_of: dict[fx.Node, fx.Node] = {}
+
+    def add_aq(after: fx.Node, *, relu: bool = False, source: ActQuant | None = None) -> fx.Node:
+        name = f"act_quant_{counter['a']}"
+        counter["a"] += 1
+        gm.add_submodule(name, ActQuant(relu=relu, method=method, percentile=percentile, source=source))
+        with graph.inserting_after(after):
+            return graph.call_module(name, (after,))
+
+    def aq_source(node: fx.Node) -> ActQuant | None:
+        """The quantizer ``node``'s values come from, through value-preserving ops only."""
+        while isinstance(node, fx.Node):
+            if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ActQuant):
+                return gm.get_submodule(node.target)
+            if node.op == "call_function" and node.target in VALUE_PRESERVING and node.args:
+                node = node.args[0]
+                continue
+            return None
+        return None
+
+    def quantized_input(node: fx.Node) -> fx.Node:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ActQuant):
+            return node
+        if node not in quantized_of:
+            source = aq_source(node)
+            quantized_of[node] = add_aq(node, source=source)
+        return quantized_of[node]
+
+    def quantize_output(node: fx.Node) -> None:
+        users = list(node.users)
+        if any(u.op == "output" for u in users):
+            return
+        if len(users) == 1 and users[0].op == "call_function" and users[0].target == aten.relu.default:
+            relu = users[0]
+            q = add_aq(node, relu=True)
+            relu.replace_all_uses_with(q)
+            graph.erase_node(relu)
+        else:
+            q = add_aq(node)
+            node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
+        quantized_of[node] = q
+
+    layers: list[LayerInfo] = []
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in LAYER_OPS:
+            continue
+        w_node = node.args[1]
+        if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr"):
+            continue  # a computed weight: left in float
+        name = _layer_name(w_node.target)
+        bits = layer_bits.get(name, weight_bits)
+        weight = gm.get_parameter(w_node.target) if _is_param(gm, w_node.target) else getattr(gm, w_node.target)
+        if bits == "float":
+            layers.append(LayerInfo(name, LAYER_OPS[node.target], "float", None, weight.numel(), weight.shape[0]))
+            continue
+        wq_name = f"weight_quant_{counter['w']}"
+        counter["w"] += 1
+        gm.add_submodule(wq_name, WeightQuant(weight.detach(), bits=int(bits), method=weight_method))
+        with graph.inserting_before(node):
+            wq_node = graph.call_module(wq_name, ())
+        node.replace_input_with(w_node, wq_node)
+        if not w_node.users:
+            graph.erase_node(w_node)
+            _drop_attr(gm, w_node.target)
+        x = node.args[0]
+        node.replace_input_with(x, quantized_input(x))
+        quantize_output(node)
+        layers.append(LayerInfo(name, LAYER_OPS[node.target], int(bits), wq_name, weight.numel(), weight.shape[0]))
+
+    if quantize_add:
+        for node in list(graph.nodes):
+            if node.op != "call_function" or node.target not in ADD_OPS or len(node.args) != 2:
+                continue
+            a, b = node.args
+            if not all(isinstance(v, fx.Node) and v.op != "get_attr" and _same_shape(v, node) for v in (a, b)):
+                continue  # broadcasting a parameter (e.g. position embeddings) is not a residual add
+            if aq_source(a) is None and aq_source(b) is None:
+                continue
+            for v in (a, b):
+                node.replace_input_with(v, quantized_input(v))
+            quantize_output(node)
+
+    graph.lint()
+    gm.recompile()
+    return tuple(layers)
+
+
+def _val(node: fx.Node):
+    """The example value recorded at capture; a quantizer inserted since has its input's."""
+    while "val" not in node.meta and node.op == "call_module" and node.args:
+        node = node.args[0]
+    return node.meta.get("val")
+
+
+def _same_shape(a: fx.Node, b: fx.Node) -> bool:
+    va, vb = _val(a), _val(b)
+    return va is not None and vb is not None and hasattr(va, "shape") and tuple(va.shape) == tuple(vb.shape)
+
+
+def _is_param(gm: fx.GraphModule, target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+        return True
+    except AttributeError:
+        return False
+
+
+def _drop_attr(gm: fx.GraphModule, target: str) -> None:
+    *path, leaf = target.split(".")
+    module = gm.get_submodule(".".join(path)) if path else gm
+    if leaf in module._parameters:
+        del module._parameters[leaf]
+    elif leaf in module._buffers:
+        del module._buffers[leaf]
+
+
+def _layer_name(target: str) -> str:
+    for suffix in (".weight", "_weight"):
+        if target.endswith(suffix):
+            return target[: -len(suffix)]
+    return target
