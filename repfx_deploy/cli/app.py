@@ -28,6 +28,8 @@ TargetFile = Annotated[Path | None, typer.Option("--target-file", help="A device
 Threads = Annotated[int, typer.Option("--threads", min=0, help="Intra-op threads (0: the target's default).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
+Rpc = Annotated[str | None, typer.Option("--rpc", help="TVM RPC tracker HOST:PORT: measure (or tune) on a device of --target.")]
+RpcKey = Annotated[str | None, typer.Option("--rpc-key", help="The device's key at the tracker (default: the target's rpc_key).")]
 
 
 def _load_options(arch, python_path, trust_pickle, input_shape):
@@ -151,10 +153,15 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0)] = 10,
     repeats: Annotated[int, typer.Option(min=3)] = 50,
     tune_trials: Annotated[int, typer.Option("--tune-trials", min=0)] = 0,
+    rpc: Rpc = None, rpc_key: RpcKey = None,
     arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
-    """Latency on each runtime: warm-up, repeats, median, p90, min, threads, versions and CPU."""
+    """Latency on each runtime: warm-up, repeats, median, p90, min, threads, versions and CPU.
+
+    With --rpc, on a device from a TVM RPC tracker: the TVM artifact for --target is uploaded, its outputs are
+    checked against ONNX Runtime on this machine, and it is timed with the device's own timer.
+    """
     setup_logging(verbose)
     from repfx_deploy.measure.timing import TimingConfig
     from repfx_deploy.pipeline.bench import BenchRequest
@@ -164,19 +171,22 @@ def bench(
     doc = run_bench(BenchRequest(
         source=model, runtimes=runtimes, load=_load_options(arch, python_path, trust_pickle, input_shape),
         target=target or "host", target_file=target_file, threads=threads, tune_trials=tune_trials,
-        timing=TimingConfig(warmup=warmup, repeats=repeats, max_repeats=max(2000, repeats)),
+        timing=TimingConfig(warmup=warmup, repeats=repeats, max_repeats=max(2000, repeats)), rpc=rpc, rpc_key=rpc_key,
     ))
     if json_out:
         return emit_json(doc)
     from rich.table import Table
 
-    table = Table(title=f"{model} on {doc['target']}, {doc['threads']} thread(s), batch latency")
+    where = f"device {doc['rpc']['key']!r} at {doc['device']['address']}" if "rpc" in doc else doc["target"]
+    table = Table(title=f"{model} on {where}, {doc['threads']} thread(s), batch latency")
     for col in ("runtime", "median ms", "p90 ms", "min ms", "repeats"):
         table.add_column(col)
     for name, r in doc["results"].items():
         st = r["stats"]
         table.add_row(name, f"{st['median_ms']:.4f}", f"{st['p90_ms']:.4f}", f"{st['min_ms']:.4f}", str(st["repeats"]))
     stdout.print(table)
+    if doc.get("emulated"):
+        stdout.print(f"[bold]{doc['note']}[/bold] (the device is emulated)")
     for v in doc["verification"]:
         stdout.print(f"{v['candidate']} vs {v['reference']}: max abs error {v['max_abs_error']:.3g}")
 
@@ -238,3 +248,8 @@ def compress(
 
 def main() -> None:
     app()
+
+
+from repfx_deploy.cli.device import device_app  # noqa: E402  (a sub-app: device tracker / serve / list)
+
+app.add_typer(device_app, name="device")

@@ -78,6 +78,11 @@ def _summarize(samples_ms: list[float], warmup: int, remeasured: int) -> Latency
     )
 
 
+def summarize(samples_ms: list[float], warmup: int, remeasured: int = 0) -> LatencyStats:
+    """Statistics of samples timed elsewhere (a device's own timer over RPC), computed as for local timing."""
+    return _summarize(samples_ms, warmup, remeasured)
+
+
 def _collect(fn: Callable[[], object], config: TimingConfig) -> list[float]:
     """Timed calls in ms: at least ``repeats``, more until ``min_time_s`` passes (capped by ``max_repeats``)."""
     samples: list[float] = []

@@ -2,6 +2,7 @@
 
 What can run depends on what was given: a torch model runs everywhere (ONNX and TVM artifacts are made in a
 temporary folder first); an ONNX file runs on ONNX Runtime and TVM; a TVM artifact folder only on TVM.
+With ``rpc`` (a tracker's ``HOST:PORT``) the TVM artifact is measured on a device instead (``bench_rpc``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class BenchRequest:
     threads: int = 0
     tune_trials: int = 0
     timing: TimingConfig = TimingConfig()
+    rpc: str | None = None  # tracker HOST:PORT: measure on a device of the target
+    rpc_key: str | None = None  # the device's key at the tracker (default: the profile's rpc_key, else its name)
 
 
 def _is_artifact(path: Path) -> bool:
@@ -45,6 +48,10 @@ def bench(request: BenchRequest) -> dict:
     from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
 
     profile = get_profile(request.target, request.target_file)
+    if request.rpc is not None:
+        from repfx_deploy.pipeline.bench_rpc import bench_on_device
+
+        return bench_on_device(request, profile)
     _refuse_foreign(profile)  # every figure measured here would be this machine's, not the device's
     threads = resolve_threads(profile, request.threads)
     source = Path(request.source)
@@ -105,7 +112,8 @@ def _refuse_foreign(profile) -> None:
     if not runs_here(profile.target_dict, profile.link):
         raise InputError(
             f"Target {profile.name!r} is another device; its TVM artifact cannot run on this machine.",
-            "Measure on the device itself (TVM RPC measurement is not built yet), or bench with --target host.",
+            f"Measure on the device over TVM RPC (bench --target {profile.name} --rpc HOST:PORT; see "
+            "`repfx-deploy device --help`), or bench with --target host.",
         )
 
 
