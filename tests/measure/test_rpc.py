@@ -67,8 +67,8 @@ def host_artifact(tmp_path_factory, module_tiny_onnx):
 
 @pytest.fixture(scope="module")
 def module_tiny_onnx(tmp_path_factory):
-    import torch
     import tiny_models
+    import torch
 
     from repfx_deploy.lower.onnx_export import export_onnx
     from repfx_deploy.spec import InputSpec

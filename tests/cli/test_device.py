@@ -1,0 +1,97 @@
+"""`repfx-deploy device tracker / serve / list` and `bench --rpc` from the command line, on loopback."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import rpc_devices
+from typer.testing import CliRunner
+
+from repfx_deploy.cli.app import app
+
+pytestmark = pytest.mark.tvm
+runner = CliRunner()
+KEY = "repfx-cli-native"
+
+
+def _invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tracker_with_device():
+    tracker = rpc_devices.start(["tracker", "--port", str(rpc_devices.free_port())])
+    try:
+        server = rpc_devices.start(rpc_devices.serve_args(tracker, KEY))
+    except Exception:
+        tracker.kill()
+        raise
+    rpc_devices.wait_for_key(tracker, KEY, 1)
+    yield f"127.0.0.1:{tracker.port}"
+    server.kill()
+    tracker.kill()
+
+
+def test_device_list_json_shows_the_registered_server(tracker_with_device):
+    result = _invoke("device", "list", "--tracker", tracker_with_device, "--json")
+    assert result.exit_code == 0, result.output
+    (device,) = json.loads(result.stdout)["devices"]
+    assert device["key"] == KEY and device["servers"] == 1 and device["free"] == 1
+    assert device["addresses"][0].startswith("127.0.0.1:")
+
+
+def test_bench_rpc_json_reports_device_latency_and_check_against_ort(tracker_with_device, tiny_onnx):
+    result = _invoke("bench", tiny_onnx, "--rpc", tracker_with_device, "--rpc-key", KEY, "--warmup", "1", "--repeats", "5", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert list(doc["latency_ms"]) == ["tvm-rpc"] and doc["rpc"] == {"tracker": tracker_with_device, "key": KEY}
+    assert doc["results"]["tvm-rpc"]["runtime"] == "tvm-rpc" and doc["emulated"] is False
+    assert doc["verification"][0]["max_abs_error"] < 1e-4
+
+
+def test_bench_rpc_with_unknown_key_exits_2_naming_the_keys_there(tracker_with_device, tiny_onnx):
+    started = time.monotonic()
+    result = _invoke("bench", tiny_onnx, "--rpc", tracker_with_device, "--rpc-key", "no-such-board", "--json")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "MeasureError" and KEY in error["problem"] and "device serve" in error["fix"]
+    assert time.monotonic() - started < 10  # refused before compiling anything
+
+
+def test_bench_rpc_with_unreachable_tracker_exits_2_fast(tiny_onnx):
+    started = time.monotonic()
+    result = _invoke("bench", tiny_onnx, "--rpc", f"127.0.0.1:{rpc_devices.free_port()}")
+    assert result.exit_code == 2 and "Cannot reach the RPC tracker" in result.output and "Traceback" not in result.output
+    assert time.monotonic() - started < 10
+
+
+def test_bench_rpc_with_malformed_address_or_host_runtime_exits_2(tiny_onnx):
+    result = _invoke("bench", tiny_onnx, "--rpc", "no-port-here")
+    assert result.exit_code == 2 and "is not a HOST:PORT address" in result.output
+    result = _invoke("bench", tiny_onnx, "--rpc", "127.0.0.1:9", "--runtime", "onnxruntime")
+    assert result.exit_code == 2 and "only the TVM runtime runs on the device" in result.output
+
+
+def test_bench_foreign_target_without_rpc_points_at_rpc(tiny_onnx):
+    result = _invoke("bench", tiny_onnx, "--target", "rpi4")
+    assert result.exit_code == 2 and "--rpc HOST:PORT" in result.output
+
+
+def test_serve_without_a_tracker_exits_2_with_the_fix():
+    proc = subprocess.run(
+        [sys.executable, "-m", "repfx_deploy.cli", "device", "serve", "--tracker", f"127.0.0.1:{rpc_devices.free_port()}", "--key", "k"],
+        cwd=rpc_devices.ROOT, env={**os.environ, "PYTHONPATH": str(rpc_devices.ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and "Cannot reach the RPC tracker" in proc.stderr and "device tracker" in proc.stderr
+
+
+def test_serve_emulated_without_emulator_root_exits_2_naming_the_setup_script(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPFX_CACHE", str(tmp_path))
+    result = _invoke("device", "serve", "--tracker", "127.0.0.1:9", "--key", "rpi4", "--emulate", "aarch64")
+    assert result.exit_code == 2 and "setup_aarch64_emulator.sh" in result.output
+    result = _invoke("device", "serve", "--tracker", "127.0.0.1:9", "--key", "bad key")
+    assert result.exit_code == 2 and "is not valid" in result.output
