@@ -201,8 +201,9 @@ def compress(request: CompressRequest) -> dict:
         if art.tvm_dir is not None and not art.tvm_runs_here:
             report["notes"].append(
                 f"The TVM artifact is built for {profile.name} ({(tvm_target or {}).get('mtriple')}) and cannot run on this "
-                "machine, so it was neither verified against ONNX Runtime nor timed; measuring on the device over TVM "
-                "RPC is not built yet. Accuracy and fidelity are of the same model on ONNX Runtime here."
+                "machine, so it was neither verified against ONNX Runtime nor timed here; measure and verify it on the "
+                f"device over TVM RPC with `repfx-deploy bench {request.out_dir}/model.onnx --target {profile.name} "
+                "--rpc HOST:PORT`. Accuracy and fidelity are of the same model on ONNX Runtime here."
             )
         report["artifacts"] = _artifact_paths(request.out_dir, tmp, art)
         for a in {id(art): art, id(base_art): base_art}.values():
