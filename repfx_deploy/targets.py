@@ -26,7 +26,7 @@ EstimatorMethod = Literal["lookup table", "analytic model"]
 _ESTIMATOR_METHODS = ("lookup table", "analytic model")
 _ESTIMATOR_TEXT = ("method", "runtime", "calibrated_on", "accuracy")
 _ESTIMATOR_RATES = ("conv_gmacs", "depthwise_gmacs", "pointwise_gmacs", "gemm_gmacs", "bandwidth_gbs")
-_ESTIMATOR_NUMBERS = (*_ESTIMATOR_RATES, "overhead_us", "accuracy_pct", "lut_scale", "lut_node_offset_us")
+_ESTIMATOR_NUMBERS = (*_ESTIMATOR_RATES, "overhead_us", "accuracy_pct", "lut_scale", "lut_node_offset_us", "lut_run_overhead_us")
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ class EstimatorParams:
     with classes conv (dense), depthwise, pointwise (1x1) and gemm (Gemm/MatMul); other ops are costed by the
     bytes they move. ``fuse_elementwise`` folds elementwise ops that directly follow a conv/gemm into it, as
     ONNX Runtime, TVM and TF-Lite all do. ``method`` is the default: ``"lookup table"`` (measured per-layer
-    latencies, only where the device is this machine) or ``"analytic model"``. ``lut_scale`` and
-    ``lut_node_offset_us`` correct a sum of standalone per-layer measurements into a whole-model prediction
-    (``scale * sum + offset * layers``; the offset is usually negative: a standalone call pays the runtime's
-    per-call overhead that an in-graph layer does not). ``runtime`` names the runtime whose latency is
+    latencies, only where the device is this machine) or ``"analytic model"``. ``lut_scale``,
+    ``lut_node_offset_us`` and ``lut_run_overhead_us`` turn standalone per-layer measurements into a whole-model
+    prediction: ``sum(max(0, scale * layer + offset)) + run_overhead``. The offset is usually negative: each
+    standalone call pays the runtime's per-call overhead, which the whole model pays once. ``runtime`` names the runtime whose latency is
     predicted; ``calibrated_on`` and ``accuracy`` (text) with ``accuracy_pct`` (the typical error, percent)
     are stated with every estimate.
     """
@@ -59,6 +59,7 @@ class EstimatorParams:
     fuse_elementwise: bool = True
     lut_scale: float = 1.0
     lut_node_offset_us: float = 0.0
+    lut_run_overhead_us: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in _ESTIMATOR_METHODS:
@@ -67,7 +68,7 @@ class EstimatorParams:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and 0 < value < 1e6):
                 raise TargetError(f"estimator.{key} must be a positive number (GMAC/s or GB/s), got {value!r}.", "Fix the profile.")
-        for key in ("overhead_us", "accuracy_pct"):
+        for key in ("overhead_us", "accuracy_pct", "lut_run_overhead_us"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and 0 <= value < 1e6):
                 raise TargetError(f"estimator.{key} must be a number >= 0, got {value!r}.", "Fix the profile.")

@@ -50,3 +50,42 @@ def test_profile_with_unknown_link_kind_refused(tmp_path):
     path.write_text('name = "dev"\ndescription = "d"\nlink = "zip"\n[tvm_target]\nkind = "llvm"\n')
     with pytest.raises(TargetError, match="link"):
         load_profile_file(path)
+
+
+_BASE = 'name = "dev"\ndescription = "d"\n[tvm_target]\nkind = "llvm"\n[estimator]\n'
+
+
+def _with_estimator(tmp_path, body):
+    path = tmp_path / "dev.toml"
+    path.write_text(_BASE + body)
+    return path
+
+
+def test_every_shipped_profile_states_its_estimator():
+    for name, profile in list_profiles().items():
+        est = profile.estimator
+        assert est is not None, name
+        assert est.accuracy and est.calibrated_on and est.runtime and est.accuracy_pct > 0
+    assert list_profiles()["host"].estimator.method == "lookup table"
+    assert "uncalibrated" in list_profiles()["rpi4"].estimator.accuracy
+
+
+def test_estimator_table_loads(tmp_path):
+    profile = load_profile_file(_with_estimator(tmp_path, 'accuracy = "about 30 %"\nconv_gmacs = 12\nfuse_elementwise = false\n'))
+    assert profile.estimator.conv_gmacs == 12.0 and not profile.estimator.fuse_elementwise
+    assert profile.to_dict()["estimator"]["accuracy"] == "about 30 %"
+
+
+@pytest.mark.parametrize("body,match", [
+    ("speed = 3\n", "unknown keys"),
+    ("conv_gmacs = -1\n", "positive"),
+    ("bandwidth_gbs = 0\n", "positive"),
+    ("conv_gmacs = \"fast\"\n", "wrong type"),
+    ("method = \"guess\"\n", "method"),
+    ("overhead_us = -2\n", "overhead_us"),
+    ("accuracy = \"\"\n", "accuracy"),
+    ("fuse_elementwise = 1\n", "wrong type"),
+])
+def test_estimator_table_refuses_bad_values(tmp_path, body, match):
+    with pytest.raises(TargetError, match=match):
+        load_profile_file(_with_estimator(tmp_path, body))

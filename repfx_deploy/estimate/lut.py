@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from repfx_deploy.atomic import atomic_file
 from repfx_deploy.estimate.ort_layers import OrtGraph, OrtLayer, session_options
-from repfx_deploy.measure.timing import TimingConfig, time_callable
+from repfx_deploy.measure.timing import LatencyStats, TimingConfig, time_callable
 
 log = logging.getLogger("repfx_deploy.estimate")
 
@@ -83,16 +84,15 @@ class LatencyTable:
         return float(entry["median_ms"])
 
     def _measure(self, graph: OrtGraph, layer: OrtLayer) -> dict:
-        import onnxruntime as ort
+        return self.entry(layer, time_callable(layer_callable(graph, layer, self.threads), self.timing))
 
-        model_bytes, feed = graph.standalone(layer)
-        # The node is already ORT's optimised kernel; optimising again would only re-insert layout reorders.
-        session = ort.InferenceSession(model_bytes, session_options(self.threads, optimize=False), providers=["CPUExecutionProvider"])
-        stats = time_callable(lambda: session.run(None, feed), self.timing)
+    def entry(self, layer: OrtLayer, stats: LatencyStats) -> dict:
+        """The table entry for ``layer`` measured as ``stats`` (also used by callers that time it themselves)."""
         return {
             "op": f"{layer.domain + '.' if layer.domain else ''}{layer.op_type}",
             "median_ms": stats.median_ms,
             "p90_ms": stats.p90_ms,
+            "min_ms": stats.min_ms,
             "spread": round(stats.spread, 4),
             "repeats": stats.repeats,
             "remeasured": stats.remeasured,
@@ -101,6 +101,12 @@ class LatencyTable:
             "threads": self.threads,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+    def add(self, layer: OrtLayer, stats: LatencyStats) -> None:
+        """Store a measurement of ``layer`` taken by the caller (e.g. interleaved with a whole-model run)."""
+        self.entries[layer.signature] = self.entry(layer, stats)
+        self.measured += 1
+        self._unsaved += 1
 
     def save(self) -> None:
         """Write the table (merged with entries another process saved meanwhile), atomically; a no-op if unchanged."""
@@ -112,6 +118,16 @@ class LatencyTable:
             tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
         self.entries = merged
         self._unsaved = 0
+
+
+def layer_callable(graph: OrtGraph, layer: OrtLayer, threads: int) -> Callable[[], object]:
+    """A call running ``layer`` alone in its own ORT session on the inputs it saw in-graph."""
+    import onnxruntime as ort
+
+    model_bytes, feed = graph.standalone(layer)
+    # The node is already ORT's optimised kernel; optimising again would only re-insert layout reorders.
+    session = ort.InferenceSession(model_bytes, session_options(threads, optimize=False), providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, feed)
 
 
 def _read(path: Path) -> dict[str, dict]:

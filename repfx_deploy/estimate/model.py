@@ -4,7 +4,7 @@ Two methods (nn-Meter's split: find the kernels the runtime runs, then cost each
 
 - ``"lookup table"`` (host only): the layers ONNX Runtime executes after its own fusions, each timed standalone
   on this machine once and cached by signature (``lut.py``); the whole-model figure is their sum corrected by
-  the profile's fitted ``lut_scale`` and ``lut_node_offset_us``.
+  the profile's fitted ``lut_scale``, ``lut_node_offset_us`` and ``lut_run_overhead_us``.
 - ``"analytic model"`` (any profile): ``analytic.py``'s roofline-with-overhead cost per layer, with the
   profile's per-device parameters.
 
@@ -212,7 +212,7 @@ def _lookup_estimate(onnx_model, specs, profile, params: EstimatorParams, thread
     finally:
         table.save()  # what was measured before a failure is kept
     return Estimate(
-        latency_ms=sum(layer.latency_ms for layer in layers),
+        latency_ms=sum(layer.latency_ms for layer in layers) + params.lut_run_overhead_us * 1e-3,
         method="lookup table",
         runtime=f"{RUNTIME} {runtime_version()}",
         target=profile.name,
@@ -222,7 +222,10 @@ def _lookup_estimate(onnx_model, specs, profile, params: EstimatorParams, thread
         threads=threads,
         layers=tuple(layers),
         layers_measured=table.measured - before,
-        notes=notes + (f"per-layer figures measured standalone on this machine, cached in {table.path}",),
+        notes=notes + (
+            f"per-layer figures measured standalone on this machine, cached in {table.path}",
+            f"the total includes {params.lut_run_overhead_us:.1f} us of per-call runtime overhead besides the layers",
+        ),
     )
 
 
