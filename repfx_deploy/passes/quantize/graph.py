@@ -29,7 +29,8 @@ from repfx_deploy.passes.quantize.fold import equalize, fold_batchnorm
 
 aten = torch.ops.aten
 LAYER_OPS = {aten.conv2d.default: "conv", aten.conv1d.default: "conv", aten.linear.default: "linear"}
-ADD_OPS = (aten.add.Tensor,)
+ADD_OPS = (aten.add.Tensor, aten.add_.Tensor)
+RELU_OPS = (aten.relu.default, aten.relu_.default)
 # ops whose output values are a subset of their input values: a quantized input stays on its grid
 VALUE_PRESERVING = {
     aten.view.default, aten.reshape.default, aten.transpose.int, aten.permute.default, aten.flatten.using_ints,
@@ -147,7 +148,7 @@ def quantize_graph(
         users = list(node.users)
         if any(u.op == "output" for u in users):
             return
-        if len(users) == 1 and users[0].op == "call_function" and users[0].target == aten.relu.default:
+        if len(users) == 1 and users[0].op == "call_function" and users[0].target in RELU_OPS:
             relu = users[0]
             q = add_aq(node, relu=True)
             relu.replace_all_uses_with(q)
