@@ -126,21 +126,28 @@ def compile_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the compiled artifact.")],
     target: Target = None, target_file: TargetFile = None, threads: Threads = 0,
     tune_trials: Annotated[int, typer.Option("--tune-trials", min=0, help="MetaSchedule trials (0: use the tuning database only).")] = 0,
+    rpc: Rpc = None, rpc_key: RpcKey = None,
     arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
     force: Force = False, json_out: Json = False, verbose: Verbose = False,
 ) -> None:
-    """Compile with TVM for a target into a library the TVM runtime loads alone; verified against ONNX Runtime."""
+    """Compile with TVM for a target into a library the TVM runtime loads alone; verified against ONNX Runtime.
+
+    With --rpc, an artifact for another device is verified on a device of that target from the tracker, and
+    --tune-trials times MetaSchedule's candidates there.
+    """
     setup_logging(verbose)
     from repfx_deploy.pipeline.compile import CompileRequest, compile_model
 
     doc = compile_model(CompileRequest(
         source=model, out_dir=output, load=_load_options(arch, python_path, trust_pickle, input_shape),
         target=target or "host", target_file=target_file, threads=threads, tune_trials=tune_trials, force=force,
+        rpc=rpc, rpc_key=rpc_key,
     ))
     if json_out:
         return emit_json(doc)
     v = doc["verification"]
-    checked = f"max abs error vs ONNX Runtime {v['max_abs_error']:.3g}" if v else "not verified here (built for another device)"
+    on = f" on device {v['device']['key']!r}" if v and "device" in v else ""
+    checked = f"max abs error vs ONNX Runtime{on} {v['max_abs_error']:.3g}" if v else "not verified here (built for another device; --rpc verifies on one)"
     stdout.print(f"wrote {doc['artifact']['library_path']} for {doc['target']}; {checked}")
 
 
@@ -249,9 +256,6 @@ def compress(
 def main() -> None:
     app()
 
-
-from repfx_deploy.cli.estimate import estimate  # noqa: E402  (registered last: it reuses the options above)
-app.command("estimate")(estimate)
 
 from repfx_deploy.cli.device import device_app  # noqa: E402  (a sub-app: device tracker / serve / list)
 

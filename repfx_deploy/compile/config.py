@@ -13,6 +13,27 @@ CONV_LAYOUTS = ("NHWC", "NCHW")
 
 
 @dataclass(frozen=True)
+class RpcTuning:
+    """Measure tuning candidates on a device from a TVM RPC tracker (``HOST:PORT``) instead of on this machine.
+
+    ``session_timeout_s`` bounds each candidate's session on the device (emulated devices are slow).
+    """
+
+    tracker: str
+    key: str
+    session_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
+        from repfx_deploy.measure.rpc.server import check_key
+
+        RpcEndpoint.parse(self.tracker)
+        check_key(self.key)
+        if self.session_timeout_s <= 0:
+            raise ValueError("session_timeout_s must be positive")
+
+
+@dataclass(frozen=True)
 class CompileConfig:
     """What ``compile_onnx`` does.
 
@@ -43,6 +64,8 @@ class CompileConfig:
     writes ``model.tar`` and the command that links it (Android: the NDK is not available here).
     ``builder_timeout_s``: MetaSchedule's per-candidate compile timeout (its 30 s default expires
     under load and leaves tasks with no schedule).
+    ``tune_rpc``: tune on a device over TVM RPC (candidates cross-linked here, timed there); required to
+    tune a target that is not this machine.
     """
 
     target: Mapping | str
@@ -54,6 +77,7 @@ class CompileConfig:
     tune_max_s: float | None = None
     builder_timeout_s: float = 90.0
     link: str = "shared"
+    tune_rpc: RpcTuning | None = None
 
     def __post_init__(self) -> None:
         target = self.target
@@ -100,4 +124,5 @@ class CompileConfig:
             "tune_max_s": self.tune_max_s,
             "builder_timeout_s": self.builder_timeout_s,
             "link": self.link,
+            "tune_rpc": None if self.tune_rpc is None else {"tracker": self.tune_rpc.tracker, "key": self.tune_rpc.key},
         }

@@ -243,10 +243,11 @@ def compile_onnx(
     from repfx_deploy.compile import tvm_tune
 
     tune_report = None
-    if config.tune_trials > 0 and is_foreign_target(config.target_dict):
+    if config.tune_trials > 0 and is_foreign_target(config.target_dict) and config.tune_rpc is None:
         raise CompileError(
             f"Tuning measures kernels on the machine that runs them; {config.target_dict['mtriple']} is not this machine.",
-            "Compile with tune_trials=0 (the default schedule and the tuning database still apply), or tune on the device.",
+            "Tune on the device over TVM RPC (--rpc HOST:PORT), or compile with tune_trials=0 (the default schedule "
+            "and the tuning database still apply).",
         )
     if config.tune_trials > 0:
         tune_report = tvm_tune.tune_kernels(kernels_mod, target, config)

@@ -86,6 +86,7 @@ def _artifact(request, profile, config, source: Path, work: Path) -> tuple[Path 
     if source.is_dir() and (source / "manifest.json").exists():
         manifest = json.loads((source / "manifest.json").read_text())
         return None, source, tuple(InputSpec.from_dict(d) for d in manifest["inputs"]), manifest["target"]
+    from repfx_deploy.compile.config import RpcTuning
     from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
 
     if profile.link != "shared":
@@ -100,5 +101,7 @@ def _artifact(request, profile, config, source: Path, work: Path) -> tuple[Path 
     assert onnx_path is not None
     target = resolve_tvm_target(profile, config.threads or None)
     (work / "tvm").mkdir()
-    compile_onnx(onnx_path, work / "tvm", CompileConfig(target=target, tune_trials=request.tune_trials, link=profile.link))
+    # with --tune-trials, MetaSchedule times its candidates on the same device (database shared per target)
+    tune_rpc = RpcTuning(str(config.endpoint), config.key) if request.tune_trials > 0 else None
+    compile_onnx(onnx_path, work / "tvm", CompileConfig(target=target, tune_trials=request.tune_trials, link=profile.link, tune_rpc=tune_rpc))
     return onnx_path, work / "tvm", loaded.input_specs, target

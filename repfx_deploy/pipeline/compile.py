@@ -29,14 +29,19 @@ class CompileRequest:
     threads: int = 0
     tune_trials: int = 0
     force: bool = False
+    rpc: str | None = None  # tracker HOST:PORT: tune on (and verify on) a device of the target
+    rpc_key: str | None = None  # the device's key there (default: the profile's rpc_key, else its name)
 
 
 def compile_model(request: CompileRequest) -> dict:
     """Compile ``request.source`` into ``request.out_dir`` (written atomically); returns a JSON-ready summary.
 
     An artifact that runs here is checked against ONNX Runtime on seeded random inputs before it is put in
-    place; a cross-compiled one cannot be, and ``verification`` is then ``None``.
+    place. A cross-compiled one is checked on the device when ``rpc`` names a tracker (its outputs are fetched
+    back; ``verification["device"]`` says which), else ``verification`` is ``None``. With ``rpc`` and
+    ``tune_trials``, MetaSchedule times its candidates on that device.
     """
+    from repfx_deploy.compile.config import RpcTuning
     from repfx_deploy.compile.link import runs_here
     from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
@@ -47,17 +52,30 @@ def compile_model(request: CompileRequest) -> dict:
     threads = resolve_threads(profile, request.threads)
     loaded = load_model(request.source, request.load)
     target = resolve_tvm_target(profile, threads)
+    tune_rpc = None
+    if request.rpc is not None:
+        from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
+        from repfx_deploy.measure.rpc.tracker import check_device
+        from repfx_deploy.pipeline.bench_rpc import device_key
+
+        tune_rpc = RpcTuning(str(RpcEndpoint.parse(request.rpc)), device_key(profile, request.rpc_key))
+        check_device(RpcEndpoint.parse(tune_rpc.tracker), tune_rpc.key)  # before minutes of compiling
     with tempfile.TemporaryDirectory(prefix="repfx-compile-") as scratch, atomic_dir(request.out_dir, force=request.force) as tmp:
         onnx_path = loaded.onnx_path
         if loaded.is_torch:
             onnx_path = export_onnx(loaded.module, loaded.input_specs, Path(scratch) / "model.onnx", config=ExportConfig(), source_sha256=loaded.sha256).path
         assert onnx_path is not None
-        artifact = compile_onnx(onnx_path, tmp, CompileConfig(target=target, tune_trials=request.tune_trials, link=profile.link))
+        config = CompileConfig(target=target, tune_trials=request.tune_trials, link=profile.link,
+                               tune_rpc=tune_rpc if request.tune_trials > 0 else None)
+        artifact = compile_onnx(onnx_path, tmp, config)
         verification = None
+        samples = [random_inputs(loaded.input_specs, seed=s) for s in range(VERIFY_SAMPLES)]
         if runs_here(target, profile.link):
-            samples = [random_inputs(loaded.input_specs, seed=s) for s in range(VERIFY_SAMPLES)]
             ort, tvm = OrtRunner(onnx_path, threads), load_tvm_runner(tmp, threads)
             verification = compare(run_all(ort, samples), run_all(tvm, samples), reference_name="onnxruntime", candidate_name="tvm").to_dict()
+        elif tune_rpc is not None and profile.link == "shared":
+            verification = _verify_on_device(tmp, samples, run_all(OrtRunner(onnx_path, threads), samples), tune_rpc)
+        if verification is not None:
             (tmp / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
         summary = relocate(artifact.to_dict(), tmp, request.out_dir)
     return {
@@ -66,6 +84,23 @@ def compile_model(request: CompileRequest) -> dict:
         "tvm_target": target,
         "threads": threads,
         "artifact": summary,
-        # a cross-compiled artifact cannot be loaded here; verifying it on the device needs TVM RPC
+        # a cross-compiled artifact cannot be loaded here; it is verified only on a device reached with --rpc
         "verification": verification,
     }
+
+
+def _verify_on_device(artifact_dir: Path, samples, reference, rpc) -> dict:
+    """Run the artifact on a device from the tracker and compare its outputs with ONNX Runtime's (here)."""
+    from repfx_deploy.errors import MeasureError
+    from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
+    from repfx_deploy.measure.rpc.remote import RUNTIME, DeviceJob, RpcConfig, measure_on_device
+    from repfx_deploy.measure.timing import TimingConfig
+
+    config = RpcConfig(RpcEndpoint.parse(rpc.tracker), rpc.key)
+    quick = TimingConfig(warmup=0, repeats=3, min_time_s=0.0, remeasure=0)  # only the outputs are wanted
+    run = measure_on_device([DeviceJob(RUNTIME, artifact_dir)], samples, samples[0], config, quick)
+    if RUNTIME not in run.results:
+        raise MeasureError(f"Verifying on {rpc.key!r} failed: {run.failures[RUNTIME]}", "Check the device server, then rerun.")
+    result = run.results[RUNTIME]
+    agreement = compare(reference, result.outputs, reference_name="onnxruntime", candidate_name=RUNTIME).to_dict()
+    return {**agreement, "device": {k: result.device.get(k) for k in ("key", "address", "machine", "emulated")}}

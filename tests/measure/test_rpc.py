@@ -4,6 +4,7 @@ The emulated server needs the root that scripts/setup_aarch64_emulator.sh builds
 without it. Everything else runs on the native server.
 """
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -205,3 +206,26 @@ def test_rpc_device_threads_and_outputs_match_local_run(loopback, host_artifact)
     local = load_tvm_runner(host_artifact, 1)
     for got, sample in zip(result.outputs, samples):
         np.testing.assert_allclose(got[0], local.run(sample)[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.rpc_tuning
+def test_metaschedule_tuning_over_rpc_times_on_the_device_and_reuses_the_database(loopback, module_tiny_onnx, tmp_path):
+    from repfx_deploy.compile.config import RpcTuning
+    from repfx_deploy.compile.tvm_tune import count_records, read_choices
+
+    target = resolve_tvm_target(get_profile("host"))
+    db = tmp_path / "db"
+    with pytest.raises(MeasureError, match="No device is registered"):  # the RPC path is taken, and fails before building
+        (tmp_path / "never").mkdir()
+        compile_onnx(module_tiny_onnx, tmp_path / "never", CompileConfig(target=target, tune_trials=8, tuning_db=db, tune_rpc=RpcTuning(str(loopback["endpoint"]), "no-such-board")))
+    config = CompileConfig(target=target, tune_trials=8, tuning_db=db, tune_rpc=RpcTuning(str(loopback["endpoint"]), NATIVE))
+    (tmp_path / "first").mkdir()
+    first = compile_onnx(module_tiny_onnx, tmp_path / "first", config).manifest["tuning"]
+    assert first["trials_run"] == 8 and first["tasks_tuned"] == 1 and count_records(db) > 0
+    records = [json.loads(line)[1] for line in (db / "database_tuning_record.json").read_text().splitlines() if line.strip()]
+    assert any(max(r[1]) < 1.0 for r in records)  # candidates really ran there (a failed run is recorded as 1e10 s)
+    (choice,) = read_choices(db).values()
+    assert choice["choice"] in ("tuned", "default") and choice["default_us"] > 0 and choice["tuned_us"] > 0  # A/B timed on the device
+    (tmp_path / "second").mkdir()
+    second = compile_onnx(module_tiny_onnx, tmp_path / "second", config).manifest
+    assert second["tuning"]["trials_run"] == 0 and second["tuning"]["tasks_reused"] == 1 and second["kernels_tuned"] == 1
