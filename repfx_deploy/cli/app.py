@@ -257,6 +257,9 @@ def main() -> None:
     app()
 
 
+from repfx_deploy.cli.estimate import estimate  # noqa: E402  (registered last: it reuses the options above)
+app.command("estimate")(estimate)
+
 from repfx_deploy.cli.device import device_app  # noqa: E402  (a sub-app: device tracker / serve / list)
 
 app.add_typer(device_app, name="device")
