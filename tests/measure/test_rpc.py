@@ -111,6 +111,19 @@ def test_aarch64_artifact_runs_on_emulated_device_agrees_and_is_labeled_emulated
     assert doc["verification"][0]["max_abs_error"] <= 1e-4 and doc["verification"][0]["cosine"] > 0.9999
 
 
+def test_compile_rpc_verifies_cross_compiled_artifact_on_the_emulated_device(loopback, module_tiny_onnx, tmp_path):
+    if loopback["emulated_skip"]:
+        pytest.skip(loopback["emulated_skip"])
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ is not installed (scripts/setup.sh installs it)")
+    from repfx_deploy.pipeline.compile import CompileRequest, compile_model
+
+    doc = compile_model(CompileRequest(source=module_tiny_onnx, out_dir=tmp_path / "rpi4", target="rpi4", rpc=str(loopback["endpoint"]), rpc_key=EMULATED))
+    check = doc["verification"]
+    assert check["device"] == {"key": EMULATED, "address": check["device"]["address"], "machine": "aarch64", "emulated": True}
+    assert check["max_abs_error"] <= 1e-4 and (tmp_path / "rpi4" / "verification.json").is_file()
+
+
 def test_unknown_key_fails_fast_naming_registered_keys(loopback, host_artifact):
     started = time.monotonic()
     with pytest.raises(MeasureError, match="No device is registered under key 'no-such-board'") as info:
