@@ -1,0 +1,188 @@
+"""int8 quantization on CIFAR-10, side by side: float vs our PTQ (each calibration method) vs ONNX Runtime's
+``quantize_static`` vs our QAT, accuracy on the 10,000 test JPEGs and batch-1 latency, in one run.
+
+For ResNet-20, ResNet-56 and the CIFAR ViT from ../shared/assets:
+- calibration: 512 images of the CIFAR-10 training JPEGs, a seeded shuffle (the archives are ordered by class);
+- ours PTQ: the quantize pass (BN folded, per-channel symmetric int8 weights, per-tensor uint8 activations,
+  ReLU folded into the quantizer, residual adds quantized), once per calibration method; exported to QDQ ONNX;
+- ORT quantize_static: the same float ONNX file and the same 512 images, QDQ format, per_channel=True, everything
+  else at its defaults (MinMax calibration, QInt8 activations and weights, no pre-processing);
+- QAT: our PTQ (mse) then ``--qat-steps`` LSQ steps of batch 64 with distillation from the float model, on 10,000
+  other training images (crop-flip augmentation);
+- accuracy: every ONNX model on ONNX Runtime over the test images; latency: batch 1, all ORT variants timed in
+  the same interleaved rounds, and TVM (default build) for the float and our PTQ (mse) model.
+
+    python benchmarks/quantize_cifar.py [--models resnet20,resnet56,vit] [--qat-steps 300] [--methods minmax,percentile,mse]
+                                        [--test 10000] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _assets import load_zoo
+
+BUILD = {
+    "resnet20": (lambda z: z.cifar10_resnet(20), "normalize_cifar_resnet"),
+    "resnet56": (lambda z: z.cifar10_resnet(56), "normalize_cifar_resnet"),
+    "vit": (lambda z: z.cifar10_vit(), "normalize_cifar_vit"),
+}
+CALIB, QAT_TRAIN, SEED = 512, 10_000, 0
+
+
+def ort_accuracy(path: Path, x: np.ndarray, y: np.ndarray, threads: int) -> float:
+    from repfx_deploy.measure.runtimes import OrtRunner
+
+    runner = OrtRunner(path, threads)
+    pred = np.array([runner.run([x[i : i + 1]])[0].argmax() for i in range(len(x))])
+    return float((pred == y).mean())
+
+
+def ort_quantize_static(float_path: Path, out: Path, calib: np.ndarray, input_name: str) -> float:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(calib[i : i + 1] for i in range(len(calib)))
+
+        def get_next(self):
+            batch = next(self._it, None)
+            return None if batch is None else {input_name: batch}
+
+    t0 = time.perf_counter()
+    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet20,resnet56,vit")
+    parser.add_argument("--methods", default="minmax,percentile,mse")
+    parser.add_argument("--qat-steps", type=int, default=300, help="LSQ fine-tuning steps (batch 64); 0 skips QAT")
+    parser.add_argument("--test", type=int, default=10_000, help="test images to score (all 10,000 by default)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-tvm", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from repfx_deploy.data.datasets import Dataset
+    from repfx_deploy.lower.onnx_export import export_onnx
+    from repfx_deploy.measure.environment import environment
+    from repfx_deploy.measure.runtimes import OrtRunner, default_threads
+    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
+    from repfx_deploy.passes.quantize.config import QuantizeConfig
+    from repfx_deploy.passes.quantize.handler import quantize_module
+    from repfx_deploy.passes.quantize.inspect_ort import ort_kernels
+    from repfx_deploy.spec import InputSpec
+
+    zoo = load_zoo()
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    xtr, _ = zoo.cifar10("train")
+    xte, yte = zoo.cifar10("test")
+    order = np.random.default_rng(SEED).permutation(len(xtr))
+    calib_idx, train_idx = order[:CALIB], order[CALIB : CALIB + QAT_TRAIN]
+    test_idx = np.sort(np.random.default_rng(SEED).permutation(len(xte))[: args.test])
+    specs = (InputSpec("input", (1, 3, 32, 32)),)
+    timing = TimingConfig(warmup=20, repeats=100, min_time_s=1.0)
+    rows = []
+    for name in args.models.split(","):
+        build, norm_name = BUILD[name]
+        norm = getattr(zoo, norm_name)
+        model = build(zoo).eval()
+        calib = Dataset(x=norm(xtr[calib_idx]).numpy(), y=None, source="cifar10 train (512, seeded shuffle)")
+        train = Dataset(x=norm(xtr[train_idx]).numpy(), y=None, source="cifar10 train (10k others)")
+        x_test, y_test = norm(xte[test_idx]).numpy(), yte[test_idx]
+        row: dict = {"model": name, "threads": threads, "test_images": len(y_test)}
+        with tempfile.TemporaryDirectory() as scratch:
+            work = Path(scratch)
+            paths = {"float": export_onnx(model, specs, work / "float.onnx").path}
+            input_name = OrtRunner(paths["float"], 1)._session.get_inputs()[0].name
+            row["ort_quantize_static_s"] = round(ort_quantize_static(paths["float"], work / "ort_qs.onnx", calib.x, input_name), 1)
+            paths["ort_qs"] = work / "ort_qs.onnx"
+            for method in args.methods.split(","):
+                t0 = time.perf_counter()
+                q, stats = quantize_module(model, specs, calib, QuantizeConfig(calibration_method=method))
+                row[f"ours_{method}_quantize_s"] = round(time.perf_counter() - t0, 1)
+                paths[f"ours_{method}"] = export_onnx(q, specs, work / f"ours_{method}.onnx").path
+            if args.qat_steps > 0:
+                config = QuantizeConfig(mode="qat", calibration_method="mse", finetune_steps=args.qat_steps, progress=False)
+                t0 = time.perf_counter()
+                q, stats = quantize_module(model, specs, calib, config, train=train)
+                row["qat_s"] = round(time.perf_counter() - t0, 1)
+                row["qat_record"] = stats["qat"]
+                paths["qat"] = export_onnx(q, specs, work / "qat.onnx").path
+            for key, path in paths.items():
+                row[f"{key}_size_bytes"] = path.stat().st_size
+                row[f"{key}_acc"] = ort_accuracy(path, x_test, y_test, threads)
+                kernels = ort_kernels(path)
+                row[f"{key}_ort_int8_ops"] = kernels.int8_ops
+                row[f"{key}_ort_float_ops"] = kernels.float_compute_ops
+                print(f"{name} {key}: acc {row[f'{key}_acc']:.4f}", file=sys.stderr, flush=True)
+            x1 = [x_test[:1]]
+            runners = {k: OrtRunner(p, threads) for k, p in paths.items() if k in ("float", "ort_qs", "ours_mse", "qat")}
+            fns = {f"ort_{k}": r.bind(x1) for k, r in runners.items()}
+            if not args.no_tvm and "ours_mse" in paths:
+                from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
+                from repfx_deploy.compile.tvm_runtime import load_tvm_runner
+                from repfx_deploy.targets import get_profile, resolve_tvm_target
+
+                target = resolve_tvm_target(get_profile("host"), threads)
+                for key in ("float", "ours_mse"):
+                    (work / f"tvm_{key}").mkdir()
+                    compile_onnx(paths[key], work / f"tvm_{key}", CompileConfig(target=target))
+                    tvm_runner = load_tvm_runner(work / f"tvm_{key}", threads)
+                    fns[f"tvm_{key}"] = tvm_runner.bind(x1)
+                    row[f"tvm_{key}_acc_first_1000"] = float(np.mean(
+                        [tvm_runner.run([x_test[i : i + 1]])[0].argmax() == y_test[i] for i in range(min(1000, len(y_test)))]
+                    ))
+            stats = time_interleaved(fns, timing, rounds=args.rounds)
+            for key, st in stats.items():
+                row[f"{key}_ms"] = round(st.median_ms, 4)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+    env = environment(threads)
+    print(f"\nCIFAR-10 JPEG test set ({rows[0]['test_images']} images), calibration {CALIB} training images; batch-1 latency, "
+          f"{threads} thread(s), {env['cpu']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
+          f"TVM {env['versions'].get('apache-tvm')}; median ms, interleaved")
+    methods = args.methods.split(",")
+    head = ["model", "float acc"] + [f"ours {m} acc" for m in methods] + ["ORT qs acc", "QAT acc",
+            "ORT float ms", "ORT ours ms", "ORT qs ms", "float/ours ORT", "float/qs ORT", "TVM float ms", "TVM ours ms",
+            "float/ours TVM", "float bytes", "ours bytes", "ORT qs bytes"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        def g(key, fmt="{:.4f}"):
+            return fmt.format(r[key]) if key in r else "n/a"
+        def ratio(a, b):
+            return f"{r[a] / r[b]:.2f}x" if a in r and b in r else "n/a"
+        cells = [r["model"], g("float_acc")] + [g(f"ours_{m}_acc") for m in methods] + [g("ort_qs_acc"), g("qat_acc"),
+                 g("ort_float_ms", "{:.3f}"), g("ort_ours_mse_ms", "{:.3f}"), g("ort_ort_qs_ms", "{:.3f}"),
+                 ratio("ort_float_ms", "ort_ours_mse_ms"), ratio("ort_float_ms", "ort_ort_qs_ms"),
+                 g("tvm_float_ms", "{:.3f}"), g("tvm_ours_mse_ms", "{:.3f}"), ratio("tvm_float_ms", "tvm_ours_mse_ms"),
+                 g("float_size_bytes", "{}"), g("ours_mse_size_bytes", "{}"), g("ort_qs_size_bytes", "{}")]
+        print("| " + " | ".join(cells) + " |")
+    print("\nint8 kernels ONNX Runtime built (ours mse / ORT qs):")
+    for r in rows:
+        print(f"  {r['model']}: ours {r.get('ours_mse_ort_int8_ops')} float left {r.get('ours_mse_ort_float_ops')}; "
+              f"ORT qs {r.get('ort_qs_ort_int8_ops')} float left {r.get('ort_qs_ort_float_ops')}")
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
