@@ -101,10 +101,10 @@ def make_plan(
 
 
 def _rounded(channels: float, width: int, round_to: int) -> int:
-    """``channels`` rounded to a multiple of ``round_to``, at least one multiple (or the whole width when it is
-    narrower than that), at most ``width``."""
+    """``channels`` rounded to a multiple of ``round_to``, at least one multiple, at most ``width``. A group no
+    wider than one multiple is kept whole: any cut would leave it off the vector width."""
     if width <= round_to:
-        return max(1, min(width, round(channels)))
+        return width
     return min(width, max(round_to, round(channels / round_to) * round_to))
 
 

@@ -1,0 +1,239 @@
+"""Structured pruning of ResNet-56 (CIFAR-10) to a MACs target: this project vs Torch-Pruning, side by side.
+
+For each method, in one run on the same model, data, criterion (L2 magnitude, group-normalised), channel rounding
+(8), classifier left whole, and the same fine-tuning budget:
+  1. MACs and parameters (counted by analyze/torch_stats on the pruned module);
+  2. top-1 on the 10,000 CIFAR-10 test JPEGs after BatchNorm re-calibration only (2,048 training images);
+  3. top-1 after knowledge-distillation fine-tuning from the unpruned model on the CIFAR-10 training JPEGs
+     (recovery.distill: SGD nesterov, cosine, crop-flip, T=4, alpha=0.9, labels used);
+  4. batch-1 latency on this host with ONNX Runtime and TVM (compile_onnx default build), all models timed in the
+     same interleaved rounds, and the speedup next to the MACs reduction.
+
+Methods:
+  ours           the full dependency graph: residual streams (with the option-A zero-pad shortcuts) are pruned too;
+  ours-internal  residual streams left whole (stem conv and every block's conv2 ignored): only block-internal
+                 channels, the configuration Torch-Pruning can run on this model;
+  tp             Torch-Pruning MagnitudePruner, default settings (it does not model the F.pad shortcut: reported
+                 as failed when the pruned model does not run);
+  tp-internal    Torch-Pruning with the same ignored layers as ours-internal.
+
+Torch-Pruning is a benchmark-only dependency: pip install --no-deps torch-pruning==1.6.1 (the `bench` extra).
+The MACs target is reached the same way for both: the smallest global ratio whose pruned model keeps at most
+--macs-ratio of the MACs (bisection).
+
+    python benchmarks/prune_resnet56.py [--steps 300 | --epochs 1] [--macs-ratio 0.5] [--methods ours,tp-internal]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _assets import ASSETS, load_zoo
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INTERNAL_IGNORE = ("linear", "conv1", "layer*.*.conv2")
+
+
+def _load_cifar(split: str, limit: int | None):
+    from repfx_deploy.data.datasets import load_dataset
+    from repfx_deploy.data.preprocess import Preprocess
+    from repfx_deploy.spec import InputSpec
+
+    spec = InputSpec("input", (1, 3, 32, 32))
+    return load_dataset(ASSETS / "cifar10" / f"{split}-jpeg.zip", spec, Preprocess(size=32, mean=MEAN, std=STD), limit=limit)
+
+
+def _accuracy(model, data, batch: int = 500) -> float:
+    import torch
+
+    model.eval()
+    x, correct = torch.from_numpy(data.x), 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i : i + batch]).argmax(1).numpy() == data.y[i : i + batch]).sum())
+    return 100.0 * correct / len(x)
+
+
+def _macs_params(model) -> tuple[int, int]:
+    from repfx_deploy.analyze.torch_stats import torch_stats
+    from repfx_deploy.spec import InputSpec
+
+    s = torch_stats(model, (InputSpec("input", (1, 3, 32, 32)),))
+    return s.macs, s.params
+
+
+def _ours(model, macs_ratio: float, ignore: tuple[str, ...]):
+    import torch
+
+    from repfx_deploy.passes.prune import PruneConfig, prune
+
+    result = prune(model, (torch.zeros(1, 3, 32, 32),), PruneConfig(macs_ratio=macs_ratio, round_to=8, importance="l2", ignore=ignore))
+    return result.module, {"ratio": result.stats["ratio"], "module_type": result.stats["module_type"]}
+
+
+def _tp_prune(model, ratio: float, ignore_internal: bool):
+    import torch
+    import torch_pruning as tp
+
+    m = copy.deepcopy(model)
+    blocks = [blk for layer in (m.layer1, m.layer2, m.layer3) for blk in layer]
+    # internal: only the groups rooted at each block's conv1 (ignoring conv2 in Torch-Pruning also freezes the
+    # block-internal group it consumes, so the residual groups get ratio 0 instead)
+    ratios = {blk.conv1: ratio for blk in blocks} if ignore_internal else None
+    pruner = tp.pruner.MagnitudePruner(
+        m, torch.zeros(1, 3, 32, 32), importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.0 if ignore_internal else ratio, pruning_ratio_dict=ratios, ignored_layers=[m.linear], round_to=8,
+    )
+    pruner.step()
+    m(torch.zeros(1, 3, 32, 32))  # raises when the pruned model is inconsistent
+    return m
+
+
+def _tp(model, macs_ratio: float, ignore_internal: bool, full_macs: int):
+    """Torch-Pruning at the smallest ratio that keeps at most ``macs_ratio`` of the MACs (bisection); when no
+    ratio reaches it, the ratio with the fewest MACs tried."""
+    lo, hi, tried = 0.0, 0.9, []
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        m = _tp_prune(model, mid, ignore_internal)
+        kept = _macs_params(m)[0] / full_macs
+        tried.append((kept, mid, m))
+        if kept <= macs_ratio:
+            hi = mid
+        else:
+            lo = mid
+    under = [t for t in tried if t[0] <= macs_ratio]
+    kept, ratio, m = min(under, key=lambda t: t[1]) if under else min(tried, key=lambda t: t[0])
+    return m, {"ratio": round(ratio, 4), "module_type": type(m).__name__}
+
+
+def _latency(models: dict, threads: int, rounds: int) -> dict:
+    """Batch-1 ORT and TVM latency of every model, all timed in the same interleaved rounds."""
+    from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
+    from repfx_deploy.compile.tvm_runtime import load_tvm_runner
+    from repfx_deploy.data.tensors import random_inputs
+    from repfx_deploy.lower.onnx_export import export_onnx
+    from repfx_deploy.measure.runtimes import OrtRunner
+    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
+    from repfx_deploy.spec import InputSpec
+    from repfx_deploy.targets import get_profile, resolve_tvm_target
+
+    specs = (InputSpec("input", (1, 3, 32, 32)),)
+    inputs = random_inputs(specs)
+    target = resolve_tvm_target(get_profile("host"), threads)
+    fns, out = {}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, model in models.items():
+            work = Path(scratch) / name
+            work.mkdir()
+            onnx_path = export_onnx(model.eval(), specs, work / "m.onnx").path
+            (work / "tvm").mkdir()
+            t0 = time.perf_counter()
+            compile_onnx(onnx_path, work / "tvm", CompileConfig(target=target))
+            out[name] = {"tvm_compile_s": round(time.perf_counter() - t0, 1)}
+            fns[f"{name}/ort"] = OrtRunner(onnx_path, threads).bind(inputs)
+            fns[f"{name}/tvm"] = load_tvm_runner(work / "tvm", threads).bind(inputs)
+        stats = time_interleaved(fns, TimingConfig(warmup=20, repeats=100, min_time_s=1.0), rounds=rounds)
+    for key, st in stats.items():
+        name, rt = key.split("/")
+        out[name][f"{rt}_ms"] = round(st.median_ms, 4)
+        out[name][f"{rt}_spread"] = round(st.spread, 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--macs-ratio", type=float, default=0.5, help="fraction of MACs kept")
+    parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps per method (0: use --epochs)")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--methods", default="ours,ours-internal,tp,tp-internal")
+    parser.add_argument("--train-samples", type=int, default=0, help="limit the training set (0: all 50,000)")
+    parser.add_argument("--eval-samples", type=int, default=0, help="limit the test set (0: all 10,000)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from repfx_deploy.measure.environment import environment
+    from repfx_deploy.measure.runtimes import default_threads
+    from repfx_deploy.passes.recovery import FinetuneConfig, distill, recalibrate_bn
+
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    zoo = load_zoo()
+    base = zoo.cifar10_resnet(56)
+    t0 = time.perf_counter()
+    test = _load_cifar("test", args.eval_samples or None)
+    train = _load_cifar("train", args.train_samples or None)
+    calib = type(train)(x=train.x[np.random.default_rng(1).choice(len(train), 2048, replace=False)], y=None, source="train subset")
+    print(f"data: {len(train)} train, {len(test)} test images ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    full_macs, full_params = _macs_params(base)
+    rows = {"original": {"macs": full_macs, "params": full_params, "acc_bn": _accuracy(base, test)}}
+    rows["original"]["acc_ft"] = rows["original"]["acc_bn"]
+    print(json.dumps({"original": rows["original"]}), file=sys.stderr, flush=True)
+    finetune = FinetuneConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, augment="crop-flip", progress=False)
+    models = {"original": base}
+    for method in args.methods.split(","):
+        t0 = time.perf_counter()
+        try:
+            if method == "ours":
+                pruned, info = _ours(base, args.macs_ratio, ("linear",))
+            elif method == "ours-internal":
+                pruned, info = _ours(base, args.macs_ratio, INTERNAL_IGNORE)
+            elif method in ("tp", "tp-internal"):
+                pruned, info = _tp(base, args.macs_ratio, method == "tp-internal", full_macs)
+            else:
+                sys.exit(f"unknown method {method!r}")
+        except Exception as e:  # a pruner that cannot handle the model is a result, not a crash
+            rows[method] = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+            print(json.dumps({method: rows[method]}), file=sys.stderr, flush=True)
+            continue
+        row = {"prune_s": round(time.perf_counter() - t0, 1), **info}
+        row["macs"], row["params"] = _macs_params(pruned)
+        recalibrate_bn(pruned, calib, batches=32, batch_size=64)
+        row["acc_bn"] = _accuracy(pruned, test)
+        t0 = time.perf_counter()
+        result = distill(pruned, base, train, finetune)
+        row["finetune"] = {"steps": result.steps, "epochs": round(result.epochs, 3), "seconds": round(time.perf_counter() - t0, 1), "final_loss": round(result.final_loss, 4)}
+        row["acc_ft"] = _accuracy(pruned, test)
+        rows[method], models[method] = row, pruned
+        print(json.dumps({method: row}), file=sys.stderr, flush=True)
+    latency = _latency(models, threads, args.rounds)
+    for name, lat in latency.items():
+        rows[name].update(lat)
+
+    env = environment(threads)
+    ft = f"{finetune.steps} steps" if finetune.steps else f"{finetune.epochs} epochs"
+    print(f"\nResNet-56, CIFAR-10 test JPEGs ({len(test)}), MACs target {args.macs_ratio:.2f}, L2, round_to 8; fine-tuning "
+          f"{ft} x batch {args.batch_size} (lr {args.lr}, crop-flip, KD T=4 alpha=0.9); batch-1 latency, {threads} threads, "
+          f"{env['cpu']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
+          f"TVM {env['versions']['apache-tvm']}; medians in ms, all models timed in the same interleaved rounds")
+    print("| method | MACs (M) | MACs kept | params (K) | top-1 BN-recal % | top-1 fine-tuned % | ORT ms | TVM ms "
+          "| ORT speedup | TVM speedup | MACs reduction | TVM speedup / MACs reduction |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    o = rows["original"]
+    for name, r in rows.items():
+        if "failed" in r:
+            print(f"| {name} | failed: {r['failed']} |" + " |" * 10)
+            continue
+        red = o["macs"] / r["macs"]
+        sp_ort, sp_tvm = o["ort_ms"] / r["ort_ms"], o["tvm_ms"] / r["tvm_ms"]
+        print(f"| {name} | {r['macs'] / 1e6:.1f} | {r['macs'] / o['macs']:.3f} | {r['params'] / 1e3:.0f} | {r['acc_bn']:.2f} | "
+              f"{r['acc_ft']:.2f} | {r['ort_ms']:.3f} | {r['tvm_ms']:.3f} | {sp_ort:.2f}x | {sp_tvm:.2f}x | {red:.2f}x | {sp_tvm / red:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Importance: the weakest channels go first, by each criterion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from repfx_deploy.data.datasets import Dataset
+from repfx_deploy.errors import DataError
+from repfx_deploy.passes.prune import PruneConfig, prune
+
+X = (torch.zeros(1, 3, 8, 8),)
+
+
+class ConvBnHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def _model_with_weak_channels(weak=(1, 6)) -> ConvBnHead:
+    torch.manual_seed(0)
+    m = ConvBnHead().eval()
+    with torch.no_grad():
+        for c in weak:
+            m.conv.weight[c] *= 1e-3
+            m.fc.weight[:, c] *= 1e-3
+            m.bn.weight[c] = 1e-3
+    return m
+
+
+def _kept_rows(model: ConvBnHead, pruned: ConvBnHead) -> set[int]:
+    return {int(torch.cdist(row.flatten()[None], model.conv.weight.flatten(1)).argmin()) for row in pruned.conv.weight}
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale"])
+def test_importance_removes_weakest_channels(criterion):
+    model = _model_with_weak_channels()
+    pruned = prune(model, X, PruneConfig(ratio=0.25, round_to=1, importance=criterion)).module
+    assert pruned.conv.out_channels == 6
+    assert _kept_rows(model, pruned) == {0, 2, 3, 4, 5, 7}
+
+
+def test_taylor_importance_removes_channels_the_loss_does_not_use():
+    model = _model_with_weak_channels()
+    rng = np.random.default_rng(0)
+    data = Dataset(x=rng.standard_normal((64, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 64), source="random")
+    pruned = prune(model, X, PruneConfig(ratio=0.25, round_to=1, importance="taylor", taylor_batches=2), calibration=data).module
+    assert _kept_rows(model, pruned) == {0, 2, 3, 4, 5, 7}
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_taylor_importance_raises_data_error_without_calibration():
+    with pytest.raises(DataError, match="calibration"):
+        prune(ConvBnHead().eval(), X, PruneConfig(importance="taylor"))
