@@ -13,10 +13,8 @@ Policy (why):
   noisy run per candidate; on this shared 2-core host they picked a record 15 % slower than the
   default. So tuning can only ever make a kernel faster.
 
-Over TVM RPC (``config.tune_rpc``): candidates are built and cross-linked here (``compile.link``) and timed on
-a device from the tracker (MetaSchedule's ``RPCRunner``); the A/B against the default schedule is timed on
-that device too. The database is the same one, keyed by the target, so a board's records serve every model
-compiled for it later.
+Over TVM RPC (``config.tune_rpc``, see ``tvm_tune_rpc``): candidates are built and cross-linked here and
+timed on a device from the tracker, the A/B too; the database is the same one, keyed by the target.
 
 Files in the database folder: ``database_workload.json`` and ``database_tuning_record.json``
 (MetaSchedule's ``JSONDatabase``, usable by plain TVM) and ``repfx_choices.json``.
@@ -210,74 +208,6 @@ def _build_without_gpu_intrinsics(mod, target, _params):
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def _export_for_device(target_json: str, mod) -> str:
-    """MetaSchedule ``f_export`` for RPC: link the candidate as the device's ``.so`` (cross g++ for ARM boards).
-
-    Runs in the builder's worker processes; returns the library's path.
-    """
-    from repfx_deploy.compile.link import export_artifact
-
-    path, _ = export_artifact(mod, Path(tempfile.mkdtemp(prefix="repfx-ms-")), json.loads(target_json), "shared")
-    return str(path)
-
-
-def _rpc_runner(rpc):
-    """MetaSchedule's runner for a device from a tracker: one candidate at a time (it is one board)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-
-    endpoint = RpcEndpoint.parse(rpc.tracker)
-    return ms.runner.RPCRunner(
-        rpc_config=ms.runner.RPCConfig(
-            tracker_host=endpoint.host, tracker_port=endpoint.port, tracker_key=rpc.key,
-            session_timeout_sec=int(rpc.session_timeout_s),
-        ),
-        evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=3, min_repeat_ms=40),
-        max_workers=1,
-    )
-
-
-def _ab_compare_rpc(task_mod, target, db, rpc, target_dict: dict) -> tuple[str, float | None, float | None]:
-    """``_ab_compare`` with both schedules cross-linked here and timed on the device, interleaved."""
-    import numpy as np
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-
-    from repfx_deploy.compile.link import export_artifact
-    from repfx_deploy.compile.tvm_schedule import schedule_func
-    from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-    from repfx_deploy.measure.rpc.tracker import request_session
-
-    default = schedule_func(task_mod["main"], target)
-    tuned = db.query_schedule(task_mod, target, "main") if db.has_workload(task_mod) else None
-    if tuned is None or default is None:
-        return ("default" if tuned is None else "tuned"), None, None
-    with tempfile.TemporaryDirectory(prefix="repfx-ab-") as tmp:
-        libraries = []
-        for i, sch in enumerate((default, tuned)):
-            (Path(tmp) / str(i)).mkdir()
-            libraries.append(export_artifact(tvm.compile(sch.mod, target=target), Path(tmp) / str(i), target_dict, "shared")[0])
-        device = request_session(RpcEndpoint.parse(rpc.tracker), rpc.key, wait_s=60, session_timeout_s=rpc.session_timeout_s)
-        remote, dev = device.session, device.session.cpu()
-        remote.get_function("runtime.config_threadpool")(1, int(target_dict.get("num-cores", 1)))
-        timers = []
-        for i, library in enumerate(libraries):
-            remote.upload(str(library), f"repfx-ab-{i}.so")
-            timers.append(remote.load_module(f"repfx-ab-{i}.so").time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=20))
-        rng = np.random.default_rng(0)
-        args = [
-            tvm.runtime.tensor(np.asarray(rng.random([int(d) for d in a.shape])).astype(a.dtype), dev)
-            for a in ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
-        ]
-        samples: list[list[float]] = [[], []]
-        for _ in range(AB_ROUNDS):
-            for i, timer in enumerate(timers):
-                samples[i].append(float(timer(*args).mean))
-    d_s, t_s = statistics.median(samples[0]), statistics.median(samples[1])
-    return ("tuned" if t_s < d_s * (1 - AB_MARGIN) else "default"), d_s * 1e6, t_s * 1e6
-
-
 @contextlib.contextmanager
 def _env(name: str, value: str):
     old = os.environ.get(name)
@@ -370,18 +300,19 @@ def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
     ms_logger.setLevel(logging.WARNING)  # its INFO tables are per-round noise; ours summarize
     # The runner's worker process reads TVM_NUM_THREADS when it starts: measure with the target's cores.
     with _env("TVM_NUM_THREADS", str(num_cores)), tempfile.TemporaryDirectory(prefix="repfx-ms-") as work_dir:
-        export = {} if rpc is None else {"f_export": functools.partial(_export_for_device, config.target)}
-        builder = ms.builder.LocalBuilder(
-            timeout_sec=config.builder_timeout_s, max_workers=num_cores, f_build=_build_without_gpu_intrinsics, **export
-        )
+        build = dict(timeout_sec=config.builder_timeout_s, max_workers=num_cores, f_build=_build_without_gpu_intrinsics)
         if rpc is None:
+            builder = ms.builder.LocalBuilder(**build)
             runner = ms.runner.LocalRunner(
                 timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=3, min_repeat_ms=40)
             )
             compare = _ab_compare
         else:
-            runner = _rpc_runner(rpc)
-            compare = functools.partial(_ab_compare_rpc, rpc=rpc, target_dict=config.target_dict)
+            from repfx_deploy.compile import tvm_tune_rpc
+
+            builder = ms.builder.LocalBuilder(**build, f_export=functools.partial(tvm_tune_rpc.export_for_device, config.target))
+            runner = tvm_tune_rpc.rpc_runner(rpc)
+            compare = functools.partial(tvm_tune_rpc.ab_compare_on_device, rpc=rpc, target_dict=config.target_dict)
             log.info("tuning: candidates timed on %r via the tracker %s", rpc.key, rpc.tracker)
         try:
             for i, (task, fl, trials) in enumerate(plan):
