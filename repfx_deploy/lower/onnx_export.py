@@ -177,6 +177,10 @@ def _finish(path: Path, specs: tuple[InputSpec, ...], source_sha256: str, export
         raise ExportError(f"The exported ONNX model fails onnx.checker: {_first_line(e)}", "Try --exporter torchscript.") from e
     model.producer_name = "repfx-deploy"
     model.producer_version = __version__
+    # the dynamo exporter annotates every node with its Python stack trace and FX text: debugging data that is
+    # no part of the model, and about half the file of an int8 model
+    for node in model.graph.node:
+        del node.metadata_props[:]
     meta = {
         "repfx.source_sha256": source_sha256,
         "repfx.input_spec": json.dumps([s.to_dict() for s in specs]),
