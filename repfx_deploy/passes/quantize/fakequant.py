@@ -49,6 +49,25 @@ def lsq_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
     return (q - zero_point) * s
 
 
+class ProbeSums:
+    """Per-channel sums of a layer's output (channels at dim 1 for 4-D conv outputs, last dim otherwise)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        dim = 1 if x.dim() == 4 else x.dim() - 1
+        flat = x.transpose(dim, -1).reshape(-1, x.shape[dim]).double()
+        self.total = flat.sum(0) if self.total is None else self.total + flat.sum(0)
+        self.count += flat.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        assert self.total is not None
+        return self.total / max(1, self.count)
+
+
 class ActQuant(nn.Module):
     """Per-tensor uint8 fake quantization of one activation (see the module docstring)."""
 
@@ -68,8 +87,12 @@ class ActQuant(nn.Module):
         self.observer = HistogramObserver()
         # constants baked into the exported graph; refreshed by freeze()
         self._scale_f, self._zp_i = 1.0, 0
+        # bias correction: per-channel sums of this quantizer's input (the layer output), when switched on
+        self.probe: ProbeSums | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.probe is not None:
+            self.probe.add(x.detach())
         if self.source is not None and self.state == "learn":
             return self.source._learned(x)
         if self.state == "frozen":

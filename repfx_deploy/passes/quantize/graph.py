@@ -50,6 +50,8 @@ class LayerInfo:
     weight_quant: str | None
     weight_numel: int
     out_channels: int
+    out_quant: str | None = None  # the quantizer on the layer's output (its input is the layer's output)
+    bias: str | None = None  # the bias tensor's attribute path, for bias correction
 
 
 class QuantizedModel(nn.Module):
@@ -144,10 +146,10 @@ def quantize_graph(
             quantized_of[node] = add_aq(node, source=source)
         return quantized_of[node]
 
-    def quantize_output(node: fx.Node) -> None:
+    def quantize_output(node: fx.Node) -> str | None:
         users = list(node.users)
         if any(u.op == "output" for u in users):
-            return
+            return None
         if len(users) == 1 and users[0].op == "call_function" and users[0].target in RELU_OPS:
             relu = users[0]
             q = add_aq(node, relu=True)
@@ -157,6 +159,7 @@ def quantize_graph(
             q = add_aq(node)
             node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
         quantized_of[node] = q
+        return q.target
 
     layers: list[LayerInfo] = []
     for node in list(graph.nodes):
@@ -182,8 +185,11 @@ def quantize_graph(
             _drop_attr(gm, w_node.target)
         x = node.args[0]
         node.replace_input_with(x, quantized_input(x))
-        quantize_output(node)
-        layers.append(LayerInfo(name, LAYER_OPS[node.target], int(bits), wq_name, weight.numel(), weight.shape[0]))
+        out_quant = quantize_output(node)
+        bias = node.args[2] if len(node.args) > 2 and isinstance(node.args[2], fx.Node) and node.args[2].op == "get_attr" else None
+        layers.append(LayerInfo(
+            name, LAYER_OPS[node.target], int(bits), wq_name, weight.numel(), weight.shape[0], out_quant, bias.target if bias else None
+        ))
 
     if quantize_add:
         for node in list(graph.nodes):

@@ -88,3 +88,35 @@ def test_layer_bits_with_unknown_layer_is_a_recipe_error(residual_net, specs, ca
 
     with pytest.raises(RecipeError, match="conv9"):
         quantize_ptq(residual_net, specs, calib, QuantizeConfig(layer_bits=(("conv9", 4),)))
+
+
+def test_bias_correction_removes_the_mean_shift_of_layer_outputs(residual_net, specs, calib):
+    import dataclasses
+
+    config = QuantizeConfig(calibration_method="minmax", layer_bits=(("conv1", 4), ("conv2", 4), ("stem", 4)))
+    inputs = [torch.from_numpy(calib.x[i : i + 32]) for i in (0, 32)]
+    plain = quantize_ptq(residual_net, specs, calib, config)[0].work
+    corrected, stats = quantize_ptq(residual_net, specs, calib, dataclasses.replace(config, bias_correction=True))
+    assert stats["bias_corrected_layers"] == 3  # stem, conv1, conv2 (fc's output is the graph output: not quantized)
+    reference = _layer_means(plain, inputs, "float")  # the float model, before any correction
+    shift = lambda means: sum(float((means[k] - reference[k]).abs().mean()) for k in reference)  # noqa: E731
+    assert shift(_layer_means(corrected.work, inputs, "frozen")) < 0.5 * shift(_layer_means(plain, inputs, "frozen"))
+
+
+def _layer_means(model, inputs, state):
+    """Per-channel means of every quantized layer's output, in ``state`` (float or frozen = quantized)."""
+    from repfx_deploy.passes.quantize.fakequant import ProbeSums
+
+    acts = model.act_quants()
+    probes = {L.name: acts[L.out_quant] for L in model.layers if L.out_quant}
+    for q in probes.values():
+        q.probe = ProbeSums()
+    model.set_state(acts=state, weights=state)
+    with torch.no_grad():
+        for x in inputs:
+            model(x)
+    means = {name: q.probe.mean for name, q in probes.items()}
+    for q in probes.values():
+        q.probe = None
+    model.set_state(acts="frozen", weights="frozen")
+    return means
