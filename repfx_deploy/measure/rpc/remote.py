@@ -266,6 +266,19 @@ def _measure_one(session: DeviceSession, job: DeviceJob, samples, timing_inputs,
     return DeviceResult(job.name, stats, outputs, in_force, info, attempts=1)
 
 
+def _request(config: RpcConfig) -> DeviceSession:
+    """``request_session`` under a deadline: TVM's connect to the handed-out server has no timeout of its own."""
+    limit_s = config.wait_s + 30.0
+    try:
+        return _deadline(
+            lambda: request_session(config.endpoint, config.key, wait_s=config.wait_s, session_timeout_s=config.session_timeout_s),
+            limit_s, "requesting a device",
+        )
+    except _Dropped as e:
+        raise MeasureError(f"Getting a session on {config.key!r} via {config.endpoint} took over {limit_s:.0f} s.",
+                           "Check that the device server answers (restart it), then rerun.") from e
+
+
 def measure_on_device(
     jobs: Sequence[DeviceJob],
     samples: Sequence[Sequence[np.ndarray]],
@@ -290,10 +303,10 @@ def measure_on_device(
         for attempt in range(config.retries + 1):
             if session is None:
                 try:
-                    session = request_session(config.endpoint, config.key, wait_s=config.wait_s, session_timeout_s=config.session_timeout_s)
+                    session = _request(config)
                 except MeasureError as e:
-                    if not run.results and not run.failures:
-                        raise  # nothing measured: a wrong tracker or key is the user's to fix, at once
+                    if not run.results and not run.failures and not errors:
+                        raise  # the first request: a wrong tracker or key is the user's to fix, at once
                     reason = "; ".join(errors + [e.problem])
                     for rest in jobs[index:]:
                         run.failures[rest.name] = reason
