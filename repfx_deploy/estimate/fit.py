@@ -18,14 +18,14 @@ from repfx_deploy.targets import EstimatorParams
 
 
 def lut_prediction_ms(raw_ms: Sequence[float], scale: float, offset_us: float, run_us: float = 0.0) -> float:
-    """Whole-model prediction from standalone per-layer medians (the formula ``model.py`` applies)."""
+    """Whole-model prediction from standalone per-layer latencies (the formula ``model.py`` applies)."""
     return float(np.maximum(0.0, scale * np.asarray(raw_ms) + offset_us * 1e-3).sum()) + run_us * 1e-3
 
 
 def fit_lut_correction(models: Sequence[tuple[Sequence[float], float]]) -> tuple[float, float, float]:
     """``(lut_scale, lut_node_offset_us, lut_run_overhead_us)`` minimising the mean squared relative error.
 
-    Each model is ``(standalone per-layer medians in ms, measured whole-model median in ms)``. For each
+    Each model is ``(standalone per-layer latencies in ms, measured whole-model latency in ms)``. For each
     (scale, offset) on a grid the best non-negative run overhead has a closed form (weighted least squares).
     """
     raws = [np.asarray(r, dtype=float) for r, _ in models]

@@ -41,7 +41,7 @@ _TABLES: dict[tuple[int, str], "LatencyTable"] = {}
 
 @dataclass(frozen=True)
 class LayerEstimate:
-    """One layer's share of the estimate. ``measured_ms`` is the standalone measurement (lookup table only)."""
+    """One layer's share of the estimate. ``measured_ms`` is the layer's fastest standalone call (lookup table only)."""
 
     name: str
     op_type: str
