@@ -65,7 +65,10 @@ class LayerEstimate:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A predicted latency, never a measurement: ``is_estimate`` is always true."""
+    """A predicted latency, never a measurement: ``is_estimate`` is always true.
+
+    ``latency_ms`` is the layers' sum plus ``overhead_ms``, the runtime's once-per-call cost outside any layer.
+    """
 
     latency_ms: float
     method: EstimatorMethod
@@ -77,6 +80,7 @@ class Estimate:
     threads: int
     layers: tuple[LayerEstimate, ...]
     layers_measured: int = 0
+    overhead_ms: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
     is_estimate: bool = True
 
@@ -92,6 +96,7 @@ class Estimate:
             "calibrated_on": self.calibrated_on,
             "threads": self.threads,
             "layers_measured": self.layers_measured,
+            "overhead_ms": round(self.overhead_ms, 6),
             "notes": list(self.notes),
             "layers": [layer.to_dict() for layer in self.layers],
         }
@@ -222,10 +227,8 @@ def _lookup_estimate(onnx_model, specs, profile, params: EstimatorParams, thread
         threads=threads,
         layers=tuple(layers),
         layers_measured=table.measured - before,
-        notes=notes + (
-            f"per-layer figures measured standalone on this machine, cached in {table.path}",
-            f"the total includes {params.lut_run_overhead_us:.1f} us of per-call runtime overhead besides the layers",
-        ),
+        overhead_ms=params.lut_run_overhead_us * 1e-3,
+        notes=notes + (f"per-layer figures measured standalone on this machine, cached in {table.path}",),
     )
 
 
