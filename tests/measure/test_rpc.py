@@ -30,7 +30,8 @@ NATIVE, EMULATED = "repfx-test-native", "repfx-test-rpi4"
 
 @pytest.fixture(scope="module")
 def loopback():
-    """Tracker + native server (+ the emulated aarch64 one when its root exists), torn down after the module."""
+    """Tracker + native server, torn down after the module; the emulated aarch64 server is launched now (its
+    TVM import under qemu takes ~20-40 s) and waited for only by the tests that use it (``emulated_device``)."""
     from repfx_deploy.measure.rpc.emulator import emulator_python
 
     tracker = rpc_devices.start(["tracker", "--port", str(rpc_devices.free_port())])
@@ -39,20 +40,33 @@ def loopback():
         emulated_skip = None
     except MeasureError as e:
         emulated_skip = f"{e.problem} {e.fix}"
-    commands = [rpc_devices.serve_args(tracker, NATIVE)]
-    if emulated_skip is None:
-        commands.append(rpc_devices.serve_args(tracker, EMULATED, "--emulate", "aarch64"))
+    emulated = None if emulated_skip else rpc_devices.Launched(rpc_devices.serve_args(tracker, EMULATED, "--emulate", "aarch64"))
     try:
-        servers = rpc_devices.start_many(commands)
+        native = rpc_devices.start(rpc_devices.serve_args(tracker, NATIVE))
+        rpc_devices.wait_for_key(tracker, NATIVE, 1)
     except Exception:
-        tracker.kill()
+        for process in (emulated, tracker):
+            if process is not None:
+                process.kill()
         raise
-    rpc_devices.wait_for_key(tracker, NATIVE, 1)
-    if emulated_skip is None:
-        rpc_devices.wait_for_key(tracker, EMULATED, 1)
-    yield {"tracker": tracker, "endpoint": RpcEndpoint("127.0.0.1", tracker.port), "emulated_skip": emulated_skip}
-    for process in [*servers, tracker]:
-        process.kill()
+    state = {"tracker": tracker, "endpoint": RpcEndpoint("127.0.0.1", tracker.port), "emulated_skip": emulated_skip, "emulated": emulated}
+    yield state
+    for process in (emulated, native, tracker):
+        if process is not None:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def emulated_device(loopback):
+    """The loopback tracker's endpoint once the emulated aarch64 server registered; skips when it cannot exist."""
+    if loopback["emulated_skip"]:
+        pytest.skip(loopback["emulated_skip"])
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ is not installed (scripts/setup.sh installs it)")
+    if not isinstance(loopback["emulated"], rpc_devices.DeviceProcess):
+        loopback["emulated"] = loopback["emulated"].ready(timeout_s=180)
+        rpc_devices.wait_for_key(loopback["tracker"], EMULATED, 1)
+    return loopback["endpoint"]
 
 
 def _inputs(seed=0):
@@ -97,31 +111,6 @@ def test_bench_on_native_device_times_on_device_and_agrees_with_onnxruntime(loop
     assert doc["emulated"] is False and "note" not in record and doc["device"]["key"] == NATIVE
     (check,) = doc["verification"]
     assert check["candidate"] == RUNTIME and check["max_abs_error"] < 1e-4 and check["samples"] == 4
-
-
-def test_aarch64_artifact_runs_on_emulated_device_agrees_and_is_labeled_emulated(loopback, module_tiny_onnx):
-    if loopback["emulated_skip"]:
-        pytest.skip(loopback["emulated_skip"])
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("aarch64-linux-gnu-g++ is not installed (scripts/setup.sh installs it)")
-    doc = bench(BenchRequest(source=module_tiny_onnx, target="rpi4", rpc=str(loopback["endpoint"]), rpc_key=EMULATED, timing=FAST))
-    assert doc["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
-    assert doc["device"]["machine"] == "aarch64" and doc["emulated"] is True
-    assert doc["results"][RUNTIME]["note"] == doc["note"] == "emulated: timings meaningless"
-    assert doc["verification"][0]["max_abs_error"] <= 1e-4 and doc["verification"][0]["cosine"] > 0.9999
-
-
-def test_compile_rpc_verifies_cross_compiled_artifact_on_the_emulated_device(loopback, module_tiny_onnx, tmp_path):
-    if loopback["emulated_skip"]:
-        pytest.skip(loopback["emulated_skip"])
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("aarch64-linux-gnu-g++ is not installed (scripts/setup.sh installs it)")
-    from repfx_deploy.pipeline.compile import CompileRequest, compile_model
-
-    doc = compile_model(CompileRequest(source=module_tiny_onnx, out_dir=tmp_path / "rpi4", target="rpi4", rpc=str(loopback["endpoint"]), rpc_key=EMULATED))
-    check = doc["verification"]
-    assert check["device"] == {"key": EMULATED, "address": check["device"]["address"], "machine": "aarch64", "emulated": True}
-    assert check["max_abs_error"] <= 1e-4 and (tmp_path / "rpi4" / "verification.json").is_file()
 
 
 def test_unknown_key_fails_fast_naming_registered_keys(loopback, host_artifact):
@@ -242,3 +231,21 @@ def test_metaschedule_tuning_over_rpc_times_on_the_device_and_reuses_the_databas
     (tmp_path / "second").mkdir()
     second = compile_onnx(module_tiny_onnx, tmp_path / "second", config).manifest
     assert second["tuning"]["trials_run"] == 0 and second["tuning"]["tasks_reused"] == 1 and second["kernels_tuned"] == 1
+
+
+# The emulated device last: its server has been starting (TVM import under qemu) while the tests above ran.
+def test_aarch64_artifact_runs_on_emulated_device_agrees_and_is_labeled_emulated(emulated_device, module_tiny_onnx):
+    doc = bench(BenchRequest(source=module_tiny_onnx, target="rpi4", rpc=str(emulated_device), rpc_key=EMULATED, timing=FAST))
+    assert doc["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
+    assert doc["device"]["machine"] == "aarch64" and doc["emulated"] is True
+    assert doc["results"][RUNTIME]["note"] == doc["note"] == "emulated: timings meaningless"
+    assert doc["verification"][0]["max_abs_error"] <= 1e-4 and doc["verification"][0]["cosine"] > 0.9999
+
+
+def test_compile_rpc_verifies_cross_compiled_artifact_on_the_emulated_device(emulated_device, module_tiny_onnx, tmp_path):
+    from repfx_deploy.pipeline.compile import CompileRequest, compile_model
+
+    doc = compile_model(CompileRequest(source=module_tiny_onnx, out_dir=tmp_path / "rpi4", target="rpi4", rpc=str(emulated_device), rpc_key=EMULATED))
+    check = doc["verification"]
+    assert check["device"] == {"key": EMULATED, "address": check["device"]["address"], "machine": "aarch64", "emulated": True}
+    assert check["max_abs_error"] <= 1e-4 and (tmp_path / "rpi4" / "verification.json").is_file()
