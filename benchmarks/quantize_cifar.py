@@ -7,12 +7,12 @@ For ResNet-20, ResNet-56 and the CIFAR ViT from ../shared/assets:
   ReLU folded into the quantizer, residual adds quantized), once per calibration method; exported to QDQ ONNX;
 - ORT quantize_static: the same float ONNX file and the same 512 images, QDQ format, per_channel=True, everything
   else at its defaults (MinMax calibration, QInt8 activations and weights, no pre-processing);
-- QAT: our PTQ (mse) then ``--qat-steps`` LSQ steps of batch 64 with distillation from the float model, on 10,000
-  other training images (crop-flip augmentation);
+- QAT: our PTQ (mse) then ``--qat-steps`` LSQ steps of ``--qat-batch`` images (Adam, lr 2e-5, cosine) with
+  distillation from the float model, on 10,000 other training images (crop-flip augmentation);
 - accuracy: every ONNX model on ONNX Runtime over the test images; latency: batch 1, all ORT variants timed in
   the same interleaved rounds, and TVM (default build) for the float and our PTQ (mse) model.
 
-    python benchmarks/quantize_cifar.py [--models resnet20,resnet56,vit] [--qat-steps 300] [--methods minmax,percentile,mse]
+    python benchmarks/quantize_cifar.py [--models resnet20,resnet56,vit] [--qat-steps 100] [--qat-batch 32] [--methods minmax,percentile,mse]
                                         [--test 10000] [--threads 2] [--json out.json]
 """
 
@@ -68,7 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet20,resnet56,vit")
     parser.add_argument("--methods", default="minmax,percentile,mse")
-    parser.add_argument("--qat-steps", type=int, default=300, help="LSQ fine-tuning steps (batch 64); 0 skips QAT")
+    parser.add_argument("--qat-steps", type=int, default=100, help="LSQ fine-tuning steps; 0 skips QAT")
+    parser.add_argument("--qat-batch", type=int, default=32)
     parser.add_argument("--test", type=int, default=10_000, help="test images to score (all 10,000 by default)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=5)
@@ -119,7 +120,8 @@ def main() -> None:
                 row[f"ours_{method}_quantize_s"] = round(time.perf_counter() - t0, 1)
                 paths[f"ours_{method}"] = export_onnx(q, specs, work / f"ours_{method}.onnx").path
             if args.qat_steps > 0:
-                config = QuantizeConfig(mode="qat", calibration_method="mse", finetune_steps=args.qat_steps, progress=False)
+                config = QuantizeConfig(mode="qat", calibration_method="mse", finetune_steps=args.qat_steps,
+                                        finetune_batch_size=args.qat_batch, progress=False)
                 t0 = time.perf_counter()
                 q, stats = quantize_module(model, specs, calib, config, train=train)
                 row["qat_s"] = round(time.perf_counter() - t0, 1)

@@ -15,7 +15,7 @@ Recipe keys (``[[passes]] kind = "quantize"``)::
     size_budget_bytes = 0        # > 0: mixed precision chooses int8 / int4 / float per layer within this budget
     finetune_epochs = 1.0        # qat: epochs over the train data (calibration data when no train data is given)
     finetune_steps = 0           # qat: > 0 overrides finetune_epochs
-    finetune_lr = 0.0005, finetune_batch_size = 64, checkpoint = "qat.ckpt"   # qat, resumable
+    finetune_lr = 2e-5, finetune_batch_size = 64, checkpoint = "qat.ckpt"   # qat, resumable
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class QuantizeConfig:
     size_budget_bytes: int = 0
     finetune_epochs: float = 1.0
     finetune_steps: int = 0
-    finetune_lr: float = 5e-4
+    # Adam moves every tensor by about lr per step whatever its gradient's size: 2e-5 is ~0.05 % of a typical
+    # weight or step size, gentle enough not to undo the pretrained model in a short fine-tune
+    finetune_lr: float = 2e-5
     finetune_batch_size: int = 64
     checkpoint: Path | None = None
     calibration_batch_size: int = 32

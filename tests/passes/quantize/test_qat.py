@@ -18,3 +18,22 @@ def test_qat_runs_steps_learns_scales_and_resumes_from_checkpoint(residual_net, 
     again, resumed = quantize_module(residual_net, specs, calib, config)
     assert resumed["qat"]["resumed_from_step"] == 3 and resumed["qat"]["steps"] == 3
     assert torch.equal(scales(again), scales(qat))
+
+
+def test_fused_lsq_kernel_matches_the_reference_lsq_gradients():
+    from repfx_deploy.passes.quantize.fakequant import ActQuant, lsq_quantize
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 5, 5) * 2
+    aq = ActQuant()
+    aq.scale.data.fill_(0.03)
+    aq.zero_point.fill_(128)
+    aq.state = "learn"
+    aq.scale.requires_grad_(True)
+    x1 = x.clone().requires_grad_(True)
+    aq(x1).square().sum().backward()
+    s2 = torch.tensor(0.03, requires_grad=True)
+    x2 = x.clone().requires_grad_(True)
+    lsq_quantize(x2, s2, torch.tensor(128.0), 0, 255, 1.0 / (100 * 255) ** 0.5).square().sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(aq.scale.grad, s2.grad, rtol=0.02, atol=1e-4)
