@@ -36,7 +36,13 @@ from repfx_deploy.estimate.fit import (  # noqa: E402
     fit_lut_correction,
     lut_prediction_ms,
 )
-from repfx_deploy.estimate.lut import LatencyTable, layer_callable, runtime_version  # noqa: E402
+from repfx_deploy.estimate.lut import (  # noqa: E402
+    LatencyTable,
+    cold_weight_bytes,
+    l2_cache_bytes,
+    layer_callable,
+    runtime_version,
+)
 from repfx_deploy.estimate.model import prepare_onnx  # noqa: E402
 from repfx_deploy.estimate.ort_layers import ort_graph  # noqa: E402
 from repfx_deploy.lower.onnx_export import export_onnx  # noqa: E402
@@ -95,6 +101,7 @@ def host(threads: int, tmp: Path) -> None:
             table.add(layer, stats[sig])
         rows.append({"name": name, "raw": [stats[layer.signature].median_ms for layer in graph.layers],
                      "raw_min": [stats[layer.signature].min_ms for layer in graph.layers],
+                     "weights": sum(cold_weight_bytes(graph.layers, l2_cache_bytes())),
                      "costs": layer_costs(model), "macs": onnx_stats(path).macs,
                      "ms": stats[WHOLE_KEY].median_ms, "ms_min": stats[WHOLE_KEY].min_ms, "spread": stats[WHOLE_KEY].spread})
     table.save()
@@ -102,23 +109,25 @@ def host(threads: int, tmp: Path) -> None:
     train = [r for i, r in enumerate(rows) if i % 2 == 0]
     test = [r for i, r in enumerate(rows) if i % 2 == 1]
     # What `estimate` does: layer minima (the least disturbed calls) predict the whole model's fastest call.
-    scale, offset_us, run_us = fit_lut_correction([(r["raw_min"], r["ms_min"]) for r in train])
+    scale, offset_us, run_us, weight_gbs = fit_lut_correction([(r["raw_min"], r["weights"], r["ms_min"]) for r in train])
     # The same on medians, for comparison: on a busy machine these measure the neighbours too.
-    med_fit = fit_lut_correction([(r["raw"], r["ms"]) for r in train])
+    med_fit = fit_lut_correction([(r["raw"], r["weights"], r["ms"]) for r in train])
     # Fixed starting points (not the profile's current values), so a rerun on the same data gives the same fit.
     base = EstimatorParams(runtime="onnxruntime", conv_gmacs=50, depthwise_gmacs=5, pointwise_gmacs=50, gemm_gmacs=20,
                            bandwidth_gbs=20, overhead_us=3)
     groups = [("conv_gmacs",), ("depthwise_gmacs",), ("pointwise_gmacs",), ("gemm_gmacs",), ("bandwidth_gbs",), ("overhead_us",)]
     analytic = fit_analytic([(r["costs"], r["ms_min"]) for r in train], base, groups)
     print(f"fitted on the {len(train)} even-numbered models: lut_scale {scale:.3f}, lut_node_offset_us {offset_us:.2f}, "
-          f"lut_run_overhead_us {run_us:.2f} (on medians: {med_fit[0]:.3f}, {med_fit[1]:.2f}, {med_fit[2]:.2f})")
+          f"lut_run_overhead_us {run_us:.2f}, lut_weight_gbs {weight_gbs:.1f} "
+          f"(on medians: {med_fit[0]:.3f}, {med_fit[1]:.2f}, {med_fit[2]:.2f}, {med_fit[3]:.1f})")
     print("minima: whole-model fastest call vs the prediction from layer minima (what `estimate` does; the analytic")
     print("model is fitted to and compared with these too); medians: the same from medians, for comparison")
     print(f"\n{'model':26} {'split':5} {'MACs M':>8} {'layers':>6} {'median ms':>9} {'spread':>6} {'LUT ms':>8} {'err %':>6} "
           f"{'min ms':>8} {'LUT min':>8} {'err %':>6} {'analytic':>8} {'err %':>6}")
     for i, row in enumerate(rows):
-        row["lut"] = lut_prediction_ms(row["raw"], *med_fit)
-        row["lut_min"] = lut_prediction_ms(row["raw_min"], scale, offset_us, run_us)
+        m_scale, m_offset, m_run, m_gbs = med_fit
+        row["lut"] = lut_prediction_ms(row["raw"], m_scale, m_offset, m_run, row["weights"], m_gbs)
+        row["lut_min"] = lut_prediction_ms(row["raw_min"], scale, offset_us, run_us, row["weights"], weight_gbs)
         row["ana"] = analytic_prediction_ms(row["costs"], analytic)
         print(f"{row['name']:26} {'fit' if i % 2 == 0 else 'check':5} {row['macs'] / 1e6:8.2f} {len(row['raw']):6d} {row['ms']:9.4f} "
               f"{row['spread']:6.2f} {row['lut']:8.4f} {(row['lut'] / row['ms'] - 1) * 100:6.1f} {row['ms_min']:8.4f} "
@@ -132,7 +141,8 @@ def host(threads: int, tmp: Path) -> None:
     raw_sum = error_summary([sum(r["raw_min"]) for r in rows], [r["ms_min"] for r in rows])
     print(f"uncorrected sum of standalone layers, all: MAPE {raw_sum['mape_pct']:.1f} %")
     print("\n[estimator] fitted for targets/host.toml:")
-    print(f"lut_scale = {scale:.3f}\nlut_node_offset_us = {offset_us:.2f}\nlut_run_overhead_us = {run_us:.2f}")
+    print(f"lut_scale = {scale:.3f}\nlut_node_offset_us = {offset_us:.2f}\nlut_run_overhead_us = {run_us:.2f}\n"
+          f"lut_weight_gbs = {weight_gbs:.1f}")
     for key in ("conv_gmacs", "depthwise_gmacs", "pointwise_gmacs", "gemm_gmacs", "bandwidth_gbs", "overhead_us"):
         print(f"{key} = {getattr(analytic, key):.4g}")
 

@@ -26,7 +26,7 @@ EstimatorMethod = Literal["lookup table", "analytic model"]
 _ESTIMATOR_METHODS = ("lookup table", "analytic model")
 _ESTIMATOR_TEXT = ("method", "runtime", "calibrated_on", "accuracy")
 _ESTIMATOR_RATES = ("conv_gmacs", "depthwise_gmacs", "pointwise_gmacs", "gemm_gmacs", "bandwidth_gbs")
-_ESTIMATOR_NUMBERS = (*_ESTIMATOR_RATES, "overhead_us", "accuracy_pct", "lut_scale", "lut_node_offset_us", "lut_run_overhead_us")
+_ESTIMATOR_NUMBERS = (*_ESTIMATOR_RATES, "overhead_us", "accuracy_pct", "lut_scale", "lut_node_offset_us", "lut_run_overhead_us", "lut_weight_gbs")
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,12 @@ class EstimatorParams:
     bytes they move. ``fuse_elementwise`` folds elementwise ops that directly follow a conv/gemm into it, as
     ONNX Runtime, TVM and TF-Lite all do. ``method`` is the default: ``"lookup table"`` (measured per-layer
     latencies, only where the device is this machine) or ``"analytic model"``. ``lut_scale``,
-    ``lut_node_offset_us`` and ``lut_run_overhead_us`` turn standalone per-layer measurements into a whole-model
-    prediction: ``sum(max(0, scale * layer + offset)) + run_overhead``. The offset is usually negative: each
-    standalone call pays the runtime's per-call overhead, which the whole model pays once. ``runtime`` names the runtime whose latency is
+    ``lut_node_offset_us``, ``lut_run_overhead_us`` and ``lut_weight_gbs`` turn standalone per-layer measurements
+    into a whole-model prediction: ``sum(max(0, scale * layer + offset) + cold_weight_bytes / weight_gbs) +
+    run_overhead``. The offset is usually negative: each standalone call pays the runtime's per-call overhead,
+    which the whole model pays once. A standalone layer, called again and again, finds weights that fit in L2
+    in cache; in a graph whose weights together exceed L2 they were evicted by the other layers', hence the
+    cold-weight term (0 turns it off). ``runtime`` names the runtime whose latency is
     predicted; ``calibrated_on`` and ``accuracy`` (text) with ``accuracy_pct`` (the typical error, percent)
     are stated with every estimate.
     """
@@ -60,6 +63,7 @@ class EstimatorParams:
     lut_scale: float = 1.0
     lut_node_offset_us: float = 0.0
     lut_run_overhead_us: float = 0.0
+    lut_weight_gbs: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in _ESTIMATOR_METHODS:
@@ -68,7 +72,7 @@ class EstimatorParams:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and 0 < value < 1e6):
                 raise TargetError(f"estimator.{key} must be a positive number (GMAC/s or GB/s), got {value!r}.", "Fix the profile.")
-        for key in ("overhead_us", "accuracy_pct", "lut_run_overhead_us"):
+        for key in ("overhead_us", "accuracy_pct", "lut_run_overhead_us", "lut_weight_gbs"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and 0 <= value < 1e6):
                 raise TargetError(f"estimator.{key} must be a number >= 0, got {value!r}.", "Fix the profile.")

@@ -85,6 +85,7 @@ def test_estimator_table_loads(tmp_path):
     ("overhead_us = -2\n", "overhead_us"),
     ("accuracy = \"\"\n", "accuracy"),
     ("fuse_elementwise = 1\n", "wrong type"),
+    ("lut_weight_gbs = -1\n", "lut_weight_gbs"),
 ])
 def test_estimator_table_refuses_bad_values(tmp_path, body, match):
     with pytest.raises(TargetError, match=match):

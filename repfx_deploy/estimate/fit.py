@@ -17,36 +17,55 @@ from repfx_deploy.estimate.analytic import LayerCost, layer_latency_ms
 from repfx_deploy.targets import EstimatorParams
 
 
-def lut_prediction_ms(raw_ms: Sequence[float], scale: float, offset_us: float, run_us: float = 0.0) -> float:
-    """Whole-model prediction from standalone per-layer latencies (the formula ``model.py`` applies)."""
-    return float(np.maximum(0.0, scale * np.asarray(raw_ms) + offset_us * 1e-3).sum()) + run_us * 1e-3
+def lut_prediction_ms(
+    raw_ms: Sequence[float], scale: float, offset_us: float, run_us: float = 0.0, weight_bytes: float = 0.0, weight_gbs: float = 0.0
+) -> float:
+    """Whole-model prediction from standalone per-layer latencies (the formula ``model.py`` applies);
+    ``weight_bytes`` is the model's total over its layers."""
+    cold_ms = weight_bytes / (weight_gbs * 1e6) if weight_gbs > 0 else 0.0
+    return float(np.maximum(0.0, scale * np.asarray(raw_ms) + offset_us * 1e-3).sum()) + run_us * 1e-3 + cold_ms
 
 
-def fit_lut_correction(models: Sequence[tuple[Sequence[float], float]]) -> tuple[float, float, float]:
-    """``(lut_scale, lut_node_offset_us, lut_run_overhead_us)`` minimising the mean squared relative error.
+def fit_lut_correction(models: Sequence[tuple[Sequence[float], float, float]]) -> tuple[float, float, float, float]:
+    """``(lut_scale, lut_node_offset_us, lut_run_overhead_us, lut_weight_gbs)`` minimising the mean squared
+    relative error.
 
-    Each model is ``(standalone per-layer latencies in ms, measured whole-model latency in ms)``. For each
-    (scale, offset) on a grid the best non-negative run overhead has a closed form (weighted least squares).
+    Each model is ``(standalone per-layer latencies in ms, total weight bytes, measured whole-model ms)``. For
+    each (scale, offset) on a grid, the run overhead and the per-byte weight cost enter linearly and are solved
+    by weighted least squares (both kept >= 0; a zero weight cost means ``lut_weight_gbs = 0``, no term).
     """
-    raws = [np.asarray(r, dtype=float) for r, _ in models]
-    measured = np.asarray([m for _, m in models], dtype=float)
-    w = 1.0 / measured
+    raws = [np.asarray(r, dtype=float) for r, _, _ in models]
+    weights_mb = np.asarray([w / 1e6 for _, w, _ in models], dtype=float)
+    measured = np.asarray([m for _, _, m in models], dtype=float)
+    inv = 1.0 / measured
 
-    def solve(scale: float, offset_us: float) -> tuple[float, float]:
+    def solve(scale: float, offset_us: float) -> tuple[float, float, float]:
         pred = np.asarray([np.maximum(0.0, scale * r + offset_us * 1e-3).sum() for r in raws])
-        run_ms = max(0.0, float(np.sum((1.0 - pred * w) * w) / np.sum(w * w)))
-        return float(np.mean(((pred + run_ms) * w - 1.0) ** 2)), run_ms
+        resid = (measured - pred) * inv  # what run overhead (x 1) and weight cost (x MB) must explain, relative
+        design = np.stack([inv, weights_mb * inv], axis=1)
+        best = None
+        for cols in ((0, 1), (0,), (1,), ()):  # non-negative least squares over two unknowns, by cases
+            coef = np.zeros(2)
+            if cols:
+                sol, *_ = np.linalg.lstsq(design[:, cols], resid, rcond=None)
+                if np.any(sol < 0):
+                    continue
+                coef[list(cols)] = sol
+            loss = float(np.mean((resid - design @ coef) ** 2))
+            if best is None or loss < best[0]:
+                best = (loss, float(coef[0]), float(coef[1]))
+        return best
 
     scales, offsets = np.linspace(0.3, 2.0, 35), np.linspace(-30.0, 10.0, 41)
-    best = (1.0, 0.0, 0.0)
+    result = (1.0, 0.0, 0.0, 0.0)
     for _ in range(4):  # coarse to fine around the best point
         grid = [(*solve(s, o), s, o) for s in scales for o in offsets]
-        _, run_ms, s, o = min(grid)
-        best = (float(s), float(o), run_ms * 1e3)
+        _, run_ms, ms_per_mb, s, o = min(grid)
+        result = (float(s), float(o), run_ms * 1e3, 1.0 / ms_per_mb if ms_per_mb > 0 else 0.0)  # MB/ms = GB/s
         ds, do = (scales[1] - scales[0]) * 2, (offsets[1] - offsets[0]) * 2
         scales = np.linspace(max(0.01, s - ds), s + ds, 21)
         offsets = np.linspace(o - do, o + do, 21)
-    return best
+    return result
 
 
 def analytic_prediction_ms(costs: Sequence[LayerCost], params: EstimatorParams) -> float:

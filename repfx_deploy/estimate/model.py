@@ -4,7 +4,7 @@ Two methods (nn-Meter's split: find the kernels the runtime runs, then cost each
 
 - ``"lookup table"`` (host only): the layers ONNX Runtime executes after its own fusions, each timed standalone
   on this machine once and cached by signature (``lut.py``); the whole-model figure is their sum corrected by
-  the profile's fitted ``lut_scale``, ``lut_node_offset_us`` and ``lut_run_overhead_us``.
+  the profile's fitted ``lut_*`` values (per-call overhead, cold weights).
 - ``"analytic model"`` (any profile): ``analytic.py``'s roofline-with-overhead cost per layer, with the
   profile's per-device parameters.
 
@@ -198,7 +198,12 @@ def _table(threads: int, cache_root: Path | None) -> "LatencyTable":
 
 
 def _lookup_estimate(onnx_model, specs, profile, params: EstimatorParams, threads, cache_root, notes) -> Estimate:
-    from repfx_deploy.estimate.lut import RUNTIME, runtime_version
+    from repfx_deploy.estimate.lut import (
+        RUNTIME,
+        cold_weight_bytes,
+        l2_cache_bytes,
+        runtime_version,
+    )
     from repfx_deploy.estimate.ort_layers import ort_graph
     from repfx_deploy.targets import resolve_threads
 
@@ -206,13 +211,14 @@ def _lookup_estimate(onnx_model, specs, profile, params: EstimatorParams, thread
     graph = ort_graph(onnx_model, specs, threads)
     table = _table(threads, cache_root)
     before = table.measured
+    cold = cold_weight_bytes(graph.layers, l2_cache_bytes())
     try:
         layers = []
-        for layer in graph.layers:
+        for layer, cold_bytes in zip(graph.layers, cold):
             raw = table.latency_ms(graph, layer)
             layers.append(LayerEstimate(
                 name=layer.name, op_type=f"{layer.domain + '.' if layer.domain else ''}{layer.op_type}",
-                latency_ms=corrected_ms(raw, params), signature=layer.signature, measured_ms=raw,
+                latency_ms=corrected_ms(raw, params, cold_bytes), signature=layer.signature, measured_ms=raw,
             ))
     finally:
         table.save()  # what was measured before a failure is kept
@@ -232,9 +238,11 @@ def _lookup_estimate(onnx_model, specs, profile, params: EstimatorParams, thread
     )
 
 
-def corrected_ms(raw_ms: float, params: EstimatorParams) -> float:
-    """A standalone layer measurement turned into its in-graph share: ``scale * raw + offset``, at least 0."""
-    return max(0.0, params.lut_scale * raw_ms + params.lut_node_offset_us * 1e-3)
+def corrected_ms(raw_ms: float, params: EstimatorParams, cold_weight_bytes: int = 0) -> float:
+    """A standalone layer measurement turned into its in-graph share (see ``EstimatorParams``);
+    ``cold_weight_bytes`` are the weights it reads cold in the graph (``lut.cold_weight_bytes``)."""
+    cold_ms = cold_weight_bytes / (params.lut_weight_gbs * 1e6) if params.lut_weight_gbs > 0 else 0.0
+    return max(0.0, params.lut_scale * raw_ms + params.lut_node_offset_us * 1e-3) + cold_ms
 
 
 def _analytic_estimate(onnx_model, profile: TargetProfile, params: EstimatorParams, notes) -> Estimate:

@@ -38,6 +38,11 @@ class OrtLayer:
     inputs: tuple[TensorDesc, ...]
     outputs: tuple[TensorDesc, ...]
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the constant inputs (weights, biases) this layer reads."""
+        return sum(int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize for t in self.inputs if t.constant)
+
 
 @dataclass
 class OrtGraph:

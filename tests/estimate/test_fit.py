@@ -9,12 +9,12 @@ from repfx_deploy.targets import EstimatorParams
 
 
 def test_lut_correction_recovers_a_known_offset():
-    # Whole-model = 0.9 x standalone sum - 4 us per layer + 8 us per call, on synthetic models.
-    shapes = [(3, 0.1), (10, 2.0), (30, 0.5), (60, 4.0), (5, 8.0)]  # (small layers, one big layer's ms)
-    models = [([0.05] * n + [big], 0.9 * (0.05 * n + big) - 0.004 * (n + 1) + 0.008) for n, big in shapes]
-    scale, offset, run = fit_lut_correction(models)
-    assert abs(scale - 0.9) < 0.05 and abs(offset + 4.0) < 1.0 and abs(run - 8.0) < 3.0
-    assert all(abs(lut_prediction_ms(r, scale, offset, run) / m - 1) < 0.02 for r, m in models)
+    # Whole model = 0.9 x standalone layers - 4 us per layer + 8 us per call + weights read at 40 GB/s.
+    shapes = [(3, 0.1, 1e5), (10, 2.0, 4e6), (30, 0.5, 2e5), (60, 4.0, 8e6), (5, 8.0, 3e6), (20, 1.0, 1e7)]
+    models = [([0.05] * n + [big], w, 0.9 * (0.05 * n + big) - 0.004 * (n + 1) + 0.008 + w / 40e6) for n, big, w in shapes]
+    scale, offset, run, gbs = fit_lut_correction(models)
+    assert abs(scale - 0.9) < 0.05 and abs(offset + 4.0) < 1.0 and abs(run - 8.0) < 3.0 and abs(gbs / 40 - 1) < 0.1
+    assert all(abs(lut_prediction_ms(r, scale, offset, run, w, gbs) / m - 1) < 0.02 for r, w, m in models)
 
 
 def test_analytic_fit_recovers_throughput():

@@ -4,9 +4,10 @@ import onnx_graphs
 import pytest
 
 from repfx_deploy.estimate import lut as lut_mod
-from repfx_deploy.estimate.lut import LatencyTable, table_path
+from repfx_deploy.estimate.lut import LatencyTable, cold_weight_bytes, table_path
 from repfx_deploy.estimate.model import prepare_onnx
-from repfx_deploy.estimate.ort_layers import ort_graph
+from repfx_deploy.estimate.ort_layers import OrtLayer, ort_graph
+from repfx_deploy.estimate.signature import TensorDesc
 from repfx_deploy.measure.timing import TimingConfig
 
 FAST = TimingConfig(warmup=1, repeats=3, min_time_s=0.0, max_repeats=3, remeasure=0)
@@ -55,3 +56,16 @@ def test_ort_layers_are_the_fused_kernels(graph):
     assert all(layer.outputs for layer in graph.layers)
     model_bytes, feed = graph.standalone(graph.layers[0])
     assert model_bytes and all(v.shape for v in feed.values())
+
+
+def _layer(weight_floats: int) -> OrtLayer:
+    w = TensorDesc((weight_floats,), "float32", constant=True)
+    return OrtLayer(0, "l", "Gemm", "", "sig", (TensorDesc((1, 4), "float32"), w), (TensorDesc((1, 4), "float32"),))
+
+
+def test_cold_weights_only_when_the_model_outgrows_the_cache():
+    small, big = _layer(100), _layer(1000)  # 400 and 4000 bytes
+    assert small.weight_bytes == 400
+    assert cold_weight_bytes([small, small], cache_bytes=1000) == [0, 0]  # everything stays in cache
+    assert cold_weight_bytes([small, small, small], cache_bytes=1000) == [400, 400, 400]  # evicted by each other
+    assert cold_weight_bytes([small, big], cache_bytes=1000) == [400, 0]  # the big one is cold standalone too
