@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from repfx_deploy.cli.app import Arch, InputShape, Json, PythonPath, Target, TargetFile, Threads, TrustPickle, Verbose, _load_options
+from repfx_deploy.cli.app import (
+    Arch,
+    InputShape,
+    Json,
+    PythonPath,
+    Target,
+    TargetFile,
+    Threads,
+    TrustPickle,
+    Verbose,
+    _load_options,
+)
 from repfx_deploy.cli.output import emit_json, handle_errors, setup_logging, stdout
 
 _METHODS = {"lookup": "lookup table", "lookup-table": "lookup table", "analytic": "analytic model", "auto": None}

@@ -27,9 +27,10 @@ log = logging.getLogger("repfx_deploy.estimate")
 
 RUNTIME = "onnxruntime"
 _FORMAT = 1
-# Short per-layer measurements: a model has tens to hundreds of layers. >= 20 calls after a warm-up, stretched
-# to 30 ms of timed calls, re-measured once when the spread is wide.
-LAYER_TIMING = TimingConfig(warmup=5, repeats=20, min_time_s=0.03, max_repeats=2000, max_spread=0.25, remeasure=1)
+# Per layer: >= 30 calls after a warm-up, stretched to 100 ms of timed calls (enough for the fastest call to be
+# an undisturbed one on a shared machine; a model has tens to hundreds of layers, measured once), re-measured
+# once when the spread is wide.
+LAYER_TIMING = TimingConfig(warmup=5, repeats=30, min_time_s=0.1, max_repeats=5000, max_spread=0.25, remeasure=1)
 
 
 def cache_root() -> Path:
