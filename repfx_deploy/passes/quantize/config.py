@@ -21,7 +21,7 @@ Recipe keys (``[[passes]] kind = "quantize"``)::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,8 +63,6 @@ class QuantizeConfig:
     calibration_batch_size: int = 32
     seed: int = 0
     progress: bool = False
-    # not recipe keys: filled in by the handler
-    extra: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         def bad(key: str, value: Any, fix: str) -> RecipeError:
@@ -104,7 +102,7 @@ class QuantizeConfig:
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, base_dir: Path | None = None) -> "QuantizeConfig":
         """The config for a recipe table (without ``kind``); ``RecipeError`` for unknown keys or bad values."""
-        allowed = {f.name for f in fields(cls)} - {"extra"}
+        allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise RecipeError(f"quantize: unknown option(s) {', '.join(unknown)}.", f"Use only: {', '.join(sorted(allowed))}.")

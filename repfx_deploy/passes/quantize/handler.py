@@ -95,7 +95,6 @@ def check_int8(module, specs) -> dict:
 
 def _config_record(config: QuantizeConfig) -> dict:
     d = dataclasses.asdict(config)
-    d.pop("extra", None)
     d["layer_bits"] = dict(config.layer_bits)
     d["checkpoint"] = str(config.checkpoint) if config.checkpoint else None
     return d
