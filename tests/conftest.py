@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
@@ -52,3 +53,13 @@ def tiny_onnx(tmp_path, tiny_conv) -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def _restore_package_logger():
+    """CLI commands point the package logger at the terminal and stop propagation; undo that after each
+    test so later tests (caplog) still see the package's log records."""
+    logger = logging.getLogger("repfx_deploy")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved

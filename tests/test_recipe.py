@@ -42,7 +42,7 @@ def test_recipe_round_trips_through_resolved_toml(tmp_path):
         ("[data.preprocess]\nmeen = 1", "preprocess"),
         ("[[passes]]\nratio = 0.5", "no kind"),
         ("[[passes]]\nkind = 'prunee'", "Unknown pass kind"),
-        ("[[passes]]\nkind = 'prune'", "not available"),
+        ("[[passes]]\nkind = 'snn'", "not available"),
         ("tune_trials = -1", "tune_trials"),
         ("target = [", "not valid TOML"),
         ("[data.preprocess]\nstd = 0", "std"),
