@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from repfx_deploy.cli.output import emit_json, handle_errors, setup_logging, stderr, stdout
+from repfx_deploy.cli.output import (
+    emit_json,
+    handle_errors,
+    setup_logging,
+    stderr,
+    stdout,
+)
 
 app = typer.Typer(
     name="repfx-deploy",
@@ -258,6 +264,7 @@ def main() -> None:
 
 
 from repfx_deploy.cli.estimate import estimate  # noqa: E402  (registered last: it reuses the options above)
+
 app.command("estimate")(estimate)
 
 from repfx_deploy.cli.device import device_app  # noqa: E402  (a sub-app: device tracker / serve / list)

@@ -7,7 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from repfx_deploy.compile.host import canonical_target_json, default_tuning_db, target_hash
+from repfx_deploy.compile.host import (
+    canonical_target_json,
+    default_tuning_db,
+    target_hash,
+)
 
 CONV_LAYOUTS = ("NHWC", "NCHW")
 

@@ -47,7 +47,9 @@ def host_target(threads: int | None = None) -> dict:
     ``ensure_thread_pool_capacity`` (this is usually the first TVM call a process makes).
     """
     ensure_thread_pool_capacity()
-    from tvm.target import codegen  # heavy import: only when a target is actually needed
+    from tvm.target import (
+        codegen,  # heavy import: only when a target is actually needed
+    )
 
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")

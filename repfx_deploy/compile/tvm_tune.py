@@ -221,6 +221,17 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
+def ab_choose(timers, args) -> tuple[str, float, float]:
+    """Time the default and the tuned kernel (``timers``: two time_evaluators) in interleaved rounds; the tuned
+    one is chosen only when its median beats the default's by ``AB_MARGIN``. Returns (choice, default_us, tuned_us)."""
+    samples: list[list[float]] = [[], []]
+    for _ in range(AB_ROUNDS):
+        for i, timer in enumerate(timers):
+            samples[i].append(float(timer(*args).mean))
+    d_s, t_s = statistics.median(samples[0]), statistics.median(samples[1])
+    return ("tuned" if t_s < d_s * (1 - AB_MARGIN) else "default"), d_s * 1e6, t_s * 1e6
+
+
 def _ab_compare(task_mod, target, db) -> tuple[str, float | None, float | None]:
     """Time the default schedule against the database's best record, interleaved; return (choice, us, us)."""
     import numpy as np
@@ -243,12 +254,7 @@ def _ab_compare(task_mod, target, db) -> tuple[str, float | None, float | None]:
         module = tvm.compile(sch.mod, target=target)
         module = module.jit() if hasattr(module, "jit") else module
         timers.append(module.time_evaluator("main", tvm.cpu(), number=1, repeat=1, min_repeat_ms=20))
-    samples: list[list[float]] = [[], []]
-    for _ in range(AB_ROUNDS):
-        for i, timer in enumerate(timers):
-            samples[i].append(float(timer(*args).mean))
-    d_s, t_s = statistics.median(samples[0]), statistics.median(samples[1])
-    return ("tuned" if t_s < d_s * (1 - AB_MARGIN) else "default"), d_s * 1e6, t_s * 1e6
+    return ab_choose(timers, args)
 
 
 def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:

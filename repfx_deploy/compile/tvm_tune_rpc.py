@@ -9,11 +9,10 @@ record on the device, interleaved, as the local A/B does on this machine.
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
-from repfx_deploy.compile.tvm_tune import AB_MARGIN, AB_ROUNDS
+from repfx_deploy.compile.tvm_tune import ab_choose
 
 
 def export_for_device(target_json: str, mod) -> str:
@@ -76,9 +75,4 @@ def ab_compare_on_device(task_mod, target, db, rpc, target_dict: dict) -> tuple[
             tvm.runtime.tensor(np.asarray(rng.random([int(d) for d in a.shape])).astype(a.dtype), dev)
             for a in ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
         ]
-        samples: list[list[float]] = [[], []]
-        for _ in range(AB_ROUNDS):
-            for i, timer in enumerate(timers):
-                samples[i].append(float(timer(*args).mean))
-    d_s, t_s = statistics.median(samples[0]), statistics.median(samples[1])
-    return ("tuned" if t_s < d_s * (1 - AB_MARGIN) else "default"), d_s * 1e6, t_s * 1e6
+        return ab_choose(timers, args)

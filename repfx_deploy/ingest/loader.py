@@ -106,9 +106,9 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
 
 def check_signature(module: "nn.Module", specs: tuple[InputSpec, ...]) -> None:
     """Run the model once on zeros of the given signature; turn a failure into ``InputShapeError``."""
-    from repfx_deploy.data.tensors import zeros_for
-
     import torch
+
+    from repfx_deploy.data.tensors import zeros_for
 
     try:
         with torch.no_grad():

@@ -9,7 +9,12 @@ import numpy as np
 
 from repfx_deploy.measure.environment import environment
 from repfx_deploy.measure.runner import Runner
-from repfx_deploy.measure.timing import LatencyStats, TimingConfig, time_callable, time_interleaved
+from repfx_deploy.measure.timing import (
+    LatencyStats,
+    TimingConfig,
+    time_callable,
+    time_interleaved,
+)
 
 log = logging.getLogger("repfx_deploy.measure")
 

@@ -31,7 +31,12 @@ def device_key(profile: TargetProfile, rpc_key: str | None) -> str:
 def bench_on_device(request, profile: TargetProfile) -> dict:
     """``bench`` for ``request.rpc`` (a ``pipeline.bench.BenchRequest``): see the module docstring."""
     from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-    from repfx_deploy.measure.rpc.remote import RUNTIME, DeviceJob, RpcConfig, measure_on_device
+    from repfx_deploy.measure.rpc.remote import (
+        RUNTIME,
+        DeviceJob,
+        RpcConfig,
+        measure_on_device,
+    )
     from repfx_deploy.measure.rpc.tracker import check_device
 
     if set(request.runtimes) - {"tvm"}:

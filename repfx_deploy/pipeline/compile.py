@@ -93,7 +93,12 @@ def _verify_on_device(artifact_dir: Path, samples, reference, rpc) -> dict:
     """Run the artifact on a device from the tracker and compare its outputs with ONNX Runtime's (here)."""
     from repfx_deploy.errors import MeasureError
     from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-    from repfx_deploy.measure.rpc.remote import RUNTIME, DeviceJob, RpcConfig, measure_on_device
+    from repfx_deploy.measure.rpc.remote import (
+        RUNTIME,
+        DeviceJob,
+        RpcConfig,
+        measure_on_device,
+    )
     from repfx_deploy.measure.timing import TimingConfig
 
     config = RpcConfig(RpcEndpoint.parse(rpc.tracker), rpc.key)

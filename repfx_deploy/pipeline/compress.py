@@ -22,10 +22,20 @@ from repfx_deploy.errors import CompileError, InputError
 from repfx_deploy.ingest.loader import LoadedModel, LoadOptions, load_model
 from repfx_deploy.lower.onnx_export import ExportConfig
 from repfx_deploy.measure.timing import TimingConfig
-from repfx_deploy.pipeline.artifacts import Artifacts, build_artifacts, relocate, relocate_manifest
+from repfx_deploy.pipeline.artifacts import (
+    Artifacts,
+    build_artifacts,
+    relocate,
+    relocate_manifest,
+)
 from repfx_deploy.pipeline.evaluate import fidelity, predictions, run_all, top1_accuracy
 from repfx_deploy.recipe import Recipe, dump_recipe
-from repfx_deploy.targets import TargetProfile, get_profile, resolve_threads, resolve_tvm_target
+from repfx_deploy.targets import (
+    TargetProfile,
+    get_profile,
+    resolve_threads,
+    resolve_tvm_target,
+)
 
 log = logging.getLogger("repfx_deploy.pipeline")
 

@@ -1,6 +1,6 @@
+import tiny_models
 import torch.nn as nn
 
-import tiny_models
 from repfx_deploy.analyze.onnx_stats import onnx_stats
 from repfx_deploy.analyze.torch_stats import torch_stats
 from repfx_deploy.spec import InputSpec

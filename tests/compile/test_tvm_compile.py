@@ -16,7 +16,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from repfx_deploy.compile import CompileConfig, compile_onnx, host_target, load_tvm_runner
+from repfx_deploy.compile import (
+    CompileConfig,
+    compile_onnx,
+    host_target,
+    load_tvm_runner,
+)
 from repfx_deploy.errors import CompileError, InputShapeError
 from repfx_deploy.spec import InputSpec
 

@@ -10,8 +10,14 @@ import torch
 import torch.nn as nn
 
 from repfx_deploy.compile import CompileConfig, compile_onnx, host_target
-from repfx_deploy.compile.host import TUNING_DB_ENV, default_tuning_db, normalize_triple, target_hash
+from repfx_deploy.compile.host import (
+    TUNING_DB_ENV,
+    default_tuning_db,
+    normalize_triple,
+    target_hash,
+)
 from repfx_deploy.compile.tvm_tune import allocate_trials, count_records
+
 
 class TwoConvNet(nn.Module):
     """Two convolutions, one of them most of the FLOPs: a small budget tunes exactly one kernel."""

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from repfx_deploy.examples.fashion_mnist import CLASSES, MEAN, REPO_ROOT, STD, WEIGHTS_PATH, FashionCNN, load_pretrained
+from repfx_deploy.examples.fashion_mnist import (
+    CLASSES,
+    MEAN,
+    REPO_ROOT,
+    STD,
+    WEIGHTS_PATH,
+    FashionCNN,
+    load_pretrained,
+)
 
 EVAL_PATH = REPO_ROOT / "examples" / "fashion-mnist" / "eval-1000.npz"
 CALIB_PATH = REPO_ROOT / "calibration" / "fashion-mnist" / "calib-512.npz"

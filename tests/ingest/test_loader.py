@@ -1,7 +1,7 @@
 import pytest
+import tiny_models
 import torch
 
-import tiny_models
 from repfx_deploy.errors import InputShapeError, ModelLoadError, UntrustedPickleError
 from repfx_deploy.ingest.loader import LoadOptions, load_model
 from repfx_deploy.spec import InputSpec

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import onnx
 import pytest
+import tiny_models
 import torch
 
-import tiny_models
 from repfx_deploy.errors import ExportError, OutputExistsError
 from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
 from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner

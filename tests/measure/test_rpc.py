@@ -16,7 +16,12 @@ import rpc_devices
 from repfx_deploy.compile import CompileConfig, compile_onnx
 from repfx_deploy.errors import InputError, MeasureError
 from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-from repfx_deploy.measure.rpc.remote import RUNTIME, DeviceJob, RpcConfig, measure_on_device
+from repfx_deploy.measure.rpc.remote import (
+    RUNTIME,
+    DeviceJob,
+    RpcConfig,
+    measure_on_device,
+)
 from repfx_deploy.measure.rpc.tracker import request_session
 from repfx_deploy.measure.timing import TimingConfig
 from repfx_deploy.pipeline.bench import BenchRequest, bench
