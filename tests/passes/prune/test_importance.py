@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+from tiny_models import TinyConvNet
 
 from repfx_deploy.data.datasets import Dataset
 from repfx_deploy.errors import DataError
@@ -14,20 +14,9 @@ from repfx_deploy.passes.prune import PruneConfig, prune
 X = (torch.zeros(1, 3, 8, 8),)
 
 
-class ConvBnHead(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-
-def _model_with_weak_channels(weak=(1, 6)) -> ConvBnHead:
+def _model_with_weak_channels(weak=(1, 6)) -> TinyConvNet:
     torch.manual_seed(0)
-    m = ConvBnHead().eval()
+    m = TinyConvNet().eval()
     with torch.no_grad():
         for c in weak:
             m.conv.weight[c] *= 1e-3
@@ -36,7 +25,7 @@ def _model_with_weak_channels(weak=(1, 6)) -> ConvBnHead:
     return m
 
 
-def _kept_rows(model: ConvBnHead, pruned: ConvBnHead) -> set[int]:
+def _kept_rows(model: TinyConvNet, pruned: TinyConvNet) -> set[int]:
     return {int(torch.cdist(row.flatten()[None], model.conv.weight.flatten(1)).argmin()) for row in pruned.conv.weight}
 
 
@@ -59,4 +48,4 @@ def test_taylor_importance_removes_channels_the_loss_does_not_use():
 
 def test_taylor_importance_raises_data_error_without_calibration():
     with pytest.raises(DataError, match="calibration"):
-        prune(ConvBnHead().eval(), X, PruneConfig(importance="taylor"))
+        prune(TinyConvNet().eval(), X, PruneConfig(importance="taylor"))
