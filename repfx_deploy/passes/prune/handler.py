@@ -52,9 +52,6 @@ def parse_options(options: Mapping[str, Any], target_name: str) -> tuple["PruneC
     if "layer_ratios" in prune_opts:
         if not isinstance(prune_opts["layer_ratios"], Mapping):
             raise RecipeError("layer_ratios must be a table of layer name pattern = ratio.", 'Write layer_ratios = { "layer3.*" = 0.5 }.')
-        prune_opts["layer_ratios"] = tuple((str(k), float(v)) for k, v in prune_opts["layer_ratios"].items())
-    if "ignore" in prune_opts:
-        prune_opts["ignore"] = tuple(prune_opts["ignore"]) if isinstance(prune_opts["ignore"], (list, tuple)) else (prune_opts["ignore"],)
     if prune_opts.get("round_to") is None:
         prune_opts["round_to"] = get_profile(target_name).channel_multiple
     try:

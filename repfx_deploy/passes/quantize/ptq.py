@@ -104,16 +104,15 @@ def check_layer_names(layers: tuple[LayerInfo, ...], config: QuantizeConfig) -> 
         )
 
 
-def batches(data: "Dataset", batch: int, *, limit: int | None = None) -> list[torch.Tensor]:
-    """Full batches of ``data.x`` (a fixed-batch graph takes no other size)."""
-    x = data.x if limit is None else data.x[:limit]
-    n = len(x) // batch * batch
-    if n == 0:
+def batches(data: "Dataset", batch: int) -> list[torch.Tensor]:
+    """Full batches of ``data`` as tensors (a fixed-batch graph takes no other size)."""
+    out = [torch.from_numpy(np.ascontiguousarray(b)) for b in data.batches(batch)]
+    if not out:
         raise PassError(
-            f"quantize: {len(x)} calibration samples are fewer than one batch of {batch}.",
+            f"quantize: {len(data)} calibration samples are fewer than one batch of {batch}.",
             "Give more calibration samples ([data] calibration_samples) or a smaller calibration_batch_size.",
         )
-    return [torch.from_numpy(np.ascontiguousarray(x[i : i + batch])) for i in range(0, n, batch)]
+    return out
 
 
 def calibrate(model: QuantizedModel, inputs: list[torch.Tensor]) -> None:
