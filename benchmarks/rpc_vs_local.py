@@ -62,7 +62,7 @@ def main() -> None:
     import tvm
 
     from repfx_deploy.compile import CompileConfig, compile_onnx
-    from repfx_deploy.compile.tvm_runtime import set_tvm_threads
+    from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG, set_tvm_threads
     from repfx_deploy.data.tensors import random_inputs
     from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
     from repfx_deploy.measure.rpc.tracker import request_session
@@ -92,7 +92,7 @@ def main() -> None:
             remote, dev = device.session, device.session.cpu()
             remote.upload(str(art.library_path), "model.so")
             vm = tvm.runtime.vm.VirtualMachine(remote.load_module("model.so"), dev)
-            remote.get_function("runtime.config_threadpool")(1, args.threads)
+            remote.get_function("runtime.config_threadpool")(AFFINITY_BIG, args.threads)
             vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in x])
             timers = {"local": local.time_evaluator("invoke_stateful", tvm.cpu(), number=1, repeat=args.repeats),
                       "rpc": vm.time_evaluator("invoke_stateful", dev, number=1, repeat=args.repeats)}

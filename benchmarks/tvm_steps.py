@@ -53,9 +53,9 @@ class _VmRunner:
         return lambda: self._main(*tensors)
 
     def run(self, inputs):
-        from repfx_deploy.compile.tvm_runtime import _to_numpy
+        from repfx_deploy.compile.tvm_runtime import to_numpy
 
-        return _to_numpy(self.bind(inputs)())
+        return to_numpy(self.bind(inputs)())
 
 
 def _build_step(step: str, onnx_path: Path, target_dict: dict, work: Path, args) -> tuple[object, dict]:

@@ -25,7 +25,7 @@ from repfx_deploy.errors import InputShapeError, MeasureError, ModelLoadError
 from repfx_deploy.spec import InputSpec
 
 # TVM's ThreadGroup::AffinityMode kBig: TVM's default on x86, where all cores are "big".
-_AFFINITY_BIG = 1
+AFFINITY_BIG = 1
 
 
 def set_tvm_threads(threads: int | None) -> int:
@@ -34,7 +34,7 @@ def set_tvm_threads(threads: int | None) -> int:
     import tvm
 
     wanted = int(threads) if threads is not None else int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
-    tvm.get_global_func("runtime.config_threadpool")(_AFFINITY_BIG, max(1, wanted))
+    tvm.get_global_func("runtime.config_threadpool")(AFFINITY_BIG, max(1, wanted))
     return int(tvm.runtime.num_threads())
 
 
@@ -106,15 +106,15 @@ class TvmRunner:
             raise
         except Exception as e:
             raise MeasureError(f"The TVM artifact failed to run: {e}", "Recompile the model; check the input shapes.") from e
-        return _to_numpy(out)
+        return to_numpy(out)
 
 
-def _to_numpy(out) -> list[np.ndarray]:
+def to_numpy(out) -> list[np.ndarray]:
     if hasattr(out, "numpy"):
         return [out.numpy()]
     result = []
     for item in out:  # a tuple-returning main gives a runtime Array (possibly nested)
-        result.extend(_to_numpy(item))
+        result.extend(to_numpy(item))
     return result
 
 

@@ -12,6 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG
 from repfx_deploy.compile.tvm_tune import ab_choose
 
 
@@ -65,7 +66,7 @@ def ab_compare_on_device(task_mod, target, db, rpc, target_dict: dict) -> tuple[
             libraries.append(export_artifact(tvm.compile(sch.mod, target=target), Path(tmp) / str(i), target_dict, "shared")[0])
         device = request_session(RpcEndpoint.parse(rpc.tracker), rpc.key, wait_s=60, session_timeout_s=rpc.session_timeout_s)
         remote, dev = device.session, device.session.cpu()
-        remote.get_function("runtime.config_threadpool")(1, int(target_dict.get("num-cores", 1)))
+        remote.get_function("runtime.config_threadpool")(AFFINITY_BIG, int(target_dict.get("num-cores", 1)))
         timers = []
         for i, library in enumerate(libraries):
             remote.upload(str(library), f"repfx-ab-{i}.so")

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repfx_deploy.atomic import atomic_file
-from repfx_deploy.estimate.ort_layers import OrtGraph, OrtLayer, session_options
+from repfx_deploy.estimate.ort_layers import OrtGraph, OrtLayer
+from repfx_deploy.measure.runtimes import session_options
 from repfx_deploy.measure.timing import LatencyStats, TimingConfig, time_callable
 
 log = logging.getLogger("repfx_deploy.estimate")

@@ -20,6 +20,7 @@ import numpy as np
 
 from repfx_deploy.errors import MeasureError
 from repfx_deploy.estimate.signature import TensorDesc, node_signature
+from repfx_deploy.measure.runtimes import session_options
 from repfx_deploy.spec import InputSpec
 
 if TYPE_CHECKING:
@@ -76,18 +77,6 @@ class OrtGraph:
         return model.SerializeToString(), feed
 
 
-def session_options(threads: int, optimize: bool):
-    """ORT options used everywhere here: ``threads`` intra-op threads, one inter-op thread, quiet logs."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    return opts
 
 
 def _desc(value: np.ndarray, constant: bool = False) -> TensorDesc:

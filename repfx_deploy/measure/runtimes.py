@@ -70,6 +70,20 @@ def _flatten(out: object) -> list:
     raise MeasureError(f"The model returned a {type(out).__name__}, not tensors.", "Return a tensor or a tuple of tensors.")
 
 
+def session_options(threads: int, optimize: bool):
+    """The ONNX Runtime options every session in this project uses: ``threads`` intra-op threads, one inter-op thread, quiet logs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    return opts
+
+
 class OrtRunner:
     """ONNX Runtime on the CPU execution provider, full graph optimisation, ``threads`` intra-op threads."""
 
@@ -79,13 +93,10 @@ class OrtRunner:
         import onnxruntime as ort
 
         self.threads = threads or default_threads()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(onnx_path), session_options(self.threads, optimize=True), providers=["CPUExecutionProvider"]
+            )
         except Exception as e:
             raise MeasureError(f"ONNX Runtime cannot load {str(onnx_path)!r}: {e}", "Check the ONNX file with `repfx-deploy inspect`.") from e
         self._names = [i.name for i in self._session.get_inputs()]

@@ -103,11 +103,21 @@ def time_callable(fn: Callable[[], object], config: TimingConfig = TimingConfig(
     When the spread exceeds ``max_spread`` the whole measurement is redone up to ``remeasure`` times and
     the tighter one is kept.
     """
-    best: LatencyStats | None = None
-    for attempt in range(config.remeasure + 1):
+
+    def once() -> LatencyStats:
         for _ in range(config.warmup):
             fn()
-        stats = _summarize(_collect(fn, config), config.warmup, remeasured=0)
+        return _summarize(_collect(fn, config), config.warmup, remeasured=0)
+
+    return best_of(once, config)
+
+
+def best_of(measure_once: Callable[[], LatencyStats], config: TimingConfig) -> LatencyStats:
+    """Call ``measure_once`` until a measurement's spread is within ``max_spread`` (at most ``remeasure`` extra
+    times) and keep the tightest; ``remeasured`` says how many extra measurements were taken."""
+    best: LatencyStats | None = None
+    for attempt in range(config.remeasure + 1):
+        stats = measure_once()
         if best is None or stats.spread < best.spread:
             best = stats
         if stats.spread <= config.max_spread:

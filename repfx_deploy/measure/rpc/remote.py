@@ -15,7 +15,6 @@ returns them with the failures beside them, and ``on_result`` sees each result a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -36,13 +35,12 @@ from repfx_deploy.errors import (
 from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
 from repfx_deploy.measure.rpc.server import DEVICE_INFO_FUNC, EMULATED_NOTE, check_key
 from repfx_deploy.measure.rpc.tracker import DeviceSession, request_session
-from repfx_deploy.measure.timing import LatencyStats, TimingConfig, summarize
+from repfx_deploy.measure.timing import LatencyStats, TimingConfig, best_of, summarize
 from repfx_deploy.spec import InputSpec
 
 log = logging.getLogger("repfx_deploy.measure")
 
 RUNTIME = "tvm-rpc"
-_AFFINITY_BIG = 1  # TVM's ThreadGroup::AffinityMode kBig, as in compile.tvm_runtime
 _PROBE_TIMEOUT_S = 10.0
 
 
@@ -189,14 +187,6 @@ def _check_machine(manifest: dict, info: dict, address: str) -> None:
         )
 
 
-def _flatten(out) -> list[np.ndarray]:
-    if hasattr(out, "numpy"):
-        return [out.numpy()]
-    result = []
-    for item in out:  # a tuple-returning main gives a (possibly nested) Array
-        result.extend(_flatten(item))
-    return result
-
 
 def _check_inputs(specs: tuple[InputSpec, ...], inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     if len(inputs) != len(specs) or any(
@@ -214,22 +204,19 @@ def _time_on_device(vm, dev, tensors, timing: TimingConfig) -> LatencyStats:
         # number=1: one sample per call, as local timing takes; time_evaluator adds one discarded call itself
         return [float(t) for t in vm.time_evaluator("invoke_stateful", dev, number=1, repeat=n)("main").results]
 
-    best: LatencyStats | None = None
-    for attempt in range(timing.remeasure + 1):
+    def once() -> LatencyStats:
         warm = calls_s(max(1, timing.warmup))
         per_call_s = max(float(np.median(warm)), 1e-7)
         repeats = max(timing.repeats, min(timing.max_repeats, math.ceil(timing.min_time_s / per_call_s)))
-        stats = summarize([s * 1e3 for s in calls_s(repeats)], timing.warmup)
-        if best is None or stats.spread < best.spread:
-            best = stats
-        if stats.spread <= timing.max_spread:
-            break
-    assert best is not None
-    return dataclasses.replace(best, remeasured=attempt)
+        return summarize([s * 1e3 for s in calls_s(repeats)], timing.warmup)
+
+    return best_of(once, timing)
 
 
 def _measure_one(session: DeviceSession, job: DeviceJob, samples, timing_inputs, timing: TimingConfig, threads: int, tracker: RpcEndpoint) -> DeviceResult:
     import tvm
+
+    from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG, to_numpy
 
     manifest_path = job.artifact_dir / "manifest.json"
     if not manifest_path.is_file():
@@ -259,9 +246,9 @@ def _measure_one(session: DeviceSession, job: DeviceJob, samples, timing_inputs,
     dev = remote.cpu()
     vm = tvm.runtime.vm.VirtualMachine(lib, dev)
     wanted = threads or int(info.get("logical_cpus") or 0) or 1
-    remote.get_function("runtime.config_threadpool")(_AFFINITY_BIG, wanted)
+    remote.get_function("runtime.config_threadpool")(AFFINITY_BIG, wanted)
     in_force = int(remote.get_function("runtime.NumThreads")())
-    outputs = [_flatten(vm["main"](*[tvm.runtime.tensor(x, dev) for x in s])) for s in samples]
+    outputs = [to_numpy(vm["main"](*[tvm.runtime.tensor(x, dev) for x in s])) for s in samples]
     stats = _time_on_device(vm, dev, [tvm.runtime.tensor(x, dev) for x in timing_inputs], timing)
     return DeviceResult(job.name, stats, outputs, in_force, info, attempts=1)
 

@@ -49,13 +49,12 @@ def ort_kernels(onnx_path: Path, threads: int = 1) -> OrtKernels:
     import onnx
     import onnxruntime as ort
 
+    from repfx_deploy.measure.runtimes import session_options
+
     with tempfile.TemporaryDirectory(prefix="repfx-ort-") as scratch:
         optimized = Path(scratch) / "optimized.onnx"
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = session_options(threads, optimize=True)
         opts.optimized_model_filepath = str(optimized)
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
         ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         graph = onnx.load(str(optimized), load_external_data=False).graph
     counts = collections.Counter(node.op_type for node in graph.node)
