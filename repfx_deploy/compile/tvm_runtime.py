@@ -45,14 +45,8 @@ class TvmRunner:
 
     def __init__(self, artifact_dir: Path, threads: int | None = None) -> None:
         artifact_dir = Path(artifact_dir)
-        manifest_path = artifact_dir / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise ModelLoadError(f"{str(artifact_dir)!r} has no {MANIFEST_NAME}.", "Point at a folder written by compile.")
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelLoadError(f"{str(manifest_path)!r} is not valid JSON: {e}", "Recompile the model.") from e
-        self.inputs = tuple(InputSpec.from_dict(d) for d in self.manifest["inputs"])
+        self.manifest = read_manifest(artifact_dir)
+        self.inputs = manifest_inputs(self.manifest)
         self._requested_threads = threads
         self.threads = set_tvm_threads(threads)
         self._configured_thread = threading.get_ident()
@@ -107,6 +101,21 @@ class TvmRunner:
         except Exception as e:
             raise MeasureError(f"The TVM artifact failed to run: {e}", "Recompile the model; check the input shapes.") from e
         return to_numpy(out)
+
+
+def read_manifest(artifact_dir: Path) -> dict:
+    """The ``manifest.json`` of a compiled artifact folder; ``ModelLoadError`` when it is missing or unreadable."""
+    manifest_path = Path(artifact_dir) / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ModelLoadError(f"{str(artifact_dir)!r} has no {MANIFEST_NAME}.", "Point at a folder written by compile.")
+    try:
+        return json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{str(manifest_path)!r} is not valid JSON: {e}", "Recompile the model.") from e
+
+
+def manifest_inputs(manifest: dict) -> tuple[InputSpec, ...]:
+    return tuple(InputSpec.from_dict(d) for d in manifest["inputs"])
 
 
 def to_numpy(out) -> list[np.ndarray]:

@@ -7,7 +7,6 @@ With ``rpc`` (a tracker's ``HOST:PORT``) the TVM artifact is measured on a devic
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,5 +122,6 @@ def _refuse(bad: set[str], what: str, fix: str) -> None:
 
 
 def _artifact_specs(folder: Path) -> tuple[InputSpec, ...]:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    return tuple(InputSpec.from_dict(d) for d in manifest["inputs"])
+    from repfx_deploy.compile.tvm_runtime import manifest_inputs, read_manifest
+
+    return manifest_inputs(read_manifest(folder))

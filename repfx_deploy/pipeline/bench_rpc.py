@@ -8,7 +8,6 @@ that their timings are meaningless.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -88,9 +87,12 @@ def bench_on_device(request, profile: TargetProfile) -> dict:
 
 def _artifact(request, profile, config, source: Path, work: Path) -> tuple[Path | None, Path, tuple[InputSpec, ...], dict]:
     """``(onnx_path or None, artifact folder, input specs, TVM target)``: compiled here unless given compiled."""
-    if source.is_dir() and (source / "manifest.json").exists():
-        manifest = json.loads((source / "manifest.json").read_text())
-        return None, source, tuple(InputSpec.from_dict(d) for d in manifest["inputs"]), manifest["target"]
+    from repfx_deploy.compile.tvm_runtime import manifest_inputs, read_manifest
+    from repfx_deploy.pipeline.bench import _is_artifact
+
+    if _is_artifact(source):
+        manifest = read_manifest(source)
+        return None, source, manifest_inputs(manifest), manifest["target"]
     from repfx_deploy.compile.config import RpcTuning
     from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
 

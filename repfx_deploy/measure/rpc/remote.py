@@ -216,19 +216,22 @@ def _time_on_device(vm, dev, tensors, timing: TimingConfig) -> LatencyStats:
 def _measure_one(session: DeviceSession, job: DeviceJob, samples, timing_inputs, timing: TimingConfig, threads: int, tracker: RpcEndpoint) -> DeviceResult:
     import tvm
 
-    from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG, to_numpy
+    from repfx_deploy.compile.link import LIBRARY_NAME
+    from repfx_deploy.compile.tvm_runtime import (
+        AFFINITY_BIG,
+        manifest_inputs,
+        read_manifest,
+        to_numpy,
+    )
 
-    manifest_path = job.artifact_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise ModelLoadError(f"{str(job.artifact_dir)!r} has no manifest.json.", "Point at a folder written by compile.")
-    manifest = json.loads(manifest_path.read_text())
-    library = job.artifact_dir / manifest.get("library", "model.so")
+    manifest = read_manifest(job.artifact_dir)
+    library = job.artifact_dir / manifest.get("library", LIBRARY_NAME)
     if library.suffix != ".so":
         raise ModelLoadError(
             f"{library.name} holds object files, not a library a device can load.",
             "Link it first with the command in manifest.json (Android: the NDK), or use a target whose link is 'shared'.",
         )
-    specs = tuple(InputSpec.from_dict(d) for d in manifest["inputs"])
+    specs = manifest_inputs(manifest)
     samples = [_check_inputs(specs, s) for s in samples]
     timing_inputs = _check_inputs(specs, timing_inputs)
     remote = session.session
