@@ -232,23 +232,37 @@ def ab_choose(timers, args) -> tuple[str, float, float]:
     return ("tuned" if t_s < d_s * (1 - AB_MARGIN) else "default"), d_s * 1e6, t_s * 1e6
 
 
-def _ab_compare(task_mod, target, db) -> tuple[str, float | None, float | None]:
-    """Time the default schedule against the database's best record, interleaved; return (choice, us, us)."""
-    import numpy as np
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-
+def ab_schedules(task_mod, target, db):
+    """``(default, tuned)`` schedules of one kernel: the built-in one and the database's best record (either None)."""
     from repfx_deploy.compile.tvm_schedule import schedule_func
 
     default = schedule_func(task_mod["main"], target)
     tuned = db.query_schedule(task_mod, target, "main") if db.has_workload(task_mod) else None
-    if tuned is None or default is None:
-        return ("default" if tuned is None else "tuned"), None, None
+    return default, tuned
+
+
+def ab_args(task_mod, dev=None) -> list:
+    """Seeded random arguments for one kernel, on ``dev`` (default: this CPU)."""
+    import numpy as np
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    dev = tvm.cpu() if dev is None else dev
     rng = np.random.default_rng(0)
-    args = [
-        tvm.runtime.tensor(np.asarray(rng.random([int(d) for d in a.shape])).astype(a.dtype))
+    return [
+        tvm.runtime.tensor(np.asarray(rng.random([int(d) for d in a.shape])).astype(a.dtype), dev)
         for a in ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
     ]
+
+
+def _ab_compare(task_mod, target, db) -> tuple[str, float | None, float | None]:
+    """Time the default schedule against the database's best record, interleaved; return (choice, us, us)."""
+    import tvm
+
+    default, tuned = ab_schedules(task_mod, target, db)
+    if tuned is None or default is None:
+        return ("default" if tuned is None else "tuned"), None, None
+    args = ab_args(task_mod)
     timers = []
     for sch in (default, tuned):
         module = tvm.compile(sch.mod, target=target)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG
-from repfx_deploy.compile.tvm_tune import ab_choose
+from repfx_deploy.compile.tvm_tune import ab_args, ab_choose, ab_schedules
 
 
 def export_for_device(target_json: str, mod) -> str:
@@ -46,17 +46,13 @@ def rpc_runner(rpc):
 
 def ab_compare_on_device(task_mod, target, db, rpc, target_dict: dict) -> tuple[str, float | None, float | None]:
     """``tvm_tune._ab_compare`` with both schedules cross-linked here and timed on the device, interleaved."""
-    import numpy as np
     import tvm
-    from tvm.s_tir import meta_schedule as ms
 
     from repfx_deploy.compile.link import export_artifact
-    from repfx_deploy.compile.tvm_schedule import schedule_func
     from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
     from repfx_deploy.measure.rpc.tracker import request_session
 
-    default = schedule_func(task_mod["main"], target)
-    tuned = db.query_schedule(task_mod, target, "main") if db.has_workload(task_mod) else None
+    default, tuned = ab_schedules(task_mod, target, db)
     if tuned is None or default is None:
         return ("default" if tuned is None else "tuned"), None, None
     with tempfile.TemporaryDirectory(prefix="repfx-ab-") as tmp:
@@ -71,9 +67,4 @@ def ab_compare_on_device(task_mod, target, db, rpc, target_dict: dict) -> tuple[
         for i, library in enumerate(libraries):
             remote.upload(str(library), f"repfx-ab-{i}.so")
             timers.append(remote.load_module(f"repfx-ab-{i}.so").time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=20))
-        rng = np.random.default_rng(0)
-        args = [
-            tvm.runtime.tensor(np.asarray(rng.random([int(d) for d in a.shape])).astype(a.dtype), dev)
-            for a in ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
-        ]
-        return ab_choose(timers, args)
+        return ab_choose(timers, ab_args(task_mod, dev))
