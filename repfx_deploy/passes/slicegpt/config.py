@@ -1,0 +1,40 @@
+"""How much of the residual stream SliceGPT removes, and how it is calibrated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SliceGPTConfig:
+    """``slicing``: the fraction of the embedding (residual stream) dimension removed, in [0, 1). The kept width
+    is ``floor(hidden * (1 - slicing))`` rounded down to a multiple of ``round_to`` (vector lanes; 8 is what the
+    SliceGPT reference code uses), and never below ``round_to``. ``slicing = 0`` keeps every direction: the model
+    is only folded and rotated, which must leave its outputs unchanged (the invariant the tests check).
+
+    ``calibration_samples`` sequences of ``seq_len`` tokens, in batches of ``batch_size``, feed the PCA of the
+    residual stream. The PCA runs layer by layer on the already sliced model's own activations (so each
+    rotation sees the error the previous slices made), in float64 (eigenvectors of a covariance summed over
+    tens of thousands of tokens lose orthogonality in float32).
+    """
+
+    slicing: float = 0.25
+    round_to: int = 8
+    calibration_samples: int = 64
+    seq_len: int = 256
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.slicing, bool) or not isinstance(self.slicing, (int, float)) or not 0.0 <= self.slicing < 1.0:
+            raise ValueError(f"slicing is the fraction of the embedding dimension removed, in [0, 1); got {self.slicing!r}")
+        for name in ("round_to", "calibration_samples", "seq_len", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+    def kept_dim(self, hidden: int) -> int:
+        """The residual width left after slicing a stream of ``hidden`` channels."""
+        kept = int(hidden * (1.0 - self.slicing))
+        if kept < hidden:
+            kept -= kept % self.round_to
+        return max(min(kept, hidden), min(self.round_to, hidden))

@@ -1,0 +1,160 @@
+"""SliceGPT (Ashkboos et al., ICLR 2024): fold the norms, rotate the residual stream onto its principal axes
+layer by layer, and delete the directions of least energy.
+
+    result = slice_model(hf_model, batches, SliceGPTConfig(slicing=0.25))
+
+``batches`` are keyword arguments for the model (``input_ids``, optional ``attention_mask``); padded tokens
+(mask 0) are left out of the PCA. The model is changed in place and stays a Hugging Face model: same call, same
+outputs' meaning, a smaller embedding dimension.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from repfx_deploy.errors import PassError
+from repfx_deploy.passes.slicegpt.adapters import Prepared, prepare
+from repfx_deploy.passes.slicegpt.config import SliceGPTConfig
+from repfx_deploy.passes.slicegpt.layers import SlicedLayer
+from repfx_deploy.passes.slicegpt.pca import covariance, energy_kept, principal_axes
+from repfx_deploy.passes.slicegpt.rotate import (
+    rotate_reader,
+    rotate_sublayer_inputs,
+    rotate_sublayer_outputs,
+)
+
+log = logging.getLogger("repfx_deploy.passes.slicegpt")
+
+
+@dataclass
+class SliceResult:
+    """What slicing did: widths, the energy each stream kept, the calibration it used, and how long it took."""
+
+    family: str
+    hidden_before: int
+    hidden_after: int
+    layers: int
+    calibration_tokens: int
+    energy_kept: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "hidden_before": self.hidden_before,
+            "hidden_after": self.hidden_after,
+            "layers": self.layers,
+            "calibration_tokens": self.calibration_tokens,
+            "energy_kept_min": round(min(self.energy_kept), 5) if self.energy_kept else None,
+            "energy_kept_mean": round(sum(self.energy_kept) / len(self.energy_kept), 5) if self.energy_kept else None,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+class _Captured(Exception):
+    """Raised by the capture hook to stop the forward pass once the first layer's inputs are recorded."""
+
+
+@dataclass
+class _Call:
+    hidden: torch.Tensor
+    kwargs: dict[str, Any]
+    mask: torch.Tensor
+
+
+def _token_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    return (mask.bool() if mask is not None else torch.ones(ids.shape, dtype=torch.bool))
+
+
+def _attention_kwargs(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The keyword arguments ``SlicedLayer.forward`` passes on to its attention sublayer, from a layer call."""
+    kwargs = dict(kwargs)
+    mask = args[0] if args else kwargs.pop("attention_mask", None)
+    return {"attention_mask": mask, **kwargs}
+
+
+def _capture(model: nn.Module, first: SlicedLayer, batches: Sequence[Mapping[str, torch.Tensor]]) -> list[_Call]:
+    """Run each batch up to ``first`` and record what it receives (the stream, and the mask, rotary tables and
+    cache arguments the model computes for its layers)."""
+    calls: list[_Call] = []
+
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        calls.append(_Call(hidden.detach(), _attention_kwargs(tuple(args[1:]), kwargs), torch.ones(0, dtype=torch.bool)))
+        raise _Captured
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                # No key/value cache: calibration runs whole sequences once.
+                model(**{"use_cache": False, **batch})
+            except _Captured:
+                pass
+            else:
+                raise PassError("The model never called its first transformer layer.", "Pass a model whose forward runs its layers.")
+            calls[-1].mask = _token_mask(batch)
+    finally:
+        handle.remove()
+    return calls
+
+
+def _axes(streams: list[torch.Tensor], calls: list[_Call], kept: int, energies: list[float]) -> torch.Tensor:
+    vectors, values = principal_axes(covariance(streams, (c.mask for c in calls)))
+    energies.append(energy_kept(values, kept))
+    return vectors[:, :kept]
+
+
+def slice_model(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], config: SliceGPTConfig) -> SliceResult:
+    """Fold, rotate and slice ``model`` in place (see the module docstring); returns what was done."""
+    if not batches:
+        raise PassError("SliceGPT needs calibration data and got none.", "Pass calibration batches (token ids).")
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        prepared = prepare(model)
+        result = _rotate_and_slice(model, prepared, batches, config)
+    model.train(was_training)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Mapping[str, torch.Tensor]], config: SliceGPTConfig) -> SliceResult:
+    hidden = prepared.hidden
+    kept = config.kept_dim(hidden)
+    dtype = prepared.embeddings[0].weight.dtype
+    energies: list[float] = []
+    first = prepared.layers[0]
+    calls = _capture(model, first, batches)
+    result = SliceResult(prepared.family, hidden, kept, len(prepared.layers), int(sum(int(c.mask.sum()) for c in calls)))
+    q = _axes([c.hidden for c in calls], calls, kept, energies)
+    for table in prepared.embeddings:
+        rotate_reader(table, q)
+    calls = _capture(model, first, batches)  # the embeddings' output, now rotated and sliced
+    streams = [c.hidden for c in calls]
+    index = 0
+    for layer in prepared.layers:
+        for which, sub in zip(("attn", "mlp"), layer.sublayers()):
+            rotate_sublayer_inputs(sub, q, prepared.shortcut_maps[index], prepared.shortcut_biases[index], dtype)
+            kwargs = [c.kwargs if which == "attn" else {} for c in calls]
+            outputs = [sub(x, **kw) for x, kw in zip(streams, kwargs)]
+            q = _axes(outputs, calls, kept, energies)
+            rotate_sublayer_outputs(sub, q)
+            # Re-run rather than project: a post-norm sublayer normalises the sliced vector, not the full one.
+            streams = [sub(x, **kw) for x, kw in zip(streams, kwargs)]
+            index += 1
+        log.debug("slicegpt: layer %d of %d done", index // 2, len(prepared.layers))
+    for linear in prepared.head_inputs:
+        rotate_reader(linear, q)
+    result.energy_kept = energies
+    return result
