@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+# REPFX_ASSETS points elsewhere, e.g. at a partial copy on a GPU machine that has no ../shared beside the checkout
+ASSETS = Path(os.environ.get("REPFX_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
 
 # name -> (builder taking the zoo module, batch-1 input shape)
 MODELS = {

@@ -22,6 +22,11 @@ The MACs target is reached the same way for both: the smallest global ratio whos
 --macs-ratio of the MACs (bisection).
 
     python benchmarks/prune_resnet56.py [--steps 300 | --epochs 1] [--macs-ratio 0.5] [--methods ours,tp-internal]
+
+Fine-tuning on a GPU, scoring here: pruning is deterministic, so the fine-tuned weights can travel alone.
+    REPFX_ASSETS=<copy without test-jpeg.zip> python benchmarks/prune_resnet56.py --epochs 5 --device cuda \
+        --save-dir ft5 --no-latency                     # on the GPU machine: prune, fine-tune, save state_dicts
+    python benchmarks/prune_resnet56.py --epochs 5 --load-dir ft5   # here: re-prune, load, score, time
 """
 
 from __future__ import annotations
@@ -50,9 +55,11 @@ def _load_cifar(split: str, limit: int | None):
     return load_dataset(ASSETS / "cifar10" / f"{split}-jpeg.zip", spec, Preprocess(size=32, mean=MEAN, std=STD), limit=limit)
 
 
-def _accuracy(model, data, batch: int = 500) -> float:
+def _accuracy(model, data, batch: int = 500) -> float | None:
     import torch
 
+    if data is None:
+        return None
     model.eval()
     x, correct = torch.from_numpy(data.x), 0
     with torch.no_grad():
@@ -161,6 +168,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="where fine-tuning runs (cpu, cuda)")
+    parser.add_argument("--save-dir", type=Path, default=None, help="save each method's fine-tuned state_dict here")
+    parser.add_argument("--load-dir", type=Path, default=None, help="load fine-tuned state_dicts saved by --save-dir instead of fine-tuning")
+    parser.add_argument("--no-latency", action="store_true", help="skip ONNX/TVM latency (e.g. on a machine without TVM)")
     args = parser.parse_args()
 
     import torch
@@ -174,12 +185,16 @@ def main() -> None:
     zoo = load_zoo()
     base = zoo.cifar10_resnet(56)
     t0 = time.perf_counter()
-    test = _load_cifar("test", args.eval_samples or None)
+    # without the test archive (a partial copy on a GPU machine) accuracy is scored later, with --load-dir
+    test = _load_cifar("test", args.eval_samples or None) if (ASSETS / "cifar10" / "test-jpeg.zip").exists() else None
     train = _load_cifar("train", args.train_samples or None)
     calib = type(train)(x=train.x[np.random.default_rng(1).choice(len(train), 2048, replace=False)], y=None, source="train subset")
-    print(f"data: {len(train)} train, {len(test)} test images ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    print(f"data: {len(train)} train, {len(test) if test is not None else 0} test images ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     full_macs, full_params = _macs_params(base)
     rows = {"original": {"macs": full_macs, "params": full_params, "acc_bn": _accuracy(base, test)}}
+    saved = json.loads((args.load_dir / "finetune.json").read_text()) if args.load_dir else {}
+    device = torch.device(args.device)
+    teacher = copy.deepcopy(base).to(device)
     rows["original"]["acc_ft"] = rows["original"]["acc_bn"]
     print(json.dumps({"original": rows["original"]}), file=sys.stderr, flush=True)
     finetune = FinetuneConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, augment="crop-flip", progress=False)
@@ -203,12 +218,26 @@ def main() -> None:
         row["macs"], row["params"] = _macs_params(pruned)
         recalibrate_bn(pruned, calib, batches=32, batch_size=64)
         row["acc_bn"] = _accuracy(pruned, test)
-        t0 = time.perf_counter()
-        result = distill(pruned, base, train, finetune)
-        row["finetune"] = {"steps": result.steps, "epochs": round(result.epochs, 3), "seconds": round(time.perf_counter() - t0, 1), "final_loss": round(result.final_loss, 4)}
+        if args.load_dir:
+            pruned.load_state_dict(torch.load(args.load_dir / f"{method}.pt", map_location="cpu", weights_only=True))
+            row["finetune"] = saved[method]
+        else:
+            t0 = time.perf_counter()
+            result = distill(pruned.to(device), teacher, train, finetune)
+            pruned.cpu()
+            row["finetune"] = {"steps": result.steps, "epochs": round(result.epochs, 3), "seconds": round(time.perf_counter() - t0, 1),
+                               "final_loss": round(result.final_loss, 4), "device": str(device)}
+            if args.save_dir:
+                args.save_dir.mkdir(parents=True, exist_ok=True)
+                torch.save(pruned.state_dict(), args.save_dir / f"{method}.pt")
+                saved[method] = row["finetune"]
+                (args.save_dir / "finetune.json").write_text(json.dumps(saved, indent=2))
         row["acc_ft"] = _accuracy(pruned, test)
         rows[method], models[method] = row, pruned
         print(json.dumps({method: row}), file=sys.stderr, flush=True)
+    if args.no_latency or test is None:
+        print(json.dumps(rows, indent=1))
+        return
     latency = _latency(models, threads, args.rounds)
     for name, lat in latency.items():
         rows[name].update(lat)

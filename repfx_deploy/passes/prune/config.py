@@ -22,6 +22,9 @@ class PruneConfig:
     ``channel_multiple``. ``ignore``: layers left whole (their output channels are kept; an unknown layer in
     it is traced as one opaque call). The model's outputs (the classifier) are always kept whole.
     ``taylor_batches`` batches of ``taylor_batch_size`` calibration samples estimate the Taylor importance.
+    ``refine`` (with ``macs_ratio``): after the global ratio is found, give channels back group by group, most
+    important per MAC first, while the MACs stay under the target, so the result lands close to it rather than
+    on the first uniform step below it.
     """
 
     ratio: float = 0.5
@@ -33,6 +36,7 @@ class PruneConfig:
     max_ratio: float = 0.9
     taylor_batches: int = 8
     taylor_batch_size: int = 32
+    refine: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:

@@ -43,12 +43,13 @@ def prune(
         >>> result.stats["macs_estimate_ratio"]   # about 0.5
     """
     from repfx_deploy.passes.prune.apply import apply_plan
-    from repfx_deploy.passes.prune.graph import analyze
+    from repfx_deploy.passes.prune.graph import analyze, matches
     from repfx_deploy.passes.prune.importance import class_scores
     from repfx_deploy.passes.prune.plan import (
         estimate_macs,
         find_groups,
         make_plan,
+        refine_to_target,
         search_ratio,
     )
 
@@ -59,11 +60,16 @@ def prune(
     scores = class_scores(model, graph, config.importance, calibration=calibration, batches=config.taylor_batches, batch_size=config.taylor_batch_size)
     round_to = config.round_to or 1
 
-    def plan_for(ratio: float):
-        return make_plan(graph, groups, scores, ratio=ratio, layer_ratios=config.layer_ratios, round_to=round_to, max_ratio=config.max_ratio)
+    def plan_for(ratio: float, widths: dict[int, int] | None = None):
+        return make_plan(graph, groups, scores, ratio=ratio, layer_ratios=config.layer_ratios, round_to=round_to,
+                         max_ratio=config.max_ratio, widths=widths)
 
     if config.macs_ratio is not None:
         plan = search_ratio(plan_for, graph, config.macs_ratio, config.max_ratio)
+        if config.refine:
+            frozen = frozenset(i for i, g in enumerate(groups) if any(matches(n, (p,)) for p, _ in config.layer_ratios for n in g.producers))
+            plan = refine_to_target(plan, lambda widths: plan_for(plan.ratio, widths), graph, groups, scores,
+                                    config.macs_ratio, round_to, frozen=frozen)
     else:
         plan = plan_for(config.ratio)
     full = estimate_macs(graph, None)

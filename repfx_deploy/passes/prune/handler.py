@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("repfx_deploy.passes.prune")
 
-PRUNE_KEYS = ("ratio", "macs_ratio", "layer_ratios", "importance", "round_to", "ignore", "max_ratio")
+PRUNE_KEYS = ("ratio", "macs_ratio", "layer_ratios", "importance", "round_to", "ignore", "max_ratio", "refine")
 RECOVERY_KEYS = (
     "bn_recalibrate", "bn_batches", "finetune_epochs", "finetune_steps", "lr", "batch_size", "augment",
     "checkpoint", "temperature", "alpha", "optimizer", "weight_decay", "seed",

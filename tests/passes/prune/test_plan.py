@@ -44,6 +44,22 @@ def test_plan_reaches_macs_target():
     assert 0.35 < kept <= 0.5 + 0.02  # the estimate leaves out BatchNorm/pooling, which torch_stats counts
 
 
+def test_plan_lands_closer_to_macs_target_when_refined():
+    model = BasicBlockNet().eval()
+    full = torch_stats(model, SPECS).macs
+    kept = {
+        refine: torch_stats(prune(model, X, PruneConfig(macs_ratio=0.6, round_to=8, refine=refine)).module, SPECS).macs / full
+        for refine in (False, True)
+    }
+    assert kept[False] < kept[True] <= 0.6 + 0.02
+    assert 0.6 - kept[True] < 0.6 - kept[False]
+
+
+def test_plan_refinement_leaves_layer_ratios_alone():
+    m = prune(BasicBlockNet().eval(), X, PruneConfig(macs_ratio=0.6, round_to=4, layer_ratios=(("c1", 0.5),))).module
+    assert m.c1.out_channels == 16
+
+
 def test_plan_keeps_symmetric_zero_pad_symmetric():
     m = prune(OptionANet().eval(), X, PruneConfig(ratio=0.5, round_to=4)).module
     block = m.layers[1]

@@ -24,7 +24,7 @@ def test_resnet20_pruned_to_half_macs_runs_and_exports(zoo, tmp_path):
     pruned = result.module
     assert type(pruned) is type(model)
     kept = torch_stats(pruned, SPECS).macs / torch_stats(model, SPECS).macs
-    assert 0.35 < kept <= 0.5
+    assert 0.45 < kept <= 0.5  # refined: close to the target, not on the first uniform step below it
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32))
     with torch.no_grad():
         want = pruned(x).numpy()
