@@ -8,9 +8,14 @@ from typing import Literal
 
 from repfx_deploy.errors import ModelLoadError
 
-Format = Literal["onnx", "torch_export", "torchscript", "torch_save"]
+Format = Literal["onnx", "torch_export", "torchscript", "torch_save", "hf_folder"]
 
 _ONNX_SUFFIXES = (".onnx",)
+
+
+def is_hf_folder(path: Path) -> bool:
+    """A Hugging Face model folder: it holds ``config.json`` or exactly one ``.gguf`` file."""
+    return path.is_dir() and ((path / "config.json").is_file() or len(list(path.glob("*.gguf"))) == 1)
 
 
 def detect_format(path: Path) -> Format:
@@ -22,9 +27,12 @@ def detect_format(path: Path) -> Format:
     if not path.exists():
         raise ModelLoadError(f"The model file {str(path)!r} does not exist.", "Check the path.")
     if path.is_dir():
+        if is_hf_folder(path):
+            return "hf_folder"
         raise ModelLoadError(
             f"{str(path)!r} is a folder, not a model file.",
-            "Pass a .pt/.pth state_dict, a .pt2 torch.export archive, a TorchScript file or an .onnx file.",
+            "Pass a .pt/.pth state_dict, a .pt2 torch.export archive, a TorchScript file, an .onnx file, or a "
+            "Hugging Face model folder (config.json and weights, or one .gguf file).",
         )
     if path.stat().st_size == 0:
         raise ModelLoadError(f"The model file {str(path)!r} is empty.", "Re-save the model; the file was truncated.")

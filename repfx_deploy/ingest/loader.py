@@ -81,6 +81,13 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     """Load ``path`` in whatever supported format it is in; raise a ``RepfxError`` naming any problem."""
     path = Path(path)
     fmt = detect_format(path)
+    if fmt == "hf_folder":
+        from repfx_deploy.ingest.hf import folder_sha256, load_hf_folder
+
+        module, specs = load_hf_folder(path)
+        specs = options.input_specs or specs
+        check_signature(module, specs)
+        return LoadedModel(path=path, format=fmt, sha256=folder_sha256(path), input_specs=tuple(specs), module=module)
     digest = file_sha256(path)
     if fmt == "onnx":
         from repfx_deploy.ingest.onnx_signature import onnx_input_specs
