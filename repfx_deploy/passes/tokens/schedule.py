@@ -1,0 +1,91 @@
+"""Tokens kept per block: from explicit counts, or searched to remove a fraction of the model's MACs.
+
+The MACs are counted on the patched model itself (``analyze.torch_stats``: linears, matmuls, attention,
+the PageRank and similarity products included; elementwise ops, softmax and top-k are not MACs), so the
+reduction a schedule reaches is exactly what the exported model computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from repfx_deploy.errors import PassError
+
+
+def max_remove(tokens: int, method: str) -> int:
+    """The most tokens one block can remove from ``tokens``: token merging pairs set A with set B, so at most
+    half the patch tokens (rounded up); pruning keeps the class token and one patch token."""
+    patches = tokens - 1
+    return (patches + 1) // 2 if method == "merge" else max(patches - 1, 0)
+
+
+def keep_counts(tokens: int, blocks: int, layers: tuple[int, ...], step: float, schedule: str, method: str, cls_only_last: bool) -> tuple[int, ...]:
+    """Tokens leaving each of ``blocks`` blocks when each block in ``layers`` removes ``step`` tokens
+    (``schedule = "constant"``; a fractional step is spread by cumulative rounding, so 2.5 removes 3, 2, 3, 2)
+    or the fraction ``step`` of its tokens (``"ratio"``)."""
+    keep, n, j = [], tokens, 0
+    for i in range(blocks):
+        if cls_only_last and i == blocks - 1:
+            keep.append(1)
+            continue
+        if i in layers:
+            remove = int(step * (j + 1) + 0.5) - int(step * j + 0.5) if schedule == "constant" else int(n * step + 0.5)
+            n -= max(0, min(remove, max_remove(n, method)))
+            j += 1
+        keep.append(n)
+    return tuple(keep)
+
+
+def check_keep(keep: tuple[int, ...], tokens: int, method: str) -> None:
+    """``ValueError`` unless ``keep`` is a feasible schedule for blocks receiving ``tokens`` tokens."""
+    n = tokens
+    for i, k in enumerate(keep):
+        if k > n:
+            raise ValueError(f"keep[{i}] = {k} but block {i} receives only {n} tokens")
+        if k == 1 and i != len(keep) - 1:
+            raise ValueError(f"keep[{i}] = 1 (the class token alone) is allowed only in the last block")
+        if k > 1 and n - k > max_remove(n, method):
+            raise ValueError(f"block {i} cannot go from {n} to {k} tokens with method {method!r} (at most {max_remove(n, method)} removed per block)")
+        n = k
+
+
+def search_keep(
+    macs_of: Callable[[tuple[int, ...]], int],
+    dense_macs: int,
+    target: float,
+    tolerance: float,
+    *,
+    tokens: int,
+    blocks: int,
+    layers: tuple[int, ...],
+    schedule: str,
+    method: str,
+    cls_only_last: bool,
+) -> tuple[tuple[int, ...], float]:
+    """The schedule whose MACs reduction (``1 - macs / dense_macs``) is closest to ``target``, and that
+    reduction. Bisection on the step (reduction grows with it; each distinct schedule is counted once);
+    ``PassError`` when the closest is farther than ``tolerance``."""
+    cache: dict[tuple[int, ...], float] = {}
+
+    def reduction(step: float) -> tuple[tuple[int, ...], float]:
+        keep = keep_counts(tokens, blocks, layers, step, schedule, method, cls_only_last)
+        if keep not in cache:
+            cache[keep] = 1.0 - macs_of(keep) / dense_macs
+        return keep, cache[keep]
+
+    lo, hi = 0.0, float(tokens - 2) if schedule == "constant" else 0.95
+    eps = 0.01 if schedule == "constant" else 1e-4  # finer steps give the same counts
+    if reduction(hi)[1] >= target:
+        while hi - lo > eps:
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if reduction(mid)[1] >= target else (mid, hi)
+    candidates = [reduction(lo), reduction(hi)]
+    keep, reached = min(candidates, key=lambda c: abs(c[1] - target))
+    if abs(reached - target) > tolerance:
+        most = max(cache.values())
+        raise PassError(
+            f"A {target:.0%} MACs reduction is not reachable within +-{tolerance:.0%} by removing tokens at blocks {list(layers)} "
+            f"({schedule} schedule, {method}): the closest is {reached:.1%} (the most reachable {most:.1%}).",
+            "Prune at more blocks (layers = [...]), raise tolerance, or give keep = [...] explicitly.",
+        )
+    return keep, reached

@@ -1,0 +1,59 @@
+"""Keep schedules: explicit counts checked, FLOPs presets reached within the stated tolerance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import vit_zoo
+
+from repfx_deploy.errors import PassError
+from repfx_deploy.passes.tokens import TokensConfig, reduce_tokens
+from repfx_deploy.passes.tokens.schedule import check_keep, keep_counts
+from repfx_deploy.spec import InputSpec
+
+SPECS = (InputSpec("input", (1, 3, 16, 16)),)
+
+
+def test_keep_counts_spreads_fractional_constant_step():
+    assert keep_counts(65, 6, (0, 1, 2, 3), 2.5, "constant", "zero-tprune", cls_only_last=False) == (62, 60, 57, 55, 55, 55)
+    assert keep_counts(65, 6, (0, 1, 2, 3, 4), 7.0, "constant", "merge", cls_only_last=True)[-1] == 1
+
+
+def test_keep_counts_caps_merge_at_half_the_patches():
+    assert keep_counts(17, 2, (0, 1), 12.0, "constant", "merge", cls_only_last=False) == (9, 5)
+
+
+@pytest.mark.parametrize(
+    ("keep", "match"),
+    [((18, 17), "receives only 17"), ((1, 1), "only in the last block"), ((5, 5), "at most 8 removed")],
+)
+def test_check_keep_refuses_infeasible_schedule(keep, match):
+    with pytest.raises(ValueError, match=match):
+        check_keep(keep, 17, "merge")
+
+
+@pytest.mark.parametrize("method", ["zero-tprune", "merge"])
+@pytest.mark.parametrize("target", [0.2, 0.35])
+def test_flops_preset_lands_within_tolerance(method, target):
+    torch.manual_seed(0)
+    config = TokensConfig(method=method, flops_reduction=target, schedule="ratio" if target == 0.35 else "constant")
+    stats = reduce_tokens(vit_zoo.TimmStyleViT(depth=4).eval(), SPECS, config).stats
+    assert abs(stats["flops_reduction"] - target) <= config.tolerance
+    assert stats["macs_after"] < stats["macs_before"]
+    assert stats["keep"][-1] == 1  # class-token head: the last block computes the class token alone
+
+
+def test_mean_pool_model_keeps_all_tokens_in_last_block():
+    stats = reduce_tokens(vit_zoo.MeanPoolTimmViT().eval(), SPECS, TokensConfig(flops_reduction=0.2)).stats
+    assert not stats["cls_only_last"] and stats["keep"][-1] > 1
+
+
+def test_unreachable_target_error_names_closest():
+    config = TokensConfig(flops_reduction=0.9, layers=(1,), cls_only_last="off")
+    with pytest.raises(PassError, match="not reachable.*closest"):
+        reduce_tokens(vit_zoo.TimmStyleViT().eval(), SPECS, config)
+
+
+def test_explicit_keep_of_wrong_length_names_blocks():
+    with pytest.raises(PassError, match=r"3 transformer blocks \(blocks\.0, blocks\.1, blocks\.2\)"):
+        reduce_tokens(vit_zoo.TimmStyleViT().eval(), SPECS, TokensConfig(keep=(10, 5)))
