@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+TokenWeighting = Literal["energy", "unit"]
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,10 @@ class SliceGPTConfig:
     residual stream. The PCA runs layer by layer on the already sliced model's own activations (so each
     rotation sees the error the previous slices made), in float64 (eigenvectors of a covariance summed over
     tens of thousands of tokens lose orthogonality in float32).
+
+    ``token_weighting``: ``energy`` is the paper's PCA (each token weighs by its squared norm); ``unit`` scales
+    every token to unit length first, so the few huge-norm tokens of a pre-norm decoder (attention sinks) do
+    not own the axes (see ``pca.covariance``). Post-norm encoders' streams are normalised already: no difference.
     """
 
     slicing: float = 0.25
@@ -23,8 +30,11 @@ class SliceGPTConfig:
     calibration_samples: int = 64
     seq_len: int = 256
     batch_size: int = 8
+    token_weighting: TokenWeighting = "energy"
 
     def __post_init__(self) -> None:
+        if self.token_weighting not in ("energy", "unit"):
+            raise ValueError(f"token_weighting must be 'energy' (SliceGPT's PCA) or 'unit' (every token scaled to unit length); got {self.token_weighting!r}")
         if isinstance(self.slicing, bool) or not isinstance(self.slicing, (int, float)) or not 0.0 <= self.slicing < 1.0:
             raise ValueError(f"slicing is the fraction of the embedding dimension removed, in [0, 1); got {self.slicing!r}")
         for name in ("round_to", "calibration_samples", "seq_len", "batch_size"):

@@ -108,8 +108,8 @@ def _capture(model: nn.Module, first: SlicedLayer, batches: Sequence[Mapping[str
     return calls
 
 
-def _axes(streams: list[torch.Tensor], calls: list[_Call], kept: int, energies: list[float]) -> torch.Tensor:
-    vectors, values = principal_axes(covariance(streams, (c.mask for c in calls)))
+def _axes(streams: list[torch.Tensor], calls: list[_Call], kept: int, energies: list[float], unit_tokens: bool) -> torch.Tensor:
+    vectors, values = principal_axes(covariance(streams, (c.mask for c in calls), unit_tokens=unit_tokens))
     energies.append(energy_kept(values, kept))
     return vectors[:, :kept]
 
@@ -134,10 +134,11 @@ def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Ma
     kept = config.kept_dim(hidden)
     dtype = prepared.embeddings[0].weight.dtype
     energies: list[float] = []
+    unit = config.token_weighting == "unit"
     first = prepared.layers[0]
     calls = _capture(model, first, batches)
     result = SliceResult(prepared.family, hidden, kept, len(prepared.layers), int(sum(int(c.mask.sum()) for c in calls)))
-    q = _axes([c.hidden for c in calls], calls, kept, energies)
+    q = _axes([c.hidden for c in calls], calls, kept, energies, unit)
     for table in prepared.embeddings:
         rotate_reader(table, q)
     calls = _capture(model, first, batches)  # the embeddings' output, now rotated and sliced
@@ -148,7 +149,7 @@ def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Ma
             rotate_sublayer_inputs(sub, q, prepared.shortcut_maps[index], prepared.shortcut_biases[index], dtype)
             kwargs = [c.kwargs if which == "attn" else {} for c in calls]
             outputs = [sub(x, **kw) for x, kw in zip(streams, kwargs)]
-            q = _axes(outputs, calls, kept, energies)
+            q = _axes(outputs, calls, kept, energies, unit)
             rotate_sublayer_outputs(sub, q)
             # Re-run rather than project: a post-norm sublayer normalises the sliced vector, not the full one.
             streams = [sub(x, **kw) for x, kw in zip(streams, kwargs)]

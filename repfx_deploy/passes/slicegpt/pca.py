@@ -7,12 +7,19 @@ from collections.abc import Iterable
 import torch
 
 
-def covariance(activations: Iterable[torch.Tensor], masks: Iterable[torch.Tensor]) -> torch.Tensor:
+def covariance(activations: Iterable[torch.Tensor], masks: Iterable[torch.Tensor], *, unit_tokens: bool = False) -> torch.Tensor:
     """``sum x x^T`` (float64, D x D) over every token whose mask is true. Not mean-centred, as in SliceGPT:
-    the rotation must keep the stream's mean direction too, since the model reads it."""
+    the rotation must keep the stream's mean direction too, since the model reads it.
+
+    ``unit_tokens`` scales each token to unit length first. A pre-norm model's residual stream has a few tokens
+    (the first of a sequence, "attention sinks") whose norm is orders of magnitude above the rest; they then
+    own the covariance, and the axes fit them instead of the typical token. Since every reader of the stream
+    normalises it first, the relative error per token is what matters, and unit tokens weigh them equally."""
     cov = None
     for x, mask in zip(activations, masks):
         tokens = x.detach()[mask].double()
+        if unit_tokens:
+            tokens = tokens / tokens.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         part = tokens.T @ tokens
         cov = part if cov is None else cov + part
     if cov is None:
