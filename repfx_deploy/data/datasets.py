@@ -55,9 +55,12 @@ def load_dataset(path: Path, spec: InputSpec, preprocess: Preprocess, *, limit: 
         x = preprocess.apply(pixels)
     elif path.suffix in (".npz", ".npy"):
         x, y = _read_arrays(path)
-        if x.dtype == np.uint8:
-            x = preprocess.apply(x)
-        x = x.astype(np.float32, copy=False)
+        if spec.dtype.startswith("int") and np.issubdtype(x.dtype, np.integer):
+            x = x.astype(spec.dtype, copy=False)  # token ids stay ids (a Hugging Face model's input_ids)
+        else:
+            if x.dtype == np.uint8:
+                x = preprocess.apply(x)
+            x = x.astype(np.float32, copy=False)
     else:
         raise DataError(f"Cannot read data from {str(path)!r}.", "Use a .npz/.npy file (array x, optional y), an image folder or a .zip of class folders.")
     expected = tuple(spec.shape[1:])
