@@ -8,7 +8,8 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
     exit 2
 fi
 # torch==2.13.0 resolves to the CPU wheel on this machine; pyproject pins it so no CUDA build is pulled.
-"$PY" -m pip install --quiet --disable-pip-version-check --no-input -e ".[dev]"
+# hf (transformers, gguf: pure Python wheels, no torch) lets the slicegpt and Hugging Face folder tests run.
+"$PY" -m pip install --quiet --disable-pip-version-check --no-input -e ".[dev,hf]"
 # Cross linkers for the aarch64 and armv7 Linux device profiles (Debian packages). Not fatal: without them only
 # those profiles' compiles fail, with a message naming the package, and their tests skip.
 if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v arm-linux-gnueabihf-g++ >/dev/null; then

