@@ -44,10 +44,10 @@ class TokenReducedBlock(nn.Module):
         self.keep: int | None = None
         self.method = "zero-tprune"
         self.pagerank_iterations = 5
-        self.head_aggregation = "rms"
+        self.head_aggregation = "mean"
         self.pagerank_start = "uniform"
         self.candidate_factor = 2.0
-        self.reduction = "drop"
+        self.reduction = "merge"
 
     def configure(self, config) -> None:
         """Set how removed tokens are chosen from a ``TokensConfig`` (its fields of the same names)."""

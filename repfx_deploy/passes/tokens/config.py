@@ -31,11 +31,12 @@ class TokensConfig:
       output unchanged on a random input (a class-token classifier); "on" forces it, "off" never does it.
 
     Zero-TPrune (``method = "zero-tprune"``): token importance is a weighted PageRank over each head's attention
-    graph (``pagerank_iterations``), aggregated over heads by ``head_aggregation`` ("rms" emphasises heads
-    that concentrate on few tokens), starting from every token (``pagerank_start = "uniform"``, the paper's) or
+    graph (``pagerank_iterations``), aggregated over heads by ``head_aggregation`` ("mean", or "rms", which
+    emphasises heads that concentrate on few tokens), starting from every token (``pagerank_start = "uniform"``, the paper's) or
     from the class token (``"cls"``). The ``candidate_factor`` x R least important tokens are candidates; of
     them the R most similar (cosine of attention keys) to a surely-kept token are removed: dropped, or merged
-    into that token (``reduction``). ``candidate_factor = 1`` is pure importance pruning.
+    into that token (``reduction``). ``candidate_factor = 1`` is pure importance pruning. The defaults (mean,
+    merge) scored best zero-shot on the CIFAR-10 ViT (benchmarks/tokens_vit.py; README).
     Token merging (``method = "merge"``): ToMe's bipartite soft matching on the attention keys; at most half
     of the patch tokens can go in one block.
     The class token is never removed by either method.
@@ -49,10 +50,10 @@ class TokensConfig:
     tolerance: float = 0.02
     cls_only_last: ClsOnlyLast = "auto"
     pagerank_iterations: int = 5
-    head_aggregation: HeadAggregation = "rms"
+    head_aggregation: HeadAggregation = "mean"
     pagerank_start: PagerankStart = "uniform"
     candidate_factor: float = 2.0
-    reduction: Reduction = "drop"
+    reduction: Reduction = "merge"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -29,16 +29,17 @@ class TokensResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _tokens_in(model: "nn.Module", blocks: list["TokenReducedBlock"], inputs: list) -> list[int]:
-    """Tokens entering each block on one forward pass (also checks that every block runs exactly once)."""
+def _shapes_in(model: "nn.Module", blocks: list["TokenReducedBlock"], inputs: list) -> list[tuple[int, ...]]:
+    """The (batch, tokens, width) shape entering each block on one forward pass (also checks that every block
+    runs exactly once)."""
     import torch
 
-    seen: list[list[int]] = [[] for _ in blocks]
+    seen: list[list[tuple[int, ...]]] = [[] for _ in blocks]
     hooks = []
     for i, block in enumerate(blocks):
         def hook(module, args, kwargs, i=i):
             x = args[0] if args else next(iter(kwargs.values()))
-            seen[i].append(int(x.shape[1] if module.batch_first else x.shape[0]))
+            seen[i].append(tuple(x.shape) if module.batch_first else (x.shape[1], x.shape[0], x.shape[2]))
         hooks.append(block.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
@@ -46,10 +47,43 @@ def _tokens_in(model: "nn.Module", blocks: list["TokenReducedBlock"], inputs: li
     finally:
         for h in hooks:
             h.remove()
-    for i, counts in enumerate(seen):
-        if len(counts) != 1:
-            raise PassError(f"Transformer block {i} ran {len(counts)} times in one forward pass.", "The tokens pass needs each block to run once, in a chain.")
-    return [c[0] for c in seen]
+    for i, shapes in enumerate(seen):
+        if len(shapes) != 1:
+            raise PassError(f"Transformer block {i} ran {len(shapes)} times in one forward pass.", "The tokens pass needs each block to run once, in a chain.")
+    return [tuple(int(d) for d in shapes[0]) for shapes in seen]
+
+
+class _BlockMacs:
+    """MACs of one block for a given (tokens in, keep), counted like ``torch_stats`` on the block alone and
+    cached: the model's MACs are the dense count minus the dense blocks' plus the patched blocks', which is
+    what the whole-model count gives (a block's cost depends only on its token counts), at a fraction of the
+    time of counting the whole model for every schedule the search tries."""
+
+    def __init__(self, blocks: list["TokenReducedBlock"], batch: int, width: int) -> None:
+        self.blocks, self.batch, self.width = blocks, batch, width
+        self.cache: dict[tuple[int, int, int | None], int] = {}
+
+    def __call__(self, index: int, tokens: int, keep: int | None) -> int:
+        key = (index, tokens, keep)
+        if key not in self.cache:
+            import torch
+            from torch.utils.flop_counter import FlopCounterMode
+
+            from repfx_deploy.analyze.torch_stats import _custom_flop_formulas
+
+            block = self.blocks[index]
+            x = torch.randn(self.batch, tokens, self.width, generator=torch.Generator().manual_seed(0))
+            if not block.batch_first:
+                x = x.transpose(0, 1)
+            saved, block.keep = block.keep, keep
+            counter = FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas())
+            try:
+                with torch.no_grad(), counter:
+                    block(x)
+            finally:
+                block.keep = saved
+            self.cache[key] = counter.get_total_flops() // 2
+        return self.cache[key]
 
 
 def _outputs_match(a, b) -> bool:
@@ -86,7 +120,8 @@ def reduce_tokens(model: "nn.Module", input_specs: tuple["InputSpec", ...], conf
     for block in blocks:
         block.configure(config)
     inputs = to_torch(random_inputs(input_specs, seed=0))
-    tokens = _tokens_in(patched, blocks, inputs)[0]
+    batch, tokens, width = _shapes_in(patched, blocks, inputs)[0]
+    block_macs = _BlockMacs(blocks, batch, width)
     with torch.no_grad():
         reference = original(*inputs)
         if not _outputs_match(reference, patched(*inputs)):
@@ -98,8 +133,11 @@ def reduce_tokens(model: "nn.Module", input_specs: tuple["InputSpec", ...], conf
         log.warning("tokens: cls_only_last = on changes this model's output: it reads more than the class token")
 
     def macs_of(keep: tuple[int, ...]) -> int:
-        _set_keep(blocks, keep)
-        return torch_stats(patched, input_specs).macs
+        patched_blocks, n = 0, tokens
+        for i, k in enumerate(keep):
+            patched_blocks += block_macs(i, n, k)
+            n = k
+        return dense_macs - sum(block_macs(i, tokens, None) for i in range(len(blocks))) + patched_blocks
 
     if config.keep is not None:
         keep = config.keep
@@ -117,11 +155,13 @@ def reduce_tokens(model: "nn.Module", input_specs: tuple["InputSpec", ...], conf
         keep, _ = search_keep(macs_of, dense_macs, float(config.flops_reduction), config.tolerance, tokens=tokens, blocks=len(blocks),
                                     layers=layers, schedule=config.schedule, method=config.method, cls_only_last=cls_last)
     _set_keep(blocks, keep)
-    entering = _tokens_in(patched, blocks, inputs)
+    entering = [shape[1] for shape in _shapes_in(patched, blocks, inputs)]
     expected = [tokens, *[k for k in keep[:-1]]]
     if entering != expected:
         raise PassError(f"Tokens entering the blocks were {entering}, expected {expected}: the blocks are not one chain.", "Use the tokens pass on a ViT whose blocks run one after another.")
     after_macs = torch_stats(patched, input_specs).macs
+    if after_macs != macs_of(keep):  # the per-block sum the search used must be the whole-model count
+        log.warning("tokens: per-block MACs %d differ from the model's %d; the reported figure is the model's", macs_of(keep), after_macs)
     stats = {
         "method": config.method,
         "blocks": paths,

@@ -8,10 +8,10 @@
     schedule = "constant"        # same count removed at each of them, or "ratio" (same fraction)
     cls_only_last = "auto"       # last block computes the class token alone when the output reads only it
     pagerank_iterations = 5
-    head_aggregation = "rms"     # or "mean"
+    head_aggregation = "mean"    # or "rms"
     pagerank_start = "uniform"   # or "cls": importance flows from the class token
     candidate_factor = 2.0       # least important 2 x R tokens compete; the R most redundant go
-    reduction = "drop"           # or "merge" the removed tokens into their most similar kept token
+    reduction = "merge"          # the removed tokens into their most similar kept token, or "drop" them
 
 No fine-tuning is involved: the pass is zero-shot.
 """

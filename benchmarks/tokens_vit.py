@@ -1,0 +1,176 @@
+"""Token reduction on the CIFAR-10 ViT, zero-shot: Zero-TPrune vs token merging (ToMe) at the same MACs cuts.
+
+For each MACs reduction (default -20 / -35 / -50 %) and each method, in one run on the same model and data:
+  1. MACs (analyze/torch_stats on the patched model: linears, matmuls, attention, the PageRank and similarity
+     products; the reduction is searched by the pass's schedule, so it lands near, not exactly on, the target);
+  2. top-1 on the CIFAR-10 test JPEGs (all 10,000, or a class-balanced strided subset with --eval-samples);
+  3. batch-1 latency on this host with ONNX Runtime and TVM (compile_onnx default build, untuned), every model
+     timed in the same interleaved rounds as the dense model, and the speedups next to the MACs reduction.
+
+No fine-tuning anywhere. The Zero-TPrune options are flags (defaults are the settings this benchmark found best);
+token merging runs with ToMe's own choices (bipartite matching on attention keys, constant schedule).
+Both methods use the same schedule shape and the same last-block rule (the CIFAR ViT reads only the class
+token, so its last block computes the class token alone after attention: exact, checked by the pass).
+
+    python benchmarks/tokens_vit.py [--levels 0.2,0.35,0.5] [--eval-samples 0] [--no-latency] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _assets import ASSETS, load_zoo
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+SPECS_SHAPE = (1, 3, 32, 32)
+
+
+def _load_test(limit: int):
+    import numpy as np
+
+    from repfx_deploy.data.datasets import load_dataset
+    from repfx_deploy.data.preprocess import Preprocess
+    from repfx_deploy.spec import InputSpec
+
+    data = load_dataset(ASSETS / "cifar10" / "test-jpeg.zip", InputSpec("input", SPECS_SHAPE), Preprocess(size=32, mean=MEAN, std=STD))
+    if limit and limit < len(data):  # the archive is ordered by class: stride, so every class is in the subset
+        idx = np.arange(0, len(data), len(data) // limit)[:limit]
+        data = type(data)(x=data.x[idx], y=data.y[idx], source=f"{data.source} (every {len(data) // limit}th)")
+    return data
+
+
+def _accuracy(model, data, batch: int = 500) -> float:
+    import torch
+
+    model.eval()
+    x, correct = torch.from_numpy(data.x), 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i : i + batch]).argmax(1).numpy() == data.y[i : i + batch]).sum())
+    return 100.0 * correct / len(x)
+
+
+def _latency(models: dict, threads: int, rounds: int) -> dict:
+    """Batch-1 ORT and TVM latency of every model, all timed in the same interleaved rounds."""
+    from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
+    from repfx_deploy.compile.tvm_runtime import load_tvm_runner
+    from repfx_deploy.data.tensors import random_inputs
+    from repfx_deploy.lower.onnx_export import export_onnx
+    from repfx_deploy.measure.runtimes import OrtRunner
+    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
+    from repfx_deploy.spec import InputSpec
+    from repfx_deploy.targets import get_profile, resolve_tvm_target
+
+    specs = (InputSpec("input", SPECS_SHAPE),)
+    inputs = random_inputs(specs)
+    target = resolve_tvm_target(get_profile("host"), threads)
+    fns, out = {}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, model in models.items():
+            work = Path(scratch) / name
+            work.mkdir()
+            onnx_path = export_onnx(model.eval(), specs, work / "m.onnx").path
+            (work / "tvm").mkdir()
+            t0 = time.perf_counter()
+            compile_onnx(onnx_path, work / "tvm", CompileConfig(target=target))
+            out[name] = {"tvm_compile_s": round(time.perf_counter() - t0, 1)}
+            fns[f"{name}/ort"] = OrtRunner(onnx_path, threads).bind(inputs)
+            fns[f"{name}/tvm"] = load_tvm_runner(work / "tvm", threads).bind(inputs)
+            print(f"compiled {name} ({out[name]['tvm_compile_s']} s)", file=sys.stderr, flush=True)
+        stats = time_interleaved(fns, TimingConfig(warmup=20, repeats=200, min_time_s=2.0), rounds=rounds)
+    for key, st in stats.items():
+        name, rt = key.split("/")
+        out[name][f"{rt}_ms"] = round(st.median_ms, 4)
+        out[name][f"{rt}_spread"] = round(st.spread, 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="0.2,0.35,0.5", help="MACs reductions (fractions)")
+    parser.add_argument("--methods", default="zero-tprune,merge")
+    parser.add_argument("--eval-samples", type=int, default=0, help="strided test subset (0: all 10,000)")
+    parser.add_argument("--layers", default="", help="blocks that remove tokens, e.g. 0,1,2,3,4 (default: all but the last)")
+    parser.add_argument("--schedule", default="constant", choices=("constant", "ratio"))
+    parser.add_argument("--pagerank-start", default="uniform", choices=("uniform", "cls"))
+    parser.add_argument("--pagerank-iterations", type=int, default=5)
+    parser.add_argument("--head-aggregation", default="mean", choices=("mean", "rms"))
+    parser.add_argument("--candidate-factor", type=float, default=2.0)
+    parser.add_argument("--reduction", default="merge", choices=("drop", "merge"))
+    parser.add_argument("--cls-only-last", default="auto", choices=("auto", "on", "off"))
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from repfx_deploy.measure.environment import environment
+    from repfx_deploy.measure.runtimes import default_threads
+    from repfx_deploy.passes.tokens import TokensConfig, reduce_tokens
+    from repfx_deploy.spec import InputSpec
+
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    base = load_zoo().cifar10_vit().eval()
+    test = _load_test(args.eval_samples)
+    specs = (InputSpec("input", SPECS_SHAPE),)
+    layers = tuple(int(i) for i in args.layers.split(",")) if args.layers else None
+    rows = {"dense": {"method": "-", "target": 0.0, "keep": [], "flops_reduction": 0.0, "acc": _accuracy(base, test)}}
+    print(json.dumps({"dense": rows["dense"]}), file=sys.stderr, flush=True)
+    models = {"dense": base}
+    for level in (float(v) for v in args.levels.split(",")):
+        for method in args.methods.split(","):
+            common = {"method": method, "flops_reduction": level, "layers": layers, "schedule": args.schedule, "cls_only_last": args.cls_only_last}
+            if method == "zero-tprune":
+                config = TokensConfig(**common, pagerank_start=args.pagerank_start, pagerank_iterations=args.pagerank_iterations,
+                                      head_aggregation=args.head_aggregation, candidate_factor=args.candidate_factor, reduction=args.reduction)
+            else:
+                config = TokensConfig(**common)
+            name = f"{method}@{level:.0%}"
+            t0 = time.perf_counter()
+            try:
+                result = reduce_tokens(base, specs, config)
+            except Exception as e:  # an unreachable target is a result, not a crash
+                rows[name] = {"method": method, "target": level, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
+                continue
+            s = result.stats
+            rows[name] = {"method": method, "target": level, "keep": s["keep"], "macs": s["macs_after"], "flops_reduction": s["flops_reduction"],
+                          "pass_s": round(time.perf_counter() - t0, 1), "acc": _accuracy(result.module, test)}
+            models[name] = result.module
+            print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
+    rows["dense"]["macs"] = s["macs_before"] if len(models) > 1 else None
+    if not args.no_latency:
+        for name, lat in _latency(models, threads, args.rounds).items():
+            rows[name].update(lat)
+
+    env = environment(threads)
+    zt = (f"Zero-TPrune: PageRank start {args.pagerank_start}, {args.pagerank_iterations} iteration(s), heads {args.head_aggregation}, "
+          f"candidates {args.candidate_factor}x, {args.reduction}")
+    print(f"\nCIFAR-10 ViT (65 tokens, 6 blocks), top-1 on {len(test)} test JPEGs, zero-shot; {zt}; schedule {args.schedule}, "
+          f"layers {args.layers or 'all but the last'}, cls_only_last {args.cls_only_last}; batch-1 latency, {threads} threads, {env['cpu']}; "
+          f"torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, TVM {env['versions']['apache-tvm']} (untuned); "
+          "medians in ms, all models timed in the same interleaved rounds")
+    print("| model | keep per block | MACs reduction | top-1 % | vs dense (points) | ORT ms | TVM ms | ORT speedup | TVM speedup |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    d = rows["dense"]
+    for name, r in rows.items():
+        if "failed" in r:
+            print(f"| {name} | failed: {r['failed']} |" + " |" * 7)
+            continue
+        lat = ("| - | - | - | - |" if "ort_ms" not in r else
+               f"| {r['ort_ms']:.3f} | {r['tvm_ms']:.3f} | {d['ort_ms'] / r['ort_ms']:.2f}x | {d['tvm_ms'] / r['tvm_ms']:.2f}x |")
+        print(f"| {name} | {r['keep'] or 'all 65'} | {r['flops_reduction']:.1%} | {r['acc']:.2f} | {r['acc'] - d['acc']:+.2f} {lat}")
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
