@@ -52,9 +52,9 @@ def perplexity(model: torch.nn.Module, data: torch.Tensor, batch: int = 4) -> fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slicing", default="0.1,0.2,0.25,0.3")
-    ap.add_argument("--cal-samples", type=int, default=32)
+    ap.add_argument("--cal-samples", type=int, default=16)
     ap.add_argument("--cal-len", type=int, default=256)
-    ap.add_argument("--eval-windows", type=int, default=40)
+    ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--eval-len", type=int, default=256)
     ap.add_argument("--latency-seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)

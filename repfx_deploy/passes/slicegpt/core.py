@@ -151,8 +151,10 @@ def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Ma
             outputs = [sub(x, **kw) for x, kw in zip(streams, kwargs)]
             q = _axes(outputs, calls, kept, energies, unit)
             rotate_sublayer_outputs(sub, q)
-            # Re-run rather than project: a post-norm sublayer normalises the sliced vector, not the full one.
-            streams = [sub(x, **kw) for x, kw in zip(streams, kwargs)]
+            if isinstance(sub.post, nn.Identity):  # pre-norm: the rotated output is exactly the projection
+                streams = [(o.double() @ q).to(o.dtype) for o in outputs]
+            else:  # post-norm: the norm now sees the sliced vector, not the full one, so run it again
+                streams = [sub(x, **kw) for x, kw in zip(streams, kwargs)]
             index += 1
         log.debug("slicegpt: layer %d of %d done", index // 2, len(prepared.layers))
     for linear in prepared.head_inputs:
