@@ -52,8 +52,10 @@ def prune(
         refine_to_target,
         search_ratio,
     )
+    from repfx_deploy.passes.prune.torch_layers import make_traceable
 
     model = copy.deepcopy(module).eval()
+    swapped = make_traceable(model)
     example = tuple(example_inputs)
     graph = analyze(model, example, ignore=config.ignore)
     groups = find_groups(graph)
@@ -84,7 +86,7 @@ def prune(
         "macs_target_ratio": config.macs_ratio,
         "macs_estimate_ratio": round(kept_macs / max(full, 1), 4),
         "groups": plan.groups,
-        "notes": graph.notes,
+        "notes": graph.notes + [f"{n}: replaced by an equivalent traceable module with separate q/k/v projections" for n in swapped],
         **record,
     }
     return PruneResult(pruned, stats)

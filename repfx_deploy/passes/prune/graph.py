@@ -16,6 +16,7 @@ raises ``PassError`` naming the layer, with adding it to ``ignore`` as the fix: 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -176,7 +177,8 @@ def _trace(module: "nn.Module", ignore: tuple[str, ...]) -> "fx.GraphModule":
 
     tracer = Tracer()
     try:
-        graph = tracer.trace(module)
+        with _len_recorded(module):
+            graph = tracer.trace(module)
     except Exception as e:
         raise PassError(
             f"torch.fx cannot trace {type(module).__name__}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
@@ -184,6 +186,27 @@ def _trace(module: "nn.Module", ignore: tuple[str, ...]) -> "fx.GraphModule":
             "ignore list (it is then traced as one opaque call and left whole).",
         ) from e
     return fx.GraphModule(tracer.root, graph, type(module).__name__)
+
+
+@contextlib.contextmanager
+def _len_recorded(module: "nn.Module"):
+    """While tracing, ``len(x)`` in the model's forward code is recorded as a call (what ``torch.fx.wrap("len")``
+    would do in the model's own source), so the common ``x.expand(len(x), ...)`` of a class token traces."""
+    import torch.fx._symbolic_trace as st
+
+    table = getattr(st, "_wrapped_fns_to_patch", None)
+    added = []
+    if isinstance(table, dict):
+        for m in module.modules():
+            scope = getattr(type(m).forward, "__globals__", None)
+            if scope is not None and (id(scope), "len") not in table:
+                table[(id(scope), "len")] = scope
+                added.append((id(scope), "len"))
+    try:
+        yield
+    finally:
+        for key in added:
+            table.pop(key, None)
 
 
 def _is_container(m: "nn.Module") -> bool:
