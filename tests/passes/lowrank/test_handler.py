@@ -78,3 +78,46 @@ def test_trained_rank_lowers_nuclear_norm_then_factorizes():
     trp = stats["trained_rank"]
     assert trp["nuclear_norm_after"] < trp["nuclear_norm_before"] and trp["finetune"]["steps"] == 4
     assert stats["finetune"]["data"] == "train" and stats["factorized"] >= 1
+
+
+def test_compress_runs_lowrank_recipe_on_fashion_mnist_example(tmp_path):
+    from pathlib import Path
+
+    from repfx_deploy.ingest.loader import LoadOptions
+    from repfx_deploy.measure.timing import TimingConfig
+    from repfx_deploy.pipeline.compress import CompressRequest, compress
+    from repfx_deploy.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[3]
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'''
+target = "host"
+arch = "repfx_deploy.examples.fashion_mnist:FashionCNN"
+input_shape = "1,1,28,28"
+[data]
+calibration = "{root / 'calibration/fashion-mnist/calib-512.npz'}"
+calibration_samples = 256
+eval = "{root / 'examples/fashion-mnist/eval-1000.npz'}"
+eval_samples = 200
+[data.preprocess]
+size = 28
+mean = 0.2860
+std = 0.3530
+layout = "NCHW"
+[[passes]]
+kind = "lowrank"
+params_ratio = 0.5
+round_to = 8
+finetune_steps = 10
+batch_size = 32
+''')
+    report = compress(CompressRequest(
+        model_path=root / "examples/fashion-mnist/model.pt", out_dir=tmp_path / "out", recipe=load_recipe(recipe),
+        load=LoadOptions(), timing=TimingConfig(warmup=2, repeats=5, min_time_s=0.0, remeasure=0),
+    ))
+    stats = report["passes"][0]["stats"]
+    assert report["compressed"]["params"] <= 0.5 * report["baseline"]["params"]
+    assert stats["factorized"] >= 1 and stats["finetune"]["steps"] == 10
+    assert report["compressed"]["accuracy"] > 0.5  # 10 classes: far above chance
+    assert report["verification"]  # torch, ONNX Runtime and TVM compared on the factorized model
+    assert (tmp_path / "out" / "tvm" / "model.so").exists()
