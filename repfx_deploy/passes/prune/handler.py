@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repfx_deploy.errors import RecipeError
+from repfx_deploy.passes.recovery.options import RECOVERY_KEYS, parse_recovery
 from repfx_deploy.passes.registry import PassContext, PassResult, register_pass
 
 if TYPE_CHECKING:
@@ -30,16 +30,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("repfx_deploy.passes.prune")
 
 PRUNE_KEYS = ("ratio", "macs_ratio", "layer_ratios", "importance", "round_to", "ignore", "max_ratio", "refine")
-RECOVERY_KEYS = (
-    "bn_recalibrate", "bn_batches", "finetune_epochs", "finetune_steps", "lr", "batch_size", "augment",
-    "checkpoint", "temperature", "alpha", "optimizer", "weight_decay", "seed",
-)
 
 
 def parse_options(options: Mapping[str, Any], target_name: str) -> tuple["PruneConfig", dict, "FinetuneConfig | None"]:
     """Recipe table -> (PruneConfig, BN options, FinetuneConfig or None); ``RecipeError`` on unknown keys or bad values."""
     from repfx_deploy.passes.prune.config import PruneConfig
-    from repfx_deploy.passes.recovery import FinetuneConfig
     from repfx_deploy.targets import get_profile
 
     unknown = sorted(set(options) - set(PRUNE_KEYS) - set(RECOVERY_KEYS))
@@ -58,24 +53,9 @@ def parse_options(options: Mapping[str, Any], target_name: str) -> tuple["PruneC
         config = PruneConfig(**prune_opts)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"Bad prune pass option: {e}", "Fix the value in the recipe's [[passes]] table.") from e
-    bn = {"enabled": bool(options.get("bn_recalibrate", True)), "batches": int(options.get("bn_batches", 32))}
-    epochs = float(options.get("finetune_epochs", 0.0))
-    steps = int(options.get("finetune_steps", 0))
-    finetune = None
-    if epochs > 0 or steps > 0:
-        ft = {k: options[k] for k in ("lr", "batch_size", "augment", "temperature", "alpha", "optimizer", "weight_decay", "seed") if k in options}
-        if "checkpoint" in options:
-            ft["checkpoint"] = Path(options["checkpoint"])
-        try:
-            finetune = FinetuneConfig(epochs=epochs if epochs > 0 else 1.0, steps=steps, **ft)
-        except (TypeError, ValueError) as e:
-            raise RecipeError(f"Bad fine-tuning option in the prune pass: {e}", "Fix the value in the recipe's [[passes]] table.") from e
-    elif any(k in options for k in ("lr", "augment", "checkpoint", "temperature", "alpha")):
-        raise RecipeError(
-            "Fine-tuning options are set but no fine-tuning budget is.",
-            "Set finetune_epochs or finetune_steps in the prune pass, or drop the fine-tuning options.",
-        )
-    return config, bn, finetune
+    recovery = parse_recovery(options, "prune")
+    bn = {"enabled": recovery.bn_recalibrate, "batches": recovery.bn_batches}
+    return config, bn, recovery.finetune
 
 
 @register_pass("prune")
