@@ -10,7 +10,7 @@ Recipe keys (``[[passes]] kind = "lowrank"``)::
     conv_scheme = "channel"      # channel (k x k to r, then 1 x 1) | spatial (k x 1 then 1 x k) | auto (the cheaper)
     round_to = 8                 # ranks are multiples of it (vector lanes); default: the target's channel_multiple
     ignore = ["head"]            # layers left dense
-    unfuse_attention = true      # split nn.MultiheadAttention / TransformerEncoderLayer so their linears factorize
+    unfuse_attention = true      # swap nn.MultiheadAttention / TransformerEncoder(Layer) for stand-ins with plain linears
     sensitivity_points = 8, sensitivity_batches = 2, sensitivity_batch_size = 32
     bn_recalibrate = true        # re-estimate BatchNorm statistics on the calibration data afterwards
     trained_rank = false         # TRP: fine-tune the dense layers with a nuclear-norm penalty before factorizing

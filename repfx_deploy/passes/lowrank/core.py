@@ -20,7 +20,6 @@ import torch.nn as nn
 
 from repfx_deploy.data.tensors import zeros_for
 from repfx_deploy.errors import PassError
-from repfx_deploy.passes.lowrank.attention import unfuse_attention
 from repfx_deploy.passes.lowrank.config import LowRankConfig
 from repfx_deploy.passes.lowrank.factorize import (
     LayerShape,
@@ -37,6 +36,7 @@ from repfx_deploy.passes.lowrank.ranks import (
     energy_rank,
 )
 from repfx_deploy.passes.prune.graph import matches
+from repfx_deploy.passes.prune.torch_layers import make_traceable
 
 log = logging.getLogger("repfx_deploy.passes.lowrank")
 
@@ -60,9 +60,11 @@ class LowRankResult:
 
 
 def prepare(model: nn.Module, specs, config: LowRankConfig) -> Prepared:
-    """Copy ``model``, unfuse its attention (if configured) and list the layers that may be factorized."""
+    """Copy ``model``, unfuse its attention (if configured: ``prune.torch_layers.make_traceable``, shared with the
+    prune pass) and list the layers that may be factorized."""
     work = copy.deepcopy(model).eval()
-    unfused = unfuse_attention(work) if config.unfuse_attention else []
+    # torch's fused attention reads its projection weights directly: swap in stand-ins with plain linears
+    unfused = make_traceable(work) if config.unfuse_attention else []
     shapes = find_layers(work, tuple(zeros_for(specs)), config.ignore)
     layers = {name: (shape, _schemes(shape, config)) for name, shape in shapes.items()}
     return Prepared(work, layers, unfused)

@@ -117,3 +117,18 @@ def test_factorized_encoder_exports_to_onnx_and_matches_onnxruntime(tmp_path):
     with torch.no_grad():
         ref = result.module(torch.from_numpy(x)).numpy()
     assert np.allclose(ort, ref, atol=1e-4)
+
+
+def test_encoder_attention_projections_are_unfused_and_factorized():
+    model = _model(TinyEncoder)
+    x = torch.randn(2, 7, 32)
+    unfused = lowrank(model, SEQ, LowRankConfig(layer_ranks={"*": "dense"}))
+    with torch.no_grad():  # stand-ins for the fused attention compute the same function
+        assert torch.allclose(unfused.module(x), model(x), atol=1e-5)
+    result = lowrank(model, SEQ, LowRankConfig(layer_ranks={"*q_proj": 32, "*linear1": 8}, round_to=1))
+    names = {r["layer"] for r in result.stats["layers"]}
+    assert "encoder.layers.0.self_attn.q_proj" in names and "encoder.layers.1.linear2" in names
+    layer = result.module.encoder.layers[0]
+    # rank 8 of 32 -> 64 is cheaper; rank 32 of a 32 x 32 projection is not, so it stays dense
+    assert isinstance(layer.linear1, Factorized) and layer.linear1.rank == 8
+    assert not isinstance(layer.self_attn.q_proj, Factorized)
