@@ -98,6 +98,7 @@ def snn_config(args, model: str) -> SnnConfig:
         lr=args.lr,
         kd_alpha=args.kd_alpha,
         augment="crop-flip" if model == "resnet20" else "none",
+        maxpool=args.maxpool,
         checkpoint_dir=Path(args.save_dir) / model / "ckpt" if args.save_dir else None,
         progress=args.progress,
     )
@@ -125,7 +126,7 @@ def run_model(zoo, model: str, args, results: dict) -> None:
     conv_T = [int(t) for t in args.convert_T.split(",")]
 
     if not args.skip_convert and not args.eval_only and have_test:
-        snn, report = convert(ann, calib.to(device).split(100), SnnConfig(timesteps=max(conv_T), percentile=args.percentile))
+        snn, report = convert(ann, calib.to(device).split(100), SnnConfig(timesteps=max(conv_T), percentile=args.percentile, maxpool=args.maxpool))
         res["conversion"] = report.to_dict()
         res["ours_convert"] = {}
         for T in conv_T:
@@ -246,6 +247,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--kd-alpha", type=float, default=0.5)
     p.add_argument("--percentile", type=float, default=99.9)
+    p.add_argument("--maxpool", default="count", choices=("count", "or"), help="max-pools after neurons (LeNet-5)")
     p.add_argument("--calib", type=int, default=1024, help="training images used for threshold balancing")
     p.add_argument("--train-subset", type=int, default=0, help="0: the whole training set")
     p.add_argument("--test-subset", type=int, default=0, help="0: the whole test set; else a seeded random subset")

@@ -124,3 +124,30 @@ class TimeExpand(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.repeat(self.timesteps, *([1] * (x.dim() - 1)))
+
+
+class SpikeMaxPool(nn.Module):
+    """Max-pooling of spike trains by spike count: step ``t`` emits ``pool(C_t) - pool(C_{t-1})``, where ``C_t``
+    is each input's spike count (times threshold) up to step ``t``.
+
+    The outputs sum to ``pool(C_T)``: the rate of the most active input of each window, which is what the ANN's
+    max-pool gives. Counts grow by 0 or one threshold per step, so the difference of maxima is again 0 or one
+    threshold: a spike. Pooling the spikes themselves instead (an OR over the window) overestimates the rate.
+    """
+
+    def __init__(self, pool: nn.Module, timesteps: int = 1) -> None:
+        super().__init__()
+        self.pool = pool
+        self.timesteps = int(timesteps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = x.reshape(self.timesteps, -1, *x.shape[1:]).unbind(0)
+        count = torch.zeros_like(steps[0])
+        previous = None
+        out = []
+        for s in steps:
+            count = count + s
+            m = self.pool(count)
+            out.append(m if previous is None else m - previous)
+            previous = m
+        return torch.cat(out, 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from repfx_deploy.passes.snn.neurons import IFNeuron, TimeExpand
+from repfx_deploy.passes.snn.neurons import IFNeuron, SpikeMaxPool, TimeExpand
 
 
 class SpikingNet(nn.Module):
@@ -29,7 +29,7 @@ class SpikingNet(nn.Module):
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
         self.timesteps = int(timesteps)
         for m in self.body.modules():
-            if isinstance(m, (IFNeuron, TimeExpand)):
+            if isinstance(m, (IFNeuron, TimeExpand, SpikeMaxPool)):
                 m.timesteps = self.timesteps
 
     def neurons(self) -> list[tuple[str, IFNeuron]]:
