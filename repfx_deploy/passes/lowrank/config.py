@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from repfx_deploy.errors import RecipeError
@@ -119,11 +118,6 @@ LOWRANK_KEYS = (
     "unfuse_attention", "sensitivity_points", "sensitivity_batches", "sensitivity_batch_size",
 )
 TRP_KEYS = ("trained_rank", "nuclear_weight")
-RECOVERY_KEYS = (
-    "bn_recalibrate", "bn_batches", "finetune_epochs", "finetune_steps", "lr", "batch_size", "augment",
-    "checkpoint", "temperature", "alpha", "optimizer", "weight_decay", "seed",
-)
-_FT_KEYS = ("lr", "batch_size", "augment", "temperature", "alpha", "optimizer", "weight_decay", "seed")
 
 
 @dataclass(frozen=True)
@@ -132,15 +126,14 @@ class LowRankOptions:
 
     config: LowRankConfig
     trp: TrainedRankConfig
-    bn_recalibrate: bool
-    bn_batches: int
-    finetune: Any  # FinetuneConfig | None (kept untyped here so the config module imports nothing heavy)
+    recovery: Any  # recovery.options.RecoveryOptions (kept untyped so this module imports nothing heavy)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], target_name: str = "host") -> "LowRankOptions":
         """Parse a recipe table (without ``kind``); ``RecipeError`` for unknown keys or bad values. ``round_to``
-        defaults to the target profile's ``channel_multiple``, so ranks fill whole vector registers."""
-        from repfx_deploy.passes.recovery import FinetuneConfig
+        defaults to the target profile's ``channel_multiple``, so ranks fill whole vector registers. The
+        recovery keys are parsed by ``recovery.options`` (the same keys and meaning in every pass)."""
+        from repfx_deploy.passes.recovery.options import RECOVERY_KEYS, parse_recovery
         from repfx_deploy.targets import get_profile
 
         allowed = LOWRANK_KEYS + TRP_KEYS + RECOVERY_KEYS
@@ -157,24 +150,10 @@ class LowRankOptions:
             trp = TrainedRankConfig(enabled=options.get("trained_rank", False), nuclear_weight=options.get("nuclear_weight", 1e-4))
         except (TypeError, ValueError) as e:
             raise RecipeError(f"Bad lowrank pass option: {e}", "Fix the value in the recipe's [[passes]] table.") from e
-        epochs = float(options.get("finetune_epochs", 0.0))
-        steps = int(options.get("finetune_steps", 0))
-        finetune = None
-        if epochs > 0 or steps > 0:
-            ft = {k: options[k] for k in _FT_KEYS if k in options}
-            if "checkpoint" in options:
-                ft["checkpoint"] = Path(options["checkpoint"])
-            try:
-                finetune = FinetuneConfig(epochs=epochs if epochs > 0 else 1.0, steps=steps, **ft)
-            except (TypeError, ValueError) as e:
-                raise RecipeError(f"Bad fine-tuning option in the lowrank pass: {e}", "Fix the value in the recipe's [[passes]] table.") from e
-        elif any(k in options for k in _FT_KEYS + ("checkpoint",)):
-            raise RecipeError("Fine-tuning options are set but no fine-tuning budget is.", "Set finetune_epochs or finetune_steps, or drop the fine-tuning options.")
-        if trp.enabled and finetune is None:
-            raise RecipeError("trained_rank = true trains with a nuclear-norm penalty, but no fine-tuning budget is set.", "Set finetune_epochs or finetune_steps (the TRP phase and the recovery after factorizing each use it).")
+        recovery = parse_recovery(options, "lowrank")
+        if trp.enabled and recovery.finetune is None:
+            raise RecipeError("trained_rank = true trains with a nuclear-norm penalty, but no fine-tuning budget is set.",
+                              "Set finetune_epochs or finetune_steps (the TRP phase and the recovery after factorizing each use it).")
         if "nuclear_weight" in options and not trp.enabled:
             raise RecipeError("nuclear_weight is set but trained_rank is not.", "Set trained_rank = true, or drop nuclear_weight.")
-        bn_batches = options.get("bn_batches", 32)
-        if not isinstance(bn_batches, int) or bn_batches < 1:
-            raise RecipeError(f"bn_batches must be a positive integer; got {bn_batches!r}.", "Use e.g. bn_batches = 32.")
-        return cls(config, trp, bool(options.get("bn_recalibrate", True)), bn_batches, finetune)
+        return cls(config, trp, recovery)

@@ -45,7 +45,7 @@ def lowrank_handler(module: "nn.Module", options: Mapping[str, Any], context: Pa
         data, source = _finetune_data(context)
         schemes = prepared.default_schemes()
         start = float(nuclear_norm(prepared.work, schemes).detach())
-        result = distill(prepared.work, module, data, opts.finetune, extra_loss=nuclear_penalty(schemes, opts.trp.nuclear_weight))
+        result = distill(prepared.work, module, data, opts.recovery.finetune, extra_loss=nuclear_penalty(schemes, opts.trp.nuclear_weight))
         prepared.work.eval()
         trp_stats = {"data": source, "nuclear_weight": opts.trp.nuclear_weight, "nuclear_norm_before": round(start, 4),
                      "nuclear_norm_after": round(float(nuclear_norm(prepared.work, schemes).detach()), 4), "finetune": result.to_dict()}
@@ -54,14 +54,14 @@ def lowrank_handler(module: "nn.Module", options: Mapping[str, Any], context: Pa
     factored = prepared.work
     if trp_stats is not None:
         stats["trained_rank"] = trp_stats
-    if opts.bn_recalibrate:
+    if opts.recovery.bn_recalibrate:
         if context.calibration is not None:
-            stats["bn_recalibrated"] = recalibrate_bn(factored, context.calibration, batches=opts.bn_batches)
+            stats["bn_recalibrated"] = recalibrate_bn(factored, context.calibration, batches=opts.recovery.bn_batches)
         else:
             stats["bn_recalibrated"] = 0
-    if opts.finetune is not None:
+    if opts.recovery.finetune is not None:
         data, source = _finetune_data(context)
-        stats["finetune"] = distill(factored, module, data, opts.finetune).to_dict() | {"data": source}
+        stats["finetune"] = distill(factored, module, data, opts.recovery.finetune).to_dict() | {"data": source}
         factored.eval()
     after = torch_stats(factored, context.input_specs)
     stats |= {

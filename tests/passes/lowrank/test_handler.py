@@ -52,7 +52,7 @@ def test_options_raise_recipe_error_when_bad(options, match):
 
 def test_options_default_to_half_the_parameters_and_target_round_to():
     opts = LowRankOptions.from_options({}, "rpi4")
-    assert opts.config.budget == ("params", 0.5) and opts.config.round_to == 8 and opts.finetune is None
+    assert opts.config.budget == ("params", 0.5) and opts.config.round_to == 8 and opts.recovery.finetune is None
     assert LowRankOptions.from_options({"round_to": 2}, "rpi4").config.round_to == 2
 
 
