@@ -45,6 +45,9 @@ class PassContext:
     calibration: "Dataset | None" = None
     train: "Dataset | None" = None
     target_name: str = "host"
+    # True when the caller exports the result and checks that artifact itself (compress does): a pass then skips
+    # its own scratch export, whose settings could differ from the artifact's
+    artifact_checks: bool = False
 
 
 @dataclass

@@ -178,7 +178,8 @@ def compress(request: CompressRequest) -> dict:
     if data.eval is not None and data.eval.labeled:
         baseline_accuracy = top1_accuracy(predictions(torch_runner, data.eval, batch), data.eval, batch)
 
-    context = PassContext(input_specs=loaded.input_specs, calibration=data.calibration, train=data.train, target_name=profile.name)
+    context = PassContext(input_specs=loaded.input_specs, calibration=data.calibration, train=data.train,
+                          target_name=profile.name, artifact_checks=True)
     log.info("applying %d pass(es)", len(recipe.passes))
     # passes work on a copy so the original stays the reference; with none there is nothing to copy
     start = copy.deepcopy(original) if recipe.passes else original
@@ -207,6 +208,7 @@ def compress(request: CompressRequest) -> dict:
         art = build_artifacts(compressed, loaded.input_specs, tmp, **build)
         base_art = build_artifacts(original, loaded.input_specs, tmp / "baseline", **build) if pass_records else art
         report["verification"] = art.verification
+        _check_int8_artifact(pass_records, art)
         report["warnings"] += _verification_warnings(art.verification)
         if art.tvm_dir is not None and not art.tvm_runs_here:
             report["notes"].append(
@@ -249,6 +251,17 @@ def compress(request: CompressRequest) -> dict:
             "See report.md; compile the ONNX artifact again once the operator is supported, or deploy it with ONNX Runtime.",
         )
     return report
+
+
+def _check_int8_artifact(pass_records: list[dict], art) -> None:
+    """Record, in each quantize pass's stats, which runtimes run the shipped ``model.onnx`` in int8."""
+    if any(r["kind"] == "quantize" for r in pass_records):
+        from repfx_deploy.passes.quantize.handler import int8_record
+
+        record = int8_record(art.onnx_path, art.export.get("exporter", "?"), checked="model.onnx")
+        for r in pass_records:
+            if r["kind"] == "quantize":
+                r["stats"]["ran_int8"] = record
 
 
 # Below this speedup a difference is within what repeated runs on a busy machine disagree by.

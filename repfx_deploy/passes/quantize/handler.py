@@ -37,7 +37,8 @@ def handler(module, options: Mapping[str, Any], context: PassContext) -> PassRes
     if len(context.input_specs) != 1:
         raise PassError("quantize supports single-input models only.", "Quantize a model with one input tensor.")
     deploy, stats = quantize_module(module, context.input_specs, context.calibration, config, train=context.train)
-    stats["ran_int8"] = check_int8(deploy, context.input_specs)
+    if not context.artifact_checks:
+        stats["ran_int8"] = check_int8(deploy, context.input_specs)
     return PassResult(module=deploy, stats=stats)
 
 
@@ -78,19 +79,28 @@ def quantize_module(module, specs, calibration, config: QuantizeConfig, *, train
 
 
 def check_int8(module, specs) -> dict:
-    """Export ``module`` to a scratch ONNX file and report the kernels ONNX Runtime builds for it."""
+    """Export ``module`` to a scratch ONNX file and report the kernels ONNX Runtime builds for it (for use from
+    Python; ``compress`` checks its own ``model.onnx`` with ``int8_record`` instead)."""
     from repfx_deploy.lower.onnx_export import export_onnx
-    from repfx_deploy.passes.quantize.inspect_ort import ort_kernels
 
     with tempfile.TemporaryDirectory(prefix="repfx-quant-") as scratch:
         try:
             exported = export_onnx(module, specs, Path(scratch) / "q.onnx")
         except RepfxError as e:
             raise PassError(f"quantize: the quantized model does not export to ONNX: {e.problem}", "Report this model.") from e
-        kernels = ort_kernels(exported.path)
-    out = {"onnxruntime": kernels.runs_int8, "tvm": False, "exporter": exported.exporter, "onnxruntime_kernels": kernels.to_dict()}
-    out["summary"] = f"onnxruntime {'yes' if kernels.runs_int8 else 'no'}, tvm no (computes dequantized float)"
-    return out
+        return int8_record(exported.path, exported.exporter, checked="a scratch export (default settings)")
+
+
+def int8_record(onnx_path: Path, exporter: str, *, checked: str) -> dict:
+    """Which runtimes run ``onnx_path`` in int8: the kernels ONNX Runtime builds for it; TVM 0.27 never does."""
+    from repfx_deploy.passes.quantize.inspect_ort import ort_kernels
+
+    kernels = ort_kernels(onnx_path)
+    return {
+        "onnxruntime": kernels.runs_int8, "tvm": False, "exporter": exporter, "checked": checked,
+        "onnxruntime_kernels": kernels.to_dict(),
+        "summary": f"onnxruntime {'yes' if kernels.runs_int8 else 'no'}, tvm no (computes dequantized float)",
+    }
 
 
 def _config_record(config: QuantizeConfig) -> dict:

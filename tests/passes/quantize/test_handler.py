@@ -56,7 +56,7 @@ def test_compress_recipe_with_quantize_pass_on_fashion_mnist(tmp_path):
         compile_tvm=False,  # TVM on QDQ models is covered in test_ptq.py; here the recipe path is what is tested
     ))
     stats = report["passes"][0]["stats"]
-    assert stats["ran_int8"]["onnxruntime"] is True
+    assert stats["ran_int8"]["onnxruntime"] is True and stats["ran_int8"]["checked"] == "model.onnx"
     assert "Relu" not in stats["ran_int8"]["onnxruntime_kernels"]["all_ops"]  # every ReLU folded into a quantizer
     assert report["compressed"]["size_bytes"] < report["baseline"]["size_bytes"]
     assert report["compressed"]["accuracy"] >= report["baseline"]["accuracy"] - 0.03  # 100 images: 3 of them
