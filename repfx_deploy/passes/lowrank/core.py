@@ -118,6 +118,10 @@ def choose_ranks(prepared: Prepared, specs, config: LowRankConfig, calibration=N
         if config.criterion == "sensitivity":
             from repfx_deploy.passes.lowrank.sensitivity import measured_options
 
+            if len(specs) != 1:
+                raise PassError("lowrank: criterion = \"sensitivity\" runs the model on calibration samples, which feed one input only.",
+                                "Use criterion = \"energy\" for a model with several inputs.")
+
             batches = _calibration_batches(calibration, config)
             options = measured_options(prepared.work, free, batches, round_to=config.round_to, points=config.sensitivity_points)
             record["sensitivity"] = {n: [[o.scheme, o.rank, round(o.loss, 6)] for o in opts[1:]] for n, opts in options.items()}
