@@ -15,7 +15,9 @@ Methods:
                  channels, the configuration Torch-Pruning can run on this model;
   tp             Torch-Pruning MagnitudePruner, default settings (it does not model the F.pad shortcut: reported
                  as failed when the pruned model does not run);
-  tp-internal    Torch-Pruning with the same ignored layers as ours-internal.
+  tp-internal    Torch-Pruning with the same ignored layers as ours-internal;
+  original-ft    no pruning, the same fine-tuning: the reference for what fine-tuning on the training JPEGs does
+                 by itself (the original was trained on lossless CIFAR-10 and never saw JPEG artifacts).
 
 Torch-Pruning is a benchmark-only dependency: pip install --no-deps torch-pruning==1.6.1 (the `bench` extra).
 The MACs target is reached the same way for both: the smallest global ratio whose pruned model keeps at most
@@ -144,14 +146,14 @@ def _latency(models: dict, threads: int, rounds: int) -> dict:
             (work / "tvm").mkdir()
             t0 = time.perf_counter()
             compile_onnx(onnx_path, work / "tvm", CompileConfig(target=target))
-            out[name] = {"tvm_compile_s": round(time.perf_counter() - t0, 1)}
+            out[name] = {f"tvm_compile_s_t{threads}": round(time.perf_counter() - t0, 1)}
             fns[f"{name}/ort"] = OrtRunner(onnx_path, threads).bind(inputs)
             fns[f"{name}/tvm"] = load_tvm_runner(work / "tvm", threads).bind(inputs)
         stats = time_interleaved(fns, TimingConfig(warmup=20, repeats=100, min_time_s=1.0), rounds=rounds)
     for key, st in stats.items():
         name, rt = key.split("/")
-        out[name][f"{rt}_ms"] = round(st.median_ms, 4)
-        out[name][f"{rt}_spread"] = round(st.spread, 3)
+        out[name][f"{rt}_ms_t{threads}"] = round(st.median_ms, 4)
+        out[name][f"{rt}_spread_t{threads}"] = round(st.spread, 3)
     return out
 
 
@@ -165,7 +167,7 @@ def main() -> None:
     parser.add_argument("--methods", default="ours,ours-internal,tp,tp-internal")
     parser.add_argument("--train-samples", type=int, default=0, help="limit the training set (0: all 50,000)")
     parser.add_argument("--eval-samples", type=int, default=0, help="limit the test set (0: all 10,000)")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts to time at (0: the default)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--device", default="cpu", help="where fine-tuning runs (cpu, cuda)")
@@ -180,7 +182,8 @@ def main() -> None:
     from repfx_deploy.measure.runtimes import default_threads
     from repfx_deploy.passes.recovery import FinetuneConfig, distill, recalibrate_bn
 
-    threads = args.threads or default_threads()
+    thread_counts = [int(t) or default_threads() for t in args.threads.split(",")]
+    threads = max(thread_counts)
     torch.set_num_threads(threads)
     zoo = load_zoo()
     base = zoo.cifar10_resnet(56)
@@ -202,7 +205,9 @@ def main() -> None:
     for method in args.methods.split(","):
         t0 = time.perf_counter()
         try:
-            if method == "ours":
+            if method == "original-ft":  # no pruning, same fine-tuning: what the fine-tuning budget alone does
+                pruned, info = copy.deepcopy(base), {"ratio": 0.0, "module_type": type(base).__name__}
+            elif method == "ours":
                 pruned, info = _ours(base, args.macs_ratio, ("linear",))
             elif method == "ours-internal":
                 pruned, info = _ours(base, args.macs_ratio, INTERNAL_IGNORE)
@@ -238,28 +243,30 @@ def main() -> None:
     if args.no_latency or test is None:
         print(json.dumps(rows, indent=1))
         return
-    latency = _latency(models, threads, args.rounds)
-    for name, lat in latency.items():
-        rows[name].update(lat)
+    for t in thread_counts:
+        for name, lat in _latency(models, t, args.rounds).items():
+            rows[name].update(lat)
 
     env = environment(threads)
     ft = f"{finetune.steps} steps" if finetune.steps else f"{finetune.epochs} epochs"
     print(f"\nResNet-56, CIFAR-10 test JPEGs ({len(test)}), MACs target {args.macs_ratio:.2f}, L2, round_to 8; fine-tuning "
-          f"{ft} x batch {args.batch_size} (lr {args.lr}, crop-flip, KD T=4 alpha=0.9); batch-1 latency, {threads} threads, "
-          f"{env['cpu']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
-          f"TVM {env['versions']['apache-tvm']}; medians in ms, all models timed in the same interleaved rounds")
-    print("| method | MACs (M) | MACs kept | params (K) | top-1 BN-recal % | top-1 fine-tuned % | ORT ms | TVM ms "
+          f"{ft} x batch {args.batch_size} (lr {args.lr}, crop-flip, KD T=4 alpha=0.9); {env['cpu']}; torch {env['versions']['torch']}, "
+          f"onnxruntime {env['versions']['onnxruntime']}, TVM {env['versions']['apache-tvm']}; batch-1 medians in ms, all models "
+          "timed in the same interleaved rounds per thread count")
+    print("| method | threads | MACs (M) | MACs kept | params (K) | top-1 BN-recal % | top-1 fine-tuned % | ORT ms | TVM ms "
           "| ORT speedup | TVM speedup | MACs reduction | TVM speedup / MACs reduction |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     o = rows["original"]
     for name, r in rows.items():
         if "failed" in r:
-            print(f"| {name} | failed: {r['failed']} |" + " |" * 10)
+            print(f"| {name} | | failed: {r['failed']} |" + " |" * 10)
             continue
         red = o["macs"] / r["macs"]
-        sp_ort, sp_tvm = o["ort_ms"] / r["ort_ms"], o["tvm_ms"] / r["tvm_ms"]
-        print(f"| {name} | {r['macs'] / 1e6:.1f} | {r['macs'] / o['macs']:.3f} | {r['params'] / 1e3:.0f} | {r['acc_bn']:.2f} | "
-              f"{r['acc_ft']:.2f} | {r['ort_ms']:.3f} | {r['tvm_ms']:.3f} | {sp_ort:.2f}x | {sp_tvm:.2f}x | {red:.2f}x | {sp_tvm / red:.2f} |")
+        for t in thread_counts:
+            ort, tvm = r[f"ort_ms_t{t}"], r[f"tvm_ms_t{t}"]
+            sp_ort, sp_tvm = o[f"ort_ms_t{t}"] / ort, o[f"tvm_ms_t{t}"] / tvm
+            print(f"| {name} | {t} | {r['macs'] / 1e6:.1f} | {r['macs'] / o['macs']:.3f} | {r['params'] / 1e3:.0f} | {r['acc_bn']:.2f} | "
+                  f"{r['acc_ft']:.2f} | {ort:.3f} | {tvm:.3f} | {sp_ort:.2f}x | {sp_tvm:.2f}x | {red:.2f}x | {sp_tvm / red:.2f} |")
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2, default=str))
 

@@ -13,7 +13,7 @@ For ResNet-20, ResNet-56 and the CIFAR ViT from ../shared/assets:
   the same interleaved rounds, and TVM (default build) for the float and our PTQ (mse) model.
 
     python benchmarks/quantize_cifar.py [--models resnet20,resnet56,vit] [--qat-steps 100] [--qat-batch 32] [--methods minmax,percentile,mse]
-                                        [--test 10000] [--threads 2] [--json out.json]
+                                        [--test 10000] [--threads 1,2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -64,6 +64,37 @@ def ort_quantize_static(float_path: Path, out: Path, calib: np.ndarray, input_na
     return time.perf_counter() - t0
 
 
+def _latency(paths: dict, x1: list, x_test, y_test, threads: int, work: Path, args, first: bool) -> dict:
+    """Batch-1 latency at ``threads``: the ORT variants, and TVM for float vs ours (mse), all interleaved.
+    Keys end in ``_t<threads>``; the TVM accuracy check (first 1,000 test images) runs once (``first``)."""
+    from repfx_deploy.measure.runtimes import OrtRunner
+    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
+
+    out: dict = {}
+    runners = {k: OrtRunner(p, threads) for k, p in paths.items() if k in ("float", "ort_qs", "ours_mse", "qat")}
+    fns = {f"ort_{k}": r.bind(x1) for k, r in runners.items()}
+    if not args.no_tvm and "ours_mse" in paths:
+        from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
+        from repfx_deploy.compile.tvm_runtime import load_tvm_runner
+        from repfx_deploy.targets import get_profile, resolve_tvm_target
+
+        target = resolve_tvm_target(get_profile("host"), threads)
+        for key in ("float", "ours_mse"):
+            folder = work / f"tvm_{key}_t{threads}"
+            folder.mkdir()
+            compile_onnx(paths[key], folder, CompileConfig(target=target))
+            tvm_runner = load_tvm_runner(folder, threads)
+            fns[f"tvm_{key}"] = tvm_runner.bind(x1)
+            if first:
+                out[f"tvm_{key}_acc_first_1000"] = float(np.mean(
+                    [tvm_runner.run([x_test[i : i + 1]])[0].argmax() == y_test[i] for i in range(min(1000, len(y_test)))]
+                ))
+    stats = time_interleaved(fns, TimingConfig(warmup=20, repeats=100, min_time_s=1.0), rounds=args.rounds)
+    for key, st in stats.items():
+        out[f"{key}_ms_t{threads}"] = round(st.median_ms, 4)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet20,resnet56,vit")
@@ -71,7 +102,7 @@ def main() -> None:
     parser.add_argument("--qat-steps", type=int, default=100, help="LSQ fine-tuning steps; 0 skips QAT")
     parser.add_argument("--qat-batch", type=int, default=32)
     parser.add_argument("--test", type=int, default=10_000, help="test images to score (all 10,000 by default)")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts to time at (0: the default)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-tvm", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
@@ -83,14 +114,14 @@ def main() -> None:
     from repfx_deploy.lower.onnx_export import export_onnx
     from repfx_deploy.measure.environment import environment
     from repfx_deploy.measure.runtimes import OrtRunner, default_threads
-    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
     from repfx_deploy.passes.quantize.config import QuantizeConfig
     from repfx_deploy.passes.quantize.handler import quantize_module
     from repfx_deploy.passes.quantize.inspect_ort import ort_kernels
     from repfx_deploy.spec import InputSpec
 
     zoo = load_zoo()
-    threads = args.threads or default_threads()
+    thread_counts = [int(t) or default_threads() for t in args.threads.split(",")]
+    threads = max(thread_counts)
     torch.set_num_threads(threads)
     xtr, _ = zoo.cifar10("train")
     xte, yte = zoo.cifar10("test")
@@ -98,7 +129,6 @@ def main() -> None:
     calib_idx, train_idx = order[:CALIB], order[CALIB : CALIB + QAT_TRAIN]
     test_idx = np.sort(np.random.default_rng(SEED).permutation(len(xte))[: args.test])
     specs = (InputSpec("input", (1, 3, 32, 32)),)
-    timing = TimingConfig(warmup=20, repeats=100, min_time_s=1.0)
     rows = []
     for name in args.models.split(","):
         build, norm_name = BUILD[name]
@@ -135,49 +165,39 @@ def main() -> None:
                 row[f"{key}_ort_float_ops"] = kernels.float_compute_ops
                 print(f"{name} {key}: acc {row[f'{key}_acc']:.4f}", file=sys.stderr, flush=True)
             x1 = [x_test[:1]]
-            runners = {k: OrtRunner(p, threads) for k, p in paths.items() if k in ("float", "ort_qs", "ours_mse", "qat")}
-            fns = {f"ort_{k}": r.bind(x1) for k, r in runners.items()}
-            if not args.no_tvm and "ours_mse" in paths:
-                from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
-                from repfx_deploy.compile.tvm_runtime import load_tvm_runner
-                from repfx_deploy.targets import get_profile, resolve_tvm_target
-
-                target = resolve_tvm_target(get_profile("host"), threads)
-                for key in ("float", "ours_mse"):
-                    (work / f"tvm_{key}").mkdir()
-                    compile_onnx(paths[key], work / f"tvm_{key}", CompileConfig(target=target))
-                    tvm_runner = load_tvm_runner(work / f"tvm_{key}", threads)
-                    fns[f"tvm_{key}"] = tvm_runner.bind(x1)
-                    row[f"tvm_{key}_acc_first_1000"] = float(np.mean(
-                        [tvm_runner.run([x_test[i : i + 1]])[0].argmax() == y_test[i] for i in range(min(1000, len(y_test)))]
-                    ))
-            stats = time_interleaved(fns, timing, rounds=args.rounds)
-            for key, st in stats.items():
-                row[f"{key}_ms"] = round(st.median_ms, 4)
+            for threads in thread_counts:
+                row |= _latency(paths, x1, x_test, y_test, threads, work, args, first=threads == thread_counts[0])
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
     env = environment(threads)
-    print(f"\nCIFAR-10 JPEG test set ({rows[0]['test_images']} images), calibration {CALIB} training images; batch-1 latency, "
-          f"{threads} thread(s), {env['cpu']}; torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
-          f"TVM {env['versions'].get('apache-tvm')}; median ms, interleaved")
+    print(f"\nCIFAR-10 JPEG test set ({rows[0]['test_images']} images), calibration {CALIB} training images; {env['cpu']}; "
+          f"torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, TVM {env['versions'].get('apache-tvm')}")
     methods = args.methods.split(",")
-    head = ["model", "float acc"] + [f"ours {m} acc" for m in methods] + ["ORT qs acc", "QAT acc",
-            "ORT float ms", "ORT ours ms", "ORT qs ms", "float/ours ORT", "float/qs ORT", "TVM float ms", "TVM ours ms",
-            "float/ours TVM", "float bytes", "ours bytes", "ORT qs bytes"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+
+    def g(r, key, fmt="{:.4f}"):
+        return fmt.format(r[key]) if key in r else "n/a"
+
+    def ratio(r, a, b):
+        return f"{r[a] / r[b]:.2f}x" if a in r and b in r else "n/a"
+
+    head = ["model", "float acc"] + [f"ours {m} acc" for m in methods] + ["ORT qs acc", "QAT acc", "float bytes", "ours bytes", "ORT qs bytes"]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
-        def g(key, fmt="{:.4f}"):
-            return fmt.format(r[key]) if key in r else "n/a"
-        def ratio(a, b):
-            return f"{r[a] / r[b]:.2f}x" if a in r and b in r else "n/a"
-        cells = [r["model"], g("float_acc")] + [g(f"ours_{m}_acc") for m in methods] + [g("ort_qs_acc"), g("qat_acc"),
-                 g("ort_float_ms", "{:.3f}"), g("ort_ours_mse_ms", "{:.3f}"), g("ort_ort_qs_ms", "{:.3f}"),
-                 ratio("ort_float_ms", "ort_ours_mse_ms"), ratio("ort_float_ms", "ort_ort_qs_ms"),
-                 g("tvm_float_ms", "{:.3f}"), g("tvm_ours_mse_ms", "{:.3f}"), ratio("tvm_float_ms", "tvm_ours_mse_ms"),
-                 g("float_size_bytes", "{}"), g("ours_mse_size_bytes", "{}"), g("ort_qs_size_bytes", "{}")]
+        cells = [r["model"], g(r, "float_acc")] + [g(r, f"ours_{m}_acc") for m in methods] + [g(r, "ort_qs_acc"), g(r, "qat_acc"),
+                 g(r, "float_size_bytes", "{}"), g(r, "ours_mse_size_bytes", "{}"), g(r, "ort_qs_size_bytes", "{}")]
         print("| " + " | ".join(cells) + " |")
+    print("\nbatch-1 latency, median ms, every runtime and model timed in the same interleaved rounds per thread count")
+    head = ["model", "threads", "ORT float", "ORT ours", "ORT qs", "ORT QAT", "float/ours ORT", "float/qs ORT",
+            "TVM float", "TVM ours", "float/ours TVM"]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        for t in thread_counts:
+            cells = [r["model"], str(t)] + [g(r, f"ort_{k}_ms_t{t}", "{:.3f}") for k in ("float", "ours_mse", "ort_qs", "qat")] + [
+                ratio(r, f"ort_float_ms_t{t}", f"ort_ours_mse_ms_t{t}"), ratio(r, f"ort_float_ms_t{t}", f"ort_ort_qs_ms_t{t}"),
+                g(r, f"tvm_float_ms_t{t}", "{:.3f}"), g(r, f"tvm_ours_mse_ms_t{t}", "{:.3f}"),
+                ratio(r, f"tvm_float_ms_t{t}", f"tvm_ours_mse_ms_t{t}")]
+            print("| " + " | ".join(cells) + " |")
     print("\nint8 kernels ONNX Runtime built (ours mse / ORT qs):")
     for r in rows:
         print(f"  {r['model']}: ours {r.get('ours_mse_ort_int8_ops')} float left {r.get('ours_mse_ort_float_ops')}; "
