@@ -16,7 +16,6 @@ from repfx_deploy.spec import InputSpec
 SPECS = (InputSpec("input", (1, 3, 16, 16)),)
 CASES = {
     "zero-tprune-drop": TokensConfig(keep=(13, 9, 1), reduction="drop"),
-    "zero-tprune-merge-cls-start": TokensConfig(keep=(13, 9, 1), reduction="merge", pagerank_start="cls"),
     "tome-merge": TokensConfig(keep=(13, 9, 1), method="merge"),
 }
 
