@@ -119,8 +119,13 @@ def check_pass_kind(kind: str) -> None:
 
 
 def apply_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]], ...], context: PassContext) -> tuple["nn.Module", list[dict]]:
-    """Run ``passes`` (``(kind, options)`` pairs) in order; returns the final module and one stats dict per pass."""
+    """Run ``passes`` (``(kind, options)`` pairs) in order; returns the final module and one stats dict per pass.
+    Each pass's stats get its MACs and parameters before and after (``macs_before``, ``macs_after``,
+    ``macs_kept``, ``params_before``, ``params_after``), counted here so that no pass has to."""
+    from repfx_deploy.analyze.torch_stats import torch_stats
+
     records = []
+    before = torch_stats(module, context.input_specs) if passes else None
     for index, (kind, options) in enumerate(passes):
         handler = get_handler(kind)
         log.info("pass %d: %s", index, kind)
@@ -131,5 +136,11 @@ def apply_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]
         except Exception as e:
             raise PassError(f"The {kind} pass failed: {type(e).__name__}: {e}", "Check the pass options in the recipe.") from e
         module = result.module
+        after = torch_stats(module, context.input_specs)
+        result.stats.update({
+            "macs_before": before.macs, "macs_after": after.macs, "macs_kept": round(after.macs / max(before.macs, 1), 4),
+            "params_before": before.params, "params_after": after.params,
+        })
         records.append({"kind": kind, "options": dict(options), "stats": result.stats})
+        before = after
     return module, records

@@ -62,7 +62,6 @@ def parse_options(options: Mapping[str, Any], target_name: str) -> tuple["PruneC
 def prune_handler(module: "nn.Module", options: Mapping[str, Any], context: PassContext) -> PassResult:
     """Prune ``module``; re-calibrate BatchNorm on the calibration data; fine-tune with distillation from the
     unpruned module on the training data (or, with a warning, the calibration data)."""
-    from repfx_deploy.analyze.torch_stats import torch_stats
     from repfx_deploy.data.tensors import zeros_for
     from repfx_deploy.passes.prune.core import prune
     from repfx_deploy.passes.recovery import distill, recalibrate_bn
@@ -70,7 +69,6 @@ def prune_handler(module: "nn.Module", options: Mapping[str, Any], context: Pass
     config, bn, finetune = parse_options(options, context.target_name)
     if config.importance == "taylor" and context.calibration is None:
         raise RecipeError("importance = \"taylor\" needs calibration data.", "Set [data] calibration in the recipe (or --calibration).")
-    before = torch_stats(module, context.input_specs)
     result = prune(module, tuple(zeros_for(context.input_specs)), config, calibration=context.calibration)
     pruned = result.module
     stats = dict(result.stats)
@@ -95,15 +93,7 @@ def prune_handler(module: "nn.Module", options: Mapping[str, Any], context: Pass
             stats["finetune_data"] = "train"
         stats["finetune"] = distill(pruned, module, data, finetune).to_dict()
         pruned.eval()
-    after = torch_stats(pruned, context.input_specs)
-    stats |= {
-        "macs_before": before.macs,
-        "macs_after": after.macs,
-        "macs_kept": round(after.macs / max(before.macs, 1), 4),
-        "params_before": before.params,
-        "params_after": after.params,
-        "layers": _layer_changes(module, pruned),
-    }
+    stats["layers"] = _layer_changes(module, pruned)  # MACs and parameters: apply_passes counts them
     return PassResult(pruned, stats)
 
 

@@ -13,7 +13,7 @@ from prune_zoo import OptionANet
 from repfx_deploy.data.datasets import Dataset
 from repfx_deploy.errors import RecipeError
 from repfx_deploy.passes.prune.handler import parse_options, prune_handler
-from repfx_deploy.passes.registry import PassContext, get_handler
+from repfx_deploy.passes.registry import PassContext, apply_passes, get_handler
 from repfx_deploy.spec import InputSpec
 
 SPECS = (InputSpec("input", (1, 3, 16, 16)),)
@@ -55,14 +55,14 @@ def test_handler_recalibrates_and_finetunes_on_calibration_with_warning(caplog):
     model = OptionANet().eval()
     context = PassContext(input_specs=SPECS, calibration=_images(64, labeled=False))
     with caplog.at_level(logging.WARNING, logger="repfx_deploy.passes.prune"):
-        result = prune_handler(model, {"ratio": 0.5, "round_to": 4, "finetune_steps": 3, "batch_size": 16}, context)
-    stats = result.stats
+        pruned, records = apply_passes(model, (("prune", {"ratio": 0.5, "round_to": 4, "finetune_steps": 3, "batch_size": 16}),), context)
+    stats = records[0]["stats"]
     assert stats["bn_recalibrated"] == 7 and stats["finetune"]["steps"] == 3 and stats["finetune_data"] == "calibration"
     assert "overfits" in caplog.text
     assert stats["macs_after"] < 0.5 * stats["macs_before"] and stats["params_after"] < stats["params_before"]
     assert {"layer": "conv1", "before": [16, 3, 3, 3], "after": [8, 3, 3, 3]} in stats["layers"]
     json.dumps(stats)  # report-ready
-    assert not result.module.training and result.module(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+    assert not pruned.training and pruned(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
 
 
 def test_handler_raises_recipe_error_when_finetuning_has_no_data():
