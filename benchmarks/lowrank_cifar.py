@@ -144,14 +144,15 @@ def run_model(name: str, args, zoo, threads: int) -> dict:
     base = BUILD[name](zoo)
     t0 = time.perf_counter()
     # without the test archive (a partial copy on a GPU machine) accuracy is scored later, with --load-dir
-    test = _load("test", name, args.eval_samples or None) if (ASSETS / "cifar10" / "test-jpeg.zip").exists() else None
+    has_test = (ASSETS / "cifar10" / "test-jpeg.zip").exists() and not args.latency_only
+    test = _load("test", name, args.eval_samples or None) if has_test else None
     train = _load("train", name, args.train_samples or None)
     calib = type(train)(x=train.x[np.random.default_rng(1).choice(len(train), min(2048, len(train)), replace=False)], y=None, source="train subset")
     print(f"{name}: {len(train)} train, {len(test) if test is not None else 0} test images ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     full_macs, full_params = _macs_params(base)
     acc = _accuracy(base, test)
     rows = {"original": {"macs": full_macs, "params": full_params, "acc_pass": acc, "acc_ft": acc}}
-    finetune = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment="crop-flip", progress=False)
+    finetune = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, augment="crop-flip", progress=False)
     saved = json.loads((args.load_dir / "finetune.json").read_text()) if args.load_dir else {}
     device = torch.device(args.device)
     teacher = copy.deepcopy(base).to(device)
@@ -191,7 +192,7 @@ def run_model(name: str, args, zoo, threads: int) -> dict:
             tuned.load_state_dict(torch.load(args.load_dir / f"{name}.pt", map_location="cpu", weights_only=True)[method])
             row["finetune"] = saved[key]["finetune"]
             row["acc_ft"] = _accuracy(tuned, test)
-        elif args.steps > 0 and method in args.finetune_methods.split(","):
+        elif args.steps > 0 and method in args.finetune_methods.split(",") and not args.latency_only:
             tuned = copy.deepcopy(out).to(device)
             t0 = time.perf_counter()
             result = distill(tuned, teacher, train, finetune)
@@ -210,7 +211,7 @@ def run_model(name: str, args, zoo, threads: int) -> dict:
         if method != "original-ft":  # same structure as the original: nothing new to time
             models[method] = out
         print(json.dumps({name: {method: row}}), file=sys.stderr, flush=True)
-    if not args.no_latency and test is not None:
+    if not args.no_latency and (test is not None or args.latency_only):
         torch.set_num_threads(threads)
         for key, lat in _latency(models, threads, args.rounds).items():
             rows[key].update(lat)
@@ -229,9 +230,10 @@ def _print(name: str, rows: dict, args, finetune_note: str) -> None:
             continue
         lat = ("| {:.3f} | {:.3f} | {:.2f}x | {:.2f}x |".format(r["ort_ms"], r["tvm_ms"], o["ort_ms"] / r["ort_ms"], o["tvm_ms"] / r["tvm_ms"])
                if "ort_ms" in r else "| - | - | - | - |")
-        ft = f"{r['acc_ft']:.2f}" if "acc_ft" in r else "-"
+        ft = f"{r['acc_ft']:.2f}" if r.get("acc_ft") is not None else "-"
+        raw, bn = (f"{v:.2f}" if v is not None else "-" for v in (r.get("acc_raw", r["acc_pass"]), r["acc_pass"]))
         print(f"| {method} | {r['params'] / 1e3:.0f} | {r['params'] / o['params']:.3f} | {r['macs'] / 1e6:.1f} | {r['macs'] / o['macs']:.3f} | "
-              f"{r.get('acc_raw', r['acc_pass']):.2f} | {r['acc_pass']:.2f} | {ft} {lat}")
+              f"{raw} | {bn} | {ft} {lat}")
 
 
 def main() -> None:
@@ -246,11 +248,13 @@ def main() -> None:
     parser.add_argument("--sens-points", type=int, default=8, help="svd-sensitivity: ranks measured per layer")
     parser.add_argument("--sens-batches", type=int, default=2, help="svd-sensitivity: batches of 32 calibration images")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="sgd (momentum, nesterov) or adam (AdamW)")
     parser.add_argument("--train-samples", type=int, default=0, help="limit the training set (0: all 50,000)")
     parser.add_argument("--eval-samples", type=int, default=0, help="limit the test set (0: all 10,000)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--latency-only", action="store_true", help="build the models and time them; no scoring or fine-tuning")
     parser.add_argument("--device", default="cpu", help="where fine-tuning runs (cpu, cuda)")
     parser.add_argument("--save-dir", type=Path, default=None, help="save fine-tuned state_dicts and ranks here")
     parser.add_argument("--load-dir", type=Path, default=None, help="load what --save-dir saved instead of fine-tuning")
@@ -266,11 +270,11 @@ def main() -> None:
     torch.set_num_threads(threads)
     zoo = load_zoo()
     results = {name: run_model(name, args, zoo, threads) for name in args.models.split(",")}
-    if any(r["original"]["acc_pass"] is None for r in results.values()):  # no test set here (GPU copy): raw rows only
+    if not args.latency_only and any(r["original"]["acc_pass"] is None for r in results.values()):  # no test set here (GPU copy): raw rows only
         print(json.dumps(results, indent=1, default=str))
         return
     env = environment(threads)
-    note = (f"fine-tune {args.steps} steps x batch {args.batch_size} (lr {args.lr}, crop-flip, KD T=4 alpha=0.9) on the training JPEGs; "
+    note = (f"fine-tune {args.steps} steps x batch {args.batch_size} ({args.optimizer} lr {args.lr}, crop-flip, KD T=4 alpha=0.9) on the training JPEGs; "
             f"batch-1 latency, {threads} threads, {env['cpu']}; torch {env['versions']['torch']}, onnxruntime "
             f"{env['versions']['onnxruntime']}, TVM {env['versions']['apache-tvm']}; medians, all variants in the same interleaved rounds")
     for name, rows in results.items():
