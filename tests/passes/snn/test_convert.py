@@ -104,7 +104,7 @@ def test_structure_only_conversion_loads_a_saved_state():
     ann = make(ConvBnPoolNet)
     snn, _, x = _convert(ann, (1, 8, 8), T=4)
     empty, _ = convert(ann, None, SnnConfig(timesteps=4))
-    assert all(float(n.threshold) == 1.0 for _, n in empty.neurons())
+    assert all(float(n.threshold.detach()) == 1.0 for _, n in empty.neurons())
     empty.load_state_dict(snn.state_dict())
     with torch.no_grad():
         assert torch.equal(empty(x), snn(x))

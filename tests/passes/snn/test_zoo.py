@@ -1,4 +1,4 @@
-"""The shared LeNet-5 converts to a spiking network that keeps its MNIST accuracy at T = 16 (500 test images)."""
+"""The shared LeNet-5 converts to a spiking network that keeps its MNIST accuracy at T = 16 (250 test images)."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ def test_lenet5_conversion_at_16_steps_within_one_point_of_ann(zoo):
     xtr, _ = zoo.mnist("train")
     xte, yte = zoo.mnist("test")
     calib = zoo.normalize_mnist(xtr[:512], 32)
-    x, y = zoo.normalize_mnist(xte[::20], 32), torch.as_tensor(yte[::20])
+    x, y = zoo.normalize_mnist(xte[::40], 32), torch.as_tensor(yte[::40])
     snn, report = convert(ann, calib.split(128), SnnConfig(timesteps=16))
     assert len(report.neurons) == 4 and report.maxpools_moved == 1
     with torch.no_grad():
