@@ -9,7 +9,8 @@ the state_dict is unchanged.
 ``keep`` (an int fixed before export, or None for all) is how many tokens leave the block; tokens are
 removed after the attention residual and before the MLP, where the MLP's cost is saved (the order ToMe and
 Zero-TPrune use). ``keep == 1`` computes the class token alone after attention: its query row only, the
-output projection and MLP for one token.
+output projection and MLP for one token. The patched block is for inference: dropout and drop-path are not
+applied (the pass is zero-shot; nothing trains through it).
 """
 
 from __future__ import annotations
