@@ -168,10 +168,11 @@ def run_model(name: str, args, zoo, threads: int) -> dict:
             out, info = _svd(base, args.params_ratio, method.removeprefix("svd-"), args.round_to, calib, saved[key]["ranks"] if saved else None,
                              args.sens_points, args.sens_batches)
         elif method == "prune":
-            if svd_macs is None:
-                sys.exit("prune is matched to an SVD model's MACs: list an svd-* method before it")
+            target = args.prune_macs_ratio or (svd_macs / full_macs if svd_macs else None)
+            if target is None:
+                sys.exit("prune is matched to an SVD model's MACs: list an svd-* method before it, or give --prune-macs-ratio")
             try:
-                out, info = _prune(base, svd_macs / full_macs, CLASSIFIER[name])
+                out, info = _prune(base, target, CLASSIFIER[name])
             except Exception as e:  # a pass that cannot reach the target on this model is a result, not a crash
                 rows[method] = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
                 print(json.dumps({name: {method: rows[method]}}), file=sys.stderr, flush=True)
@@ -242,6 +243,7 @@ def main() -> None:
     parser.add_argument("--methods", default="svd-energy,svd-sensitivity,prune,original-ft")
     parser.add_argument("--params-ratio", type=float, default=0.5, help="fraction of parameters the SVD models keep")
     parser.add_argument("--round-to", type=int, default=8, help="SVD ranks are multiples of it")
+    parser.add_argument("--prune-macs-ratio", type=float, default=0.0, help="prune to this MACs ratio (0: the first SVD model's)")
     parser.add_argument("--steps", type=int, default=200, help="KD fine-tuning steps per method (0: none)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--finetune-methods", default="svd-energy,svd-sensitivity,prune,original-ft", help="which methods get the fine-tune")
