@@ -136,8 +136,12 @@ def run_model(zoo, model: str, args, results: dict) -> None:
             print(f"[{model}] ours, conversion only, T={T}: {res['ours_convert'][T]:.2f} % ({time.perf_counter() - t0:.1f} s)", flush=True)
         if not args.no_spikingjelly:
             t0 = time.perf_counter()
-            res["spikingjelly_convert"] = sj_accuracy(ann, calib, xte, yte, conv_T + [t for t in (5, 2, 1) if t not in conv_T], device, args.percentile)
-            print(f"[{model}] SpikingJelly: {res['spikingjelly_convert']} ({time.perf_counter() - t0:.1f} s)", flush=True)
+            try:
+                res["spikingjelly_convert"] = sj_accuracy(ann, calib, xte, yte, conv_T + [t for t in (5, 2, 1) if t not in conv_T], device, args.percentile)
+                print(f"[{model}] SpikingJelly: {res['spikingjelly_convert']} ({time.perf_counter() - t0:.1f} s)", flush=True)
+            except Exception as e:  # its converter refuses some graphs (e.g. functional F.relu): record, go on
+                res["spikingjelly_error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                print(f"[{model}] SpikingJelly failed: {res['spikingjelly_error']}", flush=True)
 
     if args.skip_iir:
         return
@@ -215,6 +219,8 @@ def latency(ann, snn, model: str, stages, state_dir) -> dict:
 
 def print_table(results: dict) -> None:
     for model, r in results.items():
+        if "spikingjelly_error" in r:
+            print(f"SpikingJelly's converter failed on {model}: {r['spikingjelly_error']}")
         print(f"\n## {model}: ANN {r.get('ann', float('nan')):.2f} % on {r.get('test_samples', 0)} test samples (stated {r['ann_stated']} % on all)")
         if "ours_convert" in r:
             print("| T | ours (conversion only) | SpikingJelly (conversion) | ours - SJ |\n|---|---|---|---|")
