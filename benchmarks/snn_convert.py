@@ -69,6 +69,7 @@ def sj_accuracy(ann, calib: torch.Tensor, x, y, steps: list[int], device: str, p
     from spikingjelly.activation_based import ann2snn, functional
 
     loader = [(calib[i : i + 100].to(device), None) for i in range(0, len(calib), 100)]
+    ann = _relu_modules(ann)
     recipe = ann2snn.RateCodingRecipe(dataloader=loader, mode=f"{percentile}%")
     snn = ann2snn.Converter(recipe=recipe, device=device).convert(copy.deepcopy(ann).to(device)).eval()
     T = max(steps)
@@ -83,6 +84,21 @@ def sj_accuracy(ann, calib: torch.Tensor, x, y, steps: list[int], device: str, p
             if t in hits:
                 hits[t] += int((acc_out.argmax(1).cpu() == yb).sum())
     return {t: 100.0 * hits[t] / len(x) for t in steps}
+
+
+def _relu_modules(ann):
+    """The same network with each functional ``F.relu`` as an ``nn.ReLU`` module: SpikingJelly's converter only
+    replaces ReLU modules and refuses the functional form (which the CIFAR ResNets use)."""
+    import torch.fx as fx
+    import torch.nn.functional as F
+
+    gm = fx.symbolic_trace(copy.deepcopy(ann))
+    for i, node in enumerate(list(gm.graph.nodes)):
+        if node.op == "call_function" and node.target in (F.relu, torch.relu):
+            gm.add_submodule(f"relu_module_{i}", torch.nn.ReLU())
+            node.op, node.target, node.args, node.kwargs = "call_module", f"relu_module_{i}", (node.args[0],), {}
+    gm.recompile()
+    return gm
 
 
 def snn_config(args, model: str) -> SnnConfig:

@@ -33,3 +33,13 @@ def test_silent_network_has_zero_rates():
     snn, _ = convert(ann, [x], SnnConfig(timesteps=2))
     s = spike_stats(snn, [x])
     assert s["mean_spike_rate"] == 0.0 and s["snn_ac_ops"] == 0
+
+
+def test_spiking_maxpool_output_counts_as_spikes():
+    from snn_nets import ConvBnPoolNet
+
+    ann = make(ConvBnPoolNet)
+    x = torch.from_numpy(dataset((1, 8, 8), n=16).x)
+    snn, _ = convert(ann, [x], SnnConfig(timesteps=6))
+    layers = {entry["layer"]: entry for entry in spike_stats(snn, [x])["layers"]}
+    assert layers["conv1"]["input"] == "analog" and layers["fc"]["input"] == "spikes"
