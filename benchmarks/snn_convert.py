@@ -87,16 +87,35 @@ def sj_accuracy(ann, calib: torch.Tensor, x, y, steps: list[int], device: str, p
 
 
 def _relu_modules(ann):
-    """The same network with each functional ``F.relu`` as an ``nn.ReLU`` module: SpikingJelly's converter only
-    replaces ReLU modules and refuses the functional form (which the CIFAR ResNets use)."""
+    """The same network in the ops SpikingJelly's converter accepts (exactly equivalent): each ``F.relu`` as an
+    ``nn.ReLU`` module, ``F.adaptive_avg_pool2d`` as its module, and the option-A shortcut's channel ``F.pad``
+    as a concatenation with zeros. As written, the CIFAR ResNets are refused ("does not support function node
+    relu", then "... pad")."""
+    import operator
+
     import torch.fx as fx
     import torch.nn.functional as F
 
     gm = fx.symbolic_trace(copy.deepcopy(ann))
     for i, node in enumerate(list(gm.graph.nodes)):
-        if node.op == "call_function" and node.target in (F.relu, torch.relu):
+        if node.op != "call_function":
+            continue
+        if node.target in (F.relu, torch.relu):
             gm.add_submodule(f"relu_module_{i}", torch.nn.ReLU())
             node.op, node.target, node.args, node.kwargs = "call_module", f"relu_module_{i}", (node.args[0],), {}
+        elif node.target is F.adaptive_avg_pool2d:
+            gm.add_submodule(f"avgpool_module_{i}", torch.nn.AdaptiveAvgPool2d(node.args[1]))
+            node.op, node.target, node.args, node.kwargs = "call_module", f"avgpool_module_{i}", (node.args[0],), {}
+        elif node.target is F.pad:
+            x, pads = node.args[0], tuple(node.args[1])
+            if len(pads) != 6 or any(pads[:4]) or pads[4] != pads[5]:
+                continue
+            with gm.graph.inserting_before(node):
+                zero = gm.graph.call_function(operator.mul, (x, 0.0))
+                side = gm.graph.call_function(operator.getitem, (zero, (slice(None), slice(0, pads[4]))))
+                cat = gm.graph.call_function(torch.cat, ([side, x, side], 1))
+            node.replace_all_uses_with(cat)
+            gm.graph.erase_node(node)
     gm.recompile()
     return gm
 
