@@ -164,7 +164,7 @@ def run_model(zoo, model: str, args, results: dict) -> None:
         snn, report = convert(ann, calib.to(device).split(100), SnnConfig(timesteps=max(conv_T), percentile=args.percentile, maxpool=args.maxpool))
         res["conversion"] = report.to_dict()
         res["ours_convert"] = {}
-        for T in conv_T:
+        for T in [] if args.sj_only else conv_T:
             snn.set_timesteps(T)
             t0 = time.perf_counter()
             res["ours_convert"][T] = accuracy(snn, xte, yte, device, batch=max(50, 4000 // T))
@@ -172,7 +172,8 @@ def run_model(zoo, model: str, args, results: dict) -> None:
         if not args.no_spikingjelly:
             t0 = time.perf_counter()
             try:
-                res["spikingjelly_convert"] = sj_accuracy(ann, calib, xte, yte, conv_T + [t for t in (5, 2, 1) if t not in conv_T], device, args.percentile)
+                sj_T = conv_T if args.sj_only else conv_T + [t for t in (5, 2, 1) if t not in conv_T]
+                res["spikingjelly_convert"] = sj_accuracy(ann, calib, xte, yte, sj_T, device, args.percentile)
                 print(f"[{model}] SpikingJelly: {res['spikingjelly_convert']} ({time.perf_counter() - t0:.1f} s)", flush=True)
             except Exception as e:  # its converter refuses some graphs (e.g. functional F.relu): record, go on
                 res["spikingjelly_error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
@@ -296,6 +297,7 @@ def main() -> None:
     p.add_argument("--skip-convert", action="store_true")
     p.add_argument("--skip-iir", action="store_true")
     p.add_argument("--no-spikingjelly", action="store_true")
+    p.add_argument("--sj-only", action="store_true", help="conversion: run SpikingJelly's column only")
     p.add_argument("--save-dir", default=None)
     p.add_argument("--load-dir", default=None)
     p.add_argument("--eval-only", action="store_true", help="score the state_dicts in --load-dir (no training)")
