@@ -221,7 +221,8 @@ def run_model(name: str, args, zoo, threads: int) -> dict:
 
 def _print(name: str, rows: dict, args, finetune_note: str) -> None:
     o = rows["original"]
-    print(f"\n{name}: top-1 on {args.eval_samples or 10000} CIFAR-10 test JPEGs; {finetune_note}")
+    scored = "not scored (--latency-only)" if args.latency_only else f"top-1 on {args.eval_samples or 10000} CIFAR-10 test JPEGs"
+    print(f"\n{name}: {scored}; {finetune_note}")
     print("| method | params (K) | params kept | MACs (M) | MACs kept | top-1 pass only % | top-1 + BN recal % | top-1 fine-tuned % "
           "| ORT ms | TVM ms | ORT speedup | TVM speedup |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
