@@ -121,7 +121,7 @@ def check_pass_kind(kind: str) -> None:
 def apply_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]], ...], context: PassContext) -> tuple["nn.Module", list[dict]]:
     """Run ``passes`` (``(kind, options)`` pairs) in order; returns the final module and one stats dict per pass.
     Each pass's stats get its MACs and parameters before and after (``macs_before``, ``macs_after``,
-    ``macs_kept``, ``params_before``, ``params_after``), counted here so that no pass has to."""
+    ``macs_kept``, ``params_before``, ``params_after``, ``params_kept``), counted here so that no pass has to."""
     from repfx_deploy.analyze.torch_stats import torch_stats
 
     records = []
@@ -139,7 +139,7 @@ def apply_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]
         after = torch_stats(module, context.input_specs)
         result.stats.update({
             "macs_before": before.macs, "macs_after": after.macs, "macs_kept": round(after.macs / max(before.macs, 1), 4),
-            "params_before": before.params, "params_after": after.params,
+            "params_before": before.params, "params_after": after.params, "params_kept": round(after.params / max(before.params, 1), 4),
         })
         records.append({"kind": kind, "options": dict(options), "stats": result.stats})
         before = after

@@ -31,14 +31,12 @@ log = logging.getLogger("repfx_deploy.passes.lowrank")
 @register_pass("lowrank")
 def lowrank_handler(module: "nn.Module", options: Mapping[str, Any], context: PassContext) -> PassResult:
     """Factorize ``module`` as the options say; fine-tune with distillation from the unfactorized module."""
-    from repfx_deploy.analyze.torch_stats import torch_stats
     from repfx_deploy.passes.lowrank.config import LowRankOptions
     from repfx_deploy.passes.lowrank.core import apply, choose_ranks, prepare, summarize
     from repfx_deploy.passes.lowrank.trp import nuclear_norm, nuclear_penalty
     from repfx_deploy.passes.recovery import distill, recalibrate_bn
 
     opts = LowRankOptions.from_options(options, context.target_name)
-    before = torch_stats(module, context.input_specs)
     prepared = prepare(module, context.input_specs, opts.config)
     trp_stats = None
     if opts.trp.enabled:
@@ -63,12 +61,7 @@ def lowrank_handler(module: "nn.Module", options: Mapping[str, Any], context: Pa
         data, source = _finetune_data(context)
         stats["finetune"] = distill(factored, module, data, opts.recovery.finetune).to_dict() | {"data": source}
         factored.eval()
-    after = torch_stats(factored, context.input_specs)
-    stats |= {
-        "params_before": before.params, "params_after": after.params, "params_kept": round(after.params / max(before.params, 1), 4),
-        "macs_before": before.macs, "macs_after": after.macs, "macs_kept": round(after.macs / max(before.macs, 1), 4),
-    }
-    return PassResult(factored, stats)
+    return PassResult(factored, stats)  # MACs and parameters before/after: apply_passes counts them
 
 
 def _finetune_data(context: PassContext):

@@ -70,7 +70,6 @@ def calibration_batches(data: "Dataset", config: "SliceGPTConfig") -> list[dict]
 @register_pass("slicegpt")
 def slicegpt_handler(module: "nn.Module", options: Mapping[str, Any], context: PassContext) -> PassResult:
     """Slice ``module`` (a Hugging Face model, or ingest's wrapper around one) in place on the calibration data."""
-    from repfx_deploy.analyze.torch_stats import torch_stats
     from repfx_deploy.passes.slicegpt.adapters import find_family
     from repfx_deploy.passes.slicegpt.core import slice_model
 
@@ -82,20 +81,17 @@ def slicegpt_handler(module: "nn.Module", options: Mapping[str, Any], context: P
             "Set [data] calibration to an .npz of token ids (x: N x seq_len) from text like the model's use.",
         )
     batches = calibration_batches(context.calibration, config)
-    before = torch_stats(module, context.input_specs)
+    params_before = _params(module)
     result = slice_model(getattr(module, "hf_model", module), batches, config)
-    after = torch_stats(module, context.input_specs)
-    stats = result.to_dict() | {
-        "macs_before": before.macs,
-        "macs_after": after.macs,
-        "macs_kept": round(after.macs / max(before.macs, 1), 4),
-        "params_before": before.params,
-        "params_after": after.params,
-    }
-    if after.params > before.params:
+    stats = result.to_dict()  # MACs and parameters before/after: apply_passes counts them
+    if _params(module) > params_before:
         log.warning(
             "slicegpt: the sliced model has more parameters (%d) than the original (%d): the embedding table and "
             "head were tied and are now separate, and each residual connection gained a small matrix",
-            after.params, before.params,
+            _params(module), params_before,
         )
     return PassResult(module, stats)
+
+
+def _params(module: "nn.Module") -> int:
+    return sum(p.numel() for p in module.parameters())

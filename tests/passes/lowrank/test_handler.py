@@ -14,7 +14,7 @@ from repfx_deploy.errors import RecipeError
 from repfx_deploy.passes.lowrank.config import LowRankOptions
 from repfx_deploy.passes.lowrank.factorize import Factorized
 from repfx_deploy.passes.lowrank.handler import lowrank_handler
-from repfx_deploy.passes.registry import PassContext, get_handler
+from repfx_deploy.passes.registry import PassContext, apply_passes, get_handler
 from repfx_deploy.spec import InputSpec
 
 SPECS = (InputSpec("input", (1, 3, 16, 16)),)
@@ -61,11 +61,11 @@ def test_handler_factorizes_recalibrates_and_finetunes_on_calibration_with_warni
     model = ConvBNNet().eval()
     context = PassContext(input_specs=SPECS, calibration=_images(64, labeled=False))
     with caplog.at_level(logging.WARNING, logger="repfx_deploy.passes.lowrank"):
-        result = lowrank_handler(model, {"params_ratio": 0.6, "round_to": 2, "finetune_steps": 2, "batch_size": 16}, context)
-    stats = result.stats
+        factored, records = apply_passes(model, (("lowrank", {"params_ratio": 0.6, "round_to": 2, "finetune_steps": 2, "batch_size": 16}),), context)
+    stats = records[0]["stats"]
     assert stats["params_kept"] <= 0.6 and stats["macs_after"] < stats["macs_before"]
     assert stats["bn_recalibrated"] == 2 and stats["finetune"]["steps"] == 2 and stats["finetune"]["data"] == "calibration"
-    assert any(isinstance(m, Factorized) for m in result.module.modules())
+    assert any(isinstance(m, Factorized) for m in factored.modules())
     assert "calibration set" in caplog.text
 
 
