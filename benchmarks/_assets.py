@@ -27,3 +27,26 @@ def load_zoo():
     zoo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zoo)
     return zoo
+
+
+def accuracy_percent(model, data, batch: int = 500) -> float | None:
+    """Top-1 % of ``model`` on a labeled ``Dataset`` (None without data: a GPU copy without the test set scores later)."""
+    import torch
+
+    if data is None:
+        return None
+    model.eval()
+    x, correct = torch.from_numpy(data.x), 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i : i + batch]).argmax(1).numpy() == data.y[i : i + batch]).sum())
+    return 100.0 * correct / len(x)
+
+
+def macs_params(model, shape: tuple[int, ...] = (1, 3, 32, 32)) -> tuple[int, int]:
+    """MACs and parameters of ``model`` on one input of ``shape`` (analyze/torch_stats)."""
+    from repfx_deploy.analyze.torch_stats import torch_stats
+    from repfx_deploy.spec import InputSpec
+
+    s = torch_stats(model, (InputSpec("input", shape),))
+    return s.macs, s.params

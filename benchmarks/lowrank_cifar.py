@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from _assets import ASSETS, load_zoo
+from _assets import accuracy_percent as _accuracy
+from _assets import macs_params as _macs_params
 
 NORM = {  # the preprocessing each shared model was trained with (../shared/assets/README.md)
     "resnet56": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -51,28 +53,6 @@ def _load(split: str, model: str, limit: int | None):
 
     mean, std = NORM[model]
     return load_dataset(ASSETS / "cifar10" / f"{split}-jpeg.zip", InputSpec("input", (1, 3, 32, 32)), Preprocess(size=32, mean=mean, std=std), limit=limit)
-
-
-def _accuracy(model, data, batch: int = 500) -> float | None:
-    """Top-1 % on ``data`` (None without data: a GPU copy without the test set scores later)."""
-    import torch
-
-    if data is None:
-        return None
-    model.eval()
-    x, correct = torch.from_numpy(data.x), 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((model(x[i : i + batch]).argmax(1).numpy() == data.y[i : i + batch]).sum())
-    return 100.0 * correct / len(x)
-
-
-def _macs_params(model) -> tuple[int, int]:
-    from repfx_deploy.analyze.torch_stats import torch_stats
-    from repfx_deploy.spec import InputSpec
-
-    s = torch_stats(model, (InputSpec("input", (1, 3, 32, 32)),))
-    return s.macs, s.params
 
 
 def _latency(models: dict, threads: int, rounds: int) -> dict:

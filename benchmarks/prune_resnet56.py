@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 from _assets import ASSETS, load_zoo
+from _assets import accuracy_percent as _accuracy
+from _assets import macs_params as _macs_params
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INTERNAL_IGNORE = ("linear", "conv1", "layer*.*.conv2")
@@ -55,27 +57,6 @@ def _load_cifar(split: str, limit: int | None):
 
     spec = InputSpec("input", (1, 3, 32, 32))
     return load_dataset(ASSETS / "cifar10" / f"{split}-jpeg.zip", spec, Preprocess(size=32, mean=MEAN, std=STD), limit=limit)
-
-
-def _accuracy(model, data, batch: int = 500) -> float | None:
-    import torch
-
-    if data is None:
-        return None
-    model.eval()
-    x, correct = torch.from_numpy(data.x), 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((model(x[i : i + batch]).argmax(1).numpy() == data.y[i : i + batch]).sum())
-    return 100.0 * correct / len(x)
-
-
-def _macs_params(model) -> tuple[int, int]:
-    from repfx_deploy.analyze.torch_stats import torch_stats
-    from repfx_deploy.spec import InputSpec
-
-    s = torch_stats(model, (InputSpec("input", (1, 3, 32, 32)),))
-    return s.macs, s.params
 
 
 def _ours(model, macs_ratio: float, ignore: tuple[str, ...]):
