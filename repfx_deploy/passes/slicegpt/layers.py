@@ -13,16 +13,14 @@ import torch
 import torch.nn as nn
 
 
-class AttentionBody(nn.Module):
-    """Calls a Hugging Face self-attention module on ``h``; ``out_proj`` (when the attention module does not
-    apply its own output projection, as in BERT) is applied to its result."""
+class _Body(nn.Module):
+    """A sublayer body: knows the linears that read the (rotated) stream and the one that writes it. ``out_proj``
+    (when the wrapped module does not apply its own output projection, as in BERT) is applied to its result."""
 
-    def __init__(self, attention: nn.Module, in_linears: list[nn.Linear], out_linear: nn.Linear, *, keyword_input: bool, separate_out: bool) -> None:
+    def __init__(self, in_linears: list[nn.Linear], out_linear: nn.Linear, *, separate_out: bool) -> None:
         super().__init__()
-        self.attention = attention
-        self.keyword_input = keyword_input
         self.out_proj = out_linear if separate_out else None
-        # Kept out of the module tree (they are already in it, under ``attention`` or ``out_proj``), so the
+        # Kept out of the module tree (they are already in it, under the wrapped module or ``out_proj``), so the
         # state_dict names each parameter once.
         self.__dict__["_in_linears"] = in_linears
         self.__dict__["_out_linear"] = out_linear
@@ -33,6 +31,18 @@ class AttentionBody(nn.Module):
     def out_linear(self) -> nn.Linear:
         return self._out_linear
 
+    def _project(self, out: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(out) if self.out_proj is not None else out
+
+
+class AttentionBody(_Body):
+    """Calls a Hugging Face self-attention module on ``h``."""
+
+    def __init__(self, attention: nn.Module, in_linears: list[nn.Linear], out_linear: nn.Linear, *, keyword_input: bool, separate_out: bool) -> None:
+        super().__init__(in_linears, out_linear, separate_out=separate_out)
+        self.attention = attention
+        self.keyword_input = keyword_input
+
     def forward(self, h: torch.Tensor, **kwargs) -> torch.Tensor:
         # Cross-attention inputs of the HF layer signature are never used by an encoder or decoder-only model.
         kwargs.pop("encoder_hidden_states", None)
@@ -41,28 +51,18 @@ class AttentionBody(nn.Module):
             out = self.attention(hidden_states=h, **kwargs)[0]
         else:
             out = self.attention(h, **kwargs)[0]
-        return self.out_proj(out) if self.out_proj is not None else out
+        return self._project(out)
 
 
-class MLPBody(nn.Module):
+class MLPBody(_Body):
     """``out_linear(inner(h))``, where ``inner`` holds the input linears and the activation."""
 
     def __init__(self, inner: nn.Module, in_linears: list[nn.Linear], out_linear: nn.Linear, *, separate_out: bool) -> None:
-        super().__init__()
+        super().__init__(in_linears, out_linear, separate_out=separate_out)
         self.inner = inner
-        self.out_proj = out_linear if separate_out else None
-        self.__dict__["_in_linears"] = in_linears
-        self.__dict__["_out_linear"] = out_linear
-
-    def in_linears(self) -> list[nn.Linear]:
-        return self._in_linears
-
-    def out_linear(self) -> nn.Linear:
-        return self._out_linear
 
     def forward(self, h: torch.Tensor, **kwargs) -> torch.Tensor:
-        out = self.inner(h)
-        return self.out_proj(out) if self.out_proj is not None else out
+        return self._project(self.inner(h))
 
 
 class ResidualSublayer(nn.Module):
