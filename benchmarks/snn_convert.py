@@ -132,6 +132,7 @@ def snn_config(args, model: str) -> SnnConfig:
         batch_size=args.batch,
         lr=args.lr,
         kd_alpha=args.kd_alpha,
+        temperature=args.kd_temperature,
         augment="crop-flip" if model == "resnet20" else "none",
         maxpool=args.maxpool,
         checkpoint_dir=Path(args.save_dir) / model / "ckpt" if args.save_dir else None,
@@ -214,6 +215,10 @@ def run_model(zoo, model: str, args, results: dict) -> None:
     else:
         snn, _ = convert(ann, calib.to(device).split(100), config)
         snn.to(device)
+        if args.init_from:
+            # the state_dict holds the weights, thresholds and leaks only: it loads into any maxpool placement
+            snn.load_state_dict(torch.load(args.init_from, map_location=device, weights_only=True))
+            print(f"[{model}] IIR starts from {args.init_from}", flush=True)
         train = Dataset(x=xtr.numpy(), y=ytr.numpy(), source=f"{model} train")
         records = iir_train(snn, ann, train, config, after_stage=after_stage)
         for rec in records:
@@ -288,8 +293,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--kd-alpha", type=float, default=0.5)
+    p.add_argument("--kd-temperature", type=float, default=4.0)
     p.add_argument("--percentile", type=float, default=99.9)
-    p.add_argument("--maxpool", default="count", choices=("count", "or"), help="max-pools after neurons (LeNet-5)")
+    p.add_argument("--maxpool", default="count", choices=("count", "or", "current"), help="max-pools after neurons (LeNet-5)")
+    p.add_argument("--init-from", default=None, help="start IIR from this saved SNN state_dict (e.g. an earlier run's "
+                   "snn-T2.pt) instead of the converted thresholds; one model only")
     p.add_argument("--calib", type=int, default=1024, help="training images used for threshold balancing")
     p.add_argument("--train-subset", type=int, default=0, help="0: the whole training set")
     p.add_argument("--test-subset", type=int, default=0, help="0: the whole test set; else a seeded random subset")
@@ -307,6 +315,8 @@ def main() -> None:
     args = p.parse_args()
     if args.eval_only and not args.load_dir:
         sys.exit("--eval-only needs --load-dir")
+    if args.init_from and "," in args.models:
+        sys.exit("--init-from is one model's state_dict: give one --models")
     if args.threads:
         torch.set_num_threads(args.threads)
     zoo = load_zoo()

@@ -9,8 +9,10 @@ What is handled and why:
   becomes ``MaxPool -> neuron``: exact (they commute) and 4x fewer neurons. Deeper max-pools stay after the
   neurons and pool spikes: by spike count (``SpikeMaxPool``, ``maxpool = "count"``, the default) or as a plain
   max over the spikes (an OR, ``maxpool = "or"``). Pooling the time-varying input currents of deeper layers
-  instead was measured worse on LeNet-5/MNIST (98.45 % vs 98.75 % with "or" at T = 32): a max of per-step
-  currents overestimates the max of their averages.
+  instead (``maxpool = "current"``) was measured worse for conversion on LeNet-5/MNIST (98.45 % vs 98.75 % with
+  "or" at T = 32: a max of per-step currents overestimates the max of their averages), but at T = 1 it gives
+  the same output as pooling spikes, and trains better there: the gradient reaches each window's strongest
+  current instead of one of its tied binary spikes (LeNet-5 T = 1 retraining: see the README).
 - The CIFAR ResNets' option-A shortcut (``F.pad(x[:, :, ::2, ::2], ...)``) and residual adds are stateless
   and act per step on the time-batched tensor; a tensor that reaches a time-batched op without having passed a
   neuron (a skip from the input) is repeated over the steps (``TimeExpand``).
@@ -93,7 +95,7 @@ def convert(
         ) from e
     _refuse_unsupported(gm)
     folded = _fold_batchnorm(gm)
-    moved = _move_maxpools(gm)
+    moved = _move_maxpools(gm, every_layer=config.maxpool == "current")
     probes = _insert_probes(gm)
     if not probes:
         raise PassError("snn: the model has no ReLU, so there is nothing to turn into spiking neurons.", "Convert a ReLU network.")
@@ -189,9 +191,10 @@ def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
-def _move_maxpools(gm: fx.GraphModule) -> int:
+def _move_maxpools(gm: fx.GraphModule, *, every_layer: bool = False) -> int:
     """Rewrite ``relu -> maxpool`` (the pool the ReLU's only user) as ``maxpool -> relu`` where the ReLU's
-    input passed no other ReLU (its current is the same at every step, so pooling it first is exact)."""
+    input passed no other ReLU (its current is the same at every step, so pooling it first is exact), or with
+    ``every_layer`` wherever the pattern occurs (exact at T = 1 only)."""
     modules = _modules(gm)
     after_relu: set[fx.Node] = set()
     for node in gm.graph.nodes:
@@ -199,7 +202,7 @@ def _move_maxpools(gm: fx.GraphModule) -> int:
             after_relu.add(node)
     moved = 0
     for relu in list(gm.graph.nodes):
-        if not _is_relu(relu, modules) or len(relu.users) != 1 or relu.args[0] in after_relu:
+        if not _is_relu(relu, modules) or len(relu.users) != 1 or (relu.args[0] in after_relu and not every_layer):
             continue
         pool = next(iter(relu.users))
         if not _is_maxpool(pool, modules) or pool.args[0] is not relu:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from snn_nets import (
     ConvBnPoolNet,
     GeluNet,
@@ -62,6 +63,56 @@ def test_batchnorm_is_folded_and_first_maxpool_moved_before_neurons():
         ref, out = ann(x), snn(x)
     assert _rel_err(out, ref) < 0.1
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("spike_pool", ["count", "or"])
+def test_maxpool_current_matches_spike_pooling_at_one_step(spike_pool):
+    # a step function commutes with max, so at T = 1 pooling the currents gives the spikes' pooled output
+    ann = make(ConvBnPoolNet)
+    x = torch.from_numpy(dataset((1, 8, 8), n=64).x)
+    pooled_spikes, _ = convert(ann, x.split(32), SnnConfig(timesteps=1, maxpool=spike_pool))
+    current, report = convert(ann, None, SnnConfig(timesteps=1, maxpool="current"))
+    current.load_state_dict(pooled_spikes.state_dict())  # same parameters, only the pool's place differs
+    assert report.maxpools_moved == 2
+    order = [n.target for n in current.body.graph.nodes if n.op == "call_module"]
+    assert order.index("pool1") < order.index("snn_neuron_0")
+    neuron_1 = next(n for n in current.body.graph.nodes if n.target == "snn_neuron_1")
+    assert neuron_1.args[0].target is F.max_pool2d  # the deeper, functional pool too
+    with torch.no_grad():
+        assert torch.allclose(current(x), pooled_spikes(x), atol=1e-6)
+        current.set_timesteps(4)
+        pooled_spikes.set_timesteps(4)
+        assert not torch.allclose(current(x), pooled_spikes(x), atol=1e-6)  # at T > 1 it is a different network
+
+
+def _conv2_current_and_grad(ann, x, maxpool):
+    """conv2's output (the current into the second neurons) and its gradient at T = 1, all thresholds 1."""
+    snn, _ = convert(ann, x.split(8), SnnConfig(timesteps=1, maxpool=maxpool))
+    for _, n in snn.neurons():
+        n.threshold.data.fill_(1.0)  # the same neurons for both placements
+    seen = {}
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        seen["out"] = out
+
+    snn.body.conv2.register_forward_hook(keep)
+    snn(x).sum().backward()
+    return seen["out"].detach(), seen["out"].grad
+
+
+def test_maxpool_current_sends_gradient_to_each_windows_strongest_current_at_one_step():
+    # pooling binary spikes sends a window's gradient to one of its tied spikes (the first position when none
+    # fires); pooling currents sends it to the window's largest current, the one that decides the spike
+    ann = make(ConvBnPoolNet)
+    x = torch.from_numpy(dataset((1, 8, 8), n=8).x)
+    for maxpool, all_on_max in (("current", True), ("or", False)):
+        current, grad = _conv2_current_and_grad(ann, x, maxpool)
+        _, idx = F.max_pool2d(current, 2, return_indices=True)
+        on_max = torch.zeros_like(current).flatten(2).scatter_(2, idx.flatten(2), 1.0).view_as(current).bool()
+        hit = grad != 0
+        assert bool(hit.any())
+        assert bool((hit & ~on_max).any()) is not all_on_max, maxpool
 
 
 def test_option_a_shortcut_and_residual_add_convert():
