@@ -62,6 +62,12 @@ class CompileConfig:
 
     ``fast_math``: compute softmax, exp, erf and tanh with TVM's vectorizable polynomial
     approximations instead of libm calls (exp within 4e-6 relative; softmax 3x faster on the CIFAR ViT).
+    ``pad_channels``: compute NHWC convolutions whose output width is not a whole number of vectors
+    (24, 40, 56 channels on AVX-512) at the next whole width and drop the extra channels in the epilogue
+    (``pad_channels.py``); same outputs, fewer vector instructions.
+    ``wide_convs_nchw``: with NHWC, keep stride-1 convolutions whose output rows are at least two whole
+    vectors long in NCHW, vectorized along the row (``wide_convs.py``): narrow-channel layers run at
+    full vector width.
 
     ``tune_max_s``: stop starting new tuning tasks after this many seconds (``None``: no limit).
     ``link``: ``"shared"`` writes ``model.so`` (cross-linked for foreign Linux targets); ``"objects"``
@@ -78,6 +84,8 @@ class CompileConfig:
     conv_layout: str = "NHWC"
     default_schedule: bool = True
     fast_math: bool = True
+    pad_channels: bool = True
+    wide_convs_nchw: bool = True
     tune_max_s: float | None = None
     builder_timeout_s: float = 90.0
     link: str = "shared"
@@ -125,6 +133,8 @@ class CompileConfig:
             "conv_layout": self.conv_layout,
             "default_schedule": self.default_schedule,
             "fast_math": self.fast_math,
+            "pad_channels": self.pad_channels,
+            "wide_convs_nchw": self.wide_convs_nchw,
             "tune_max_s": self.tune_max_s,
             "builder_timeout_s": self.builder_timeout_s,
             "link": self.link,

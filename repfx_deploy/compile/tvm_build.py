@@ -98,16 +98,21 @@ def _normalize_squeeze_axes(mod):
     return mod
 
 
-def lower_to_kernels(mod, target, conv_layout: str = "NHWC", fast_math: bool = True):
+def lower_to_kernels(
+    mod, target, conv_layout: str = "NHWC", fast_math: bool = True, pad_channels: bool = True, wide_convs_nchw: bool = True
+):
     """Relax graph -> Relax calling one fused PrimFunc per kernel (legalized, not yet scheduled).
 
     ``fast_math`` replaces softmax/exp/erf/tanh by TVM's polynomial versions, which vectorize (the
     libm calls do not); softmax got 3x faster on the CIFAR ViT; fast_exp is within 4e-6 relative of exp.
+    ``pad_channels`` computes NHWC convolutions at whole-vector output widths (``pad_channels.py``);
+    ``wide_convs_nchw`` keeps stride-1 convolutions with long rows in NCHW (``wide_convs.py``).
     Returns ``(module, layout_in_force)``; if ConvertLayout fails the model stays NCHW (logged).
     """
     import tvm
     from tvm import relax
     from tvm.relax.backend import cpu_generic
+    from tvm.target import codegen
 
     with target:
         mod = tvm.transform.Sequential(
@@ -126,12 +131,23 @@ def lower_to_kernels(mod, target, conv_layout: str = "NHWC", fast_math: bool = T
             except Exception as e:  # it assumes every call is to an operator; keep exact math otherwise
                 log.warning("fast math not applied: %s", e)
         layout = "NCHW"
+        lanes = (codegen.llvm_get_vector_width(target) or 128) // 32
         if conv_layout == "NHWC":
+            if wide_convs_nchw:
+                from repfx_deploy.compile.wide_convs import legalize_wide_convs
+
+                mod = legalize_wide_convs(mod, lanes)
             try:
                 converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(_normalize_squeeze_axes(mod))
                 # folding turns the weight transposes into HWIO constants: prepacked at compile time
                 mod = relax.transform.FoldConstant()(converted)
                 layout = "NHWC"
+                if pad_channels:
+                    from repfx_deploy.compile.pad_channels import (
+                        pad_conv_output_channels,
+                    )
+
+                    mod = pad_conv_output_channels(mod, lanes)
             except Exception as e:  # a TVM layout-inference bug must not stop the compile
                 log.warning("ConvertLayout to NHWC failed (%s); keeping NCHW, kernels will be slower", e)
         mod = tvm.transform.Sequential(
@@ -241,7 +257,7 @@ def compile_onnx(
     log.info("importing %s (opset %d)", onnx_path.name, onnx_opset(model))
     relax_mod = import_onnx(model, inputs)
     try:
-        kernels_mod, layout = lower_to_kernels(relax_mod, target, config.conv_layout, config.fast_math)
+        kernels_mod, layout = lower_to_kernels(relax_mod, target, config.conv_layout, config.fast_math, config.pad_channels, config.wide_convs_nchw)
     except Exception as e:
         raise CompileError(f"TVM could not legalize this model: {type(e).__name__}: {e}", "Report the model; try conv_layout='NCHW'.") from e
 

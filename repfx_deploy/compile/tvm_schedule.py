@@ -139,7 +139,48 @@ def _schedule_injective(sch, block, lanes: int) -> None:
         sch.parallel(po)
 
 
+def _consumer_width(sch, block) -> int | None:
+    """The innermost extent of what the anchor's single consumer writes, if it is a constant."""
+    from tvm import tirx
+
+    consumers = sch.get_consumers(block)
+    if len(consumers) != 1:
+        return None
+    extent = sch.get(consumers[0]).writes[0].source.shape[-1]
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _row_candidates(stmt, s_idx: list[int], exts: list) -> list[int]:
+    """Spatial axes (besides the vectorized last one) a tile may hold several rows of; the last is used.
+
+    Rows should share the vector operand: an axis that does not index the reads the vectorized axis
+    indexes. NHWC convolution and matmul: the weight vector is shared by output pixels / rows (the
+    axes before it, as before). NCHW convolution: the input row vector is shared by output channels,
+    not by output rows (whose inputs differ).
+    """
+    from tvm import tirx
+
+    v_var = stmt.iter_vars[s_idx[-1]].var
+
+    def used(region) -> list:
+        return [v for r in region.region for v in tirx.analysis.undefined_vars(r.min)]
+
+    vector_reads = [used(r) for r in stmt.reads if any(v.same_as(v_var) for v in used(r))]
+    candidates = [i for i in s_idx[:-1] if exts[i] > 1]
+    if vector_reads:
+        sharing = [i for i in candidates if not any(any(v.same_as(stmt.iter_vars[i].var) for v in vs) for vs in vector_reads)]
+        if sharing:
+            return sharing
+    return candidates
+
+
 def _schedule_anchor(sch, block, lanes: int) -> None:
+    """Register-tile an anchor and compute its epilogue per tile (see the module docstring).
+
+    An anchor whose output is wider than what its consumer writes (channels padded to whole vectors by
+    ``pad_channels``, sliced back in the epilogue) is tiled over its whole width, so that no tile mixes
+    real and padded channels (which would need a predicate the schedule verifier rejects).
+    """
     from tvm import tirx
 
     stmt = sch.get(block)
@@ -153,10 +194,12 @@ def _schedule_anchor(sch, block, lanes: int) -> None:
         macs *= e
 
     v = s_idx[-1]
-    vec = _pick_vec(exts[v], lanes)
+    written = _consumer_width(sch, block)
+    padded = written is not None and written < exts[v]
+    vec = exts[v] if padded else _pick_vec(exts[v], lanes)
     v_o, v_i = sch.split(loops[v], factors=[None, vec])
     vec_regs = max(1, -(-vec // lanes))
-    row_candidates = [i for i in s_idx[:-1] if exts[i] > 1]
+    row_candidates = _row_candidates(stmt, s_idx, exts)
     r_o = r_i = None
     if row_candidates:
         r = row_candidates[-1]
@@ -190,7 +233,11 @@ def _schedule_anchor(sch, block, lanes: int) -> None:
     sch.vectorize(init_loops[-1])
     for c in consumers:
         c_loops = sch.get_loops(c)[n_outer:]
-        if c_loops:
+        if padded and c_loops:
+            # rows of ``written`` channels: vectorize along a row only (a vector across rows would
+            # need a gather: the row stride of the padded tile differs from the output's)
+            sch.vectorize(c_loops[-1])
+        elif c_loops:
             inner_c = sch.fuse(*c_loops) if len(c_loops) > 1 else c_loops[0]
             c_ext = _ext(sch, inner_c)
             if c_ext is not None and c_ext % vec == 0 and c_ext > vec:
