@@ -23,6 +23,13 @@ class SliceGPTConfig:
     ``token_weighting``: ``energy`` is the paper's PCA (each token weighs by its squared norm); ``unit`` scales
     every token to unit length first, so the few huge-norm tokens of a pre-norm decoder (attention sinks) do
     not own the axes (see ``pca.covariance``). Post-norm encoders' streams are normalised already: no difference.
+
+    ``slice_head``: whether the last stream (what the head, or an encoder's output map, reads) is sliced too.
+    False (the SliceGPT authors' default, ``do_slice_head=False`` in their scheduler) keeps it at full width:
+    the last layer's output linear and shortcut write all ``hidden`` directions and the head keeps its width.
+    On SmolLM2-135M at 25 % that bought 0.1-0.5 % perplexity (91.68 vs 91.80 with 16 calibration windows,
+    72.65 vs 73.05 with 64) for a head a third wider (its 49,152 x 576 MACs are a fifth of the model's), so
+    the default slices it.
     """
 
     slicing: float = 0.25
@@ -31,12 +38,15 @@ class SliceGPTConfig:
     seq_len: int = 256
     batch_size: int = 8
     token_weighting: TokenWeighting = "energy"
+    slice_head: bool = True
 
     def __post_init__(self) -> None:
         if self.token_weighting not in ("energy", "unit"):
             raise ValueError(f"token_weighting must be 'energy' (SliceGPT's PCA) or 'unit' (every token scaled to unit length); got {self.token_weighting!r}")
         if isinstance(self.slicing, bool) or not isinstance(self.slicing, (int, float)) or not 0.0 <= self.slicing < 1.0:
             raise ValueError(f"slicing is the fraction of the embedding dimension removed, in [0, 1); got {self.slicing!r}")
+        if not isinstance(self.slice_head, bool):
+            raise ValueError(f"slice_head must be true or false; got {self.slice_head!r}")
         for name in ("round_to", "calibration_samples", "seq_len", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -48,3 +58,9 @@ class SliceGPTConfig:
         if kept < hidden:
             kept -= kept % self.round_to
         return max(min(kept, hidden), min(self.round_to, hidden))
+
+    def stream_widths(self, hidden: int, sublayers: int) -> list[int]:
+        """The width of each residual stream: the embedding's output, then each of ``sublayers`` sublayers'
+        outputs (the last one is what the head reads)."""
+        kept = self.kept_dim(hidden)
+        return [kept] * sublayers + [kept if self.slice_head else hidden]

@@ -42,6 +42,7 @@ class SliceResult:
     hidden_after: int
     layers: int
     calibration_tokens: int
+    head_width: int = 0  # the last stream's width: what the head reads (``hidden`` unless the head is sliced)
     energy_kept: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -51,6 +52,7 @@ class SliceResult:
             "hidden_before": self.hidden_before,
             "hidden_after": self.hidden_after,
             "layers": self.layers,
+            "head_width": self.head_width,
             "calibration_tokens": self.calibration_tokens,
             "energy_kept_min": round(min(self.energy_kept), 5) if self.energy_kept else None,
             "energy_kept_mean": round(sum(self.energy_kept) / len(self.energy_kept), 5) if self.energy_kept else None,
@@ -131,14 +133,14 @@ def slice_model(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
 
 def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Mapping[str, torch.Tensor]], config: SliceGPTConfig) -> SliceResult:
     hidden = prepared.hidden
-    kept = config.kept_dim(hidden)
+    widths = iter(config.stream_widths(hidden, len(prepared.sublayers())))
     dtype = prepared.embeddings[0].weight.dtype
     energies: list[float] = []
     unit = config.token_weighting == "unit"
     first = prepared.layers[0]
     calls = _capture(model, first, batches)
-    result = SliceResult(prepared.family, hidden, kept, len(prepared.layers), int(sum(int(c.mask.sum()) for c in calls)))
-    q = _axes([c.hidden for c in calls], calls, kept, energies, unit)
+    result = SliceResult(prepared.family, hidden, config.kept_dim(hidden), len(prepared.layers), int(sum(int(c.mask.sum()) for c in calls)))
+    q = _axes([c.hidden for c in calls], calls, next(widths), energies, unit)
     for table in prepared.embeddings:
         rotate_reader(table, q)
     calls = _capture(model, first, batches)  # the embeddings' output, now rotated and sliced
@@ -149,7 +151,7 @@ def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Ma
             rotate_sublayer_inputs(sub, q, prepared.shortcut_maps[index], prepared.shortcut_biases[index], dtype)
             kwargs = [c.kwargs if which == "attn" else {} for c in calls]
             outputs = [sub(x, **kw) for x, kw in zip(streams, kwargs)]
-            q = _axes(outputs, calls, kept, energies, unit)
+            q = _axes(outputs, calls, next(widths), energies, unit)
             rotate_sublayer_outputs(sub, q)
             if isinstance(sub.post, nn.Identity):  # pre-norm: the rotated output is exactly the projection
                 streams = [(o.double() @ q).to(o.dtype) for o in outputs]
@@ -159,5 +161,6 @@ def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Ma
         log.debug("slicegpt: layer %d of %d done", index // 2, len(prepared.layers))
     for linear in prepared.head_inputs:
         rotate_reader(linear, q)
+    result.head_width = q.shape[1]
     result.energy_kept = energies
     return result

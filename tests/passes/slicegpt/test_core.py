@@ -38,7 +38,7 @@ def test_bert_folded_and_rotated_gives_same_hidden_states_when_nothing_is_sliced
 def test_llama_slicing_shrinks_embedding_and_every_linear_that_touches_the_stream(tiny_llama, token_batches, probe_ids):
     dense = copy.deepcopy(tiny_llama)
     result = slice_model(tiny_llama, token_batches, SliceGPTConfig(slicing=0.25))
-    assert (result.hidden_before, result.hidden_after) == (64, 48)
+    assert (result.hidden_before, result.hidden_after, result.head_width) == (64, 48, 48)
     body = tiny_llama.model
     assert body.embed_tokens.weight.shape == (100, 48)
     assert tiny_llama.lm_head.weight.shape == (100, 48)
@@ -52,6 +52,31 @@ def test_llama_slicing_shrinks_embedding_and_every_linear_that_touches_the_strea
     out = _llama_logits(tiny_llama, probe_ids)
     assert out.shape == _llama_logits(dense, probe_ids).shape and torch.isfinite(out).all()
     assert 0.0 < result.to_dict()["energy_kept_min"] < 1.0
+
+
+def test_llama_head_and_last_stream_keep_full_width_when_the_head_is_not_sliced(tiny_llama, token_batches, probe_ids):
+    dense = copy.deepcopy(tiny_llama)
+    result = slice_model(tiny_llama, token_batches, SliceGPTConfig(slicing=0.25, slice_head=False))
+    assert (result.hidden_after, result.head_width) == (48, 64)
+    body = tiny_llama.model
+    assert body.embed_tokens.weight.shape == (100, 48)
+    assert tiny_llama.lm_head.weight.shape == (100, 64)
+    first, last = body.layers[0], body.layers[-1]
+    assert first.mlp.body.inner.down_proj.out_features == 48 and first.mlp.shortcut.weight.shape == (48, 48)
+    assert last.attn.body.attention.o_proj.out_features == 48  # only the last stream is kept whole
+    assert last.mlp.body.inner.down_proj.out_features == 64 and last.mlp.shortcut.weight.shape == (64, 48)
+    out = _llama_logits(tiny_llama, probe_ids)
+    assert out.shape == _llama_logits(dense, probe_ids).shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("slice_head", [False, True])
+def test_sliced_llama_generates_with_a_key_value_cache_as_without(tiny_llama, token_batches, probe_ids, slice_head):
+    slice_model(tiny_llama, token_batches, SliceGPTConfig(slicing=0.25, slice_head=slice_head))
+    full = _llama_logits(tiny_llama, probe_ids)
+    with torch.no_grad():
+        cache = tiny_llama(input_ids=probe_ids[:, :-1], use_cache=True).cache
+        step = tiny_llama(input_ids=probe_ids[:, -1:], cache=cache, use_cache=True).logits
+    assert torch.allclose(step[:, -1], full[:, -1], atol=1e-4)
 
 
 def test_bert_slicing_keeps_the_output_basis_and_shrinks_the_stream(tiny_bert, token_batches, probe_ids):

@@ -41,9 +41,9 @@ def test_handler_slices_the_wrapped_model_and_reports_dims_macs_and_params(tiny_
 
     module = wrap_hf_model(tiny_llama, "causal-lm")
     context = PassContext(input_specs=SPECS, calibration=_token_data())
-    out, records = apply_passes(module, (("slicegpt", {"slicing": 0.25, "batch_size": 4}),), context)
+    out, records = apply_passes(module, (("slicegpt", {"slicing": 0.25, "batch_size": 4, "slice_head": False}),), context)
     stats = records[0]["stats"]
-    assert (stats["hidden_before"], stats["hidden_after"]) == (64, 48)
+    assert (stats["hidden_before"], stats["hidden_after"], stats["head_width"]) == (64, 48, 64)
     assert stats["macs_after"] < stats["macs_before"]
     assert stats["calibration_tokens"] == 12 * 16
     assert out(torch.zeros(SPECS[0].shape, dtype=torch.long)).shape == (1, 16, 100)
