@@ -136,6 +136,7 @@ def snn_config(args, model: str) -> SnnConfig:
         augment="crop-flip" if model == "resnet20" else "none",
         maxpool=args.maxpool,
         checkpoint_dir=Path(args.save_dir) / model / "ckpt" if args.save_dir else None,
+        seed=args.seed,
         progress=args.progress,
     )
 
@@ -294,6 +295,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--kd-alpha", type=float, default=0.5)
     p.add_argument("--kd-temperature", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (batch order)")
     p.add_argument("--percentile", type=float, default=99.9)
     p.add_argument("--maxpool", default="count", choices=("count", "or", "current"), help="max-pools after neurons (LeNet-5)")
     p.add_argument("--init-from", default=None, help="start IIR from this saved SNN state_dict (e.g. an earlier run's "
