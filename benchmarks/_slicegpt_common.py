@@ -1,5 +1,6 @@
 """What the two SliceGPT benchmarks share: finding a model package without importing it, counting parameters,
-and timing dense and sliced models side by side in torch and ONNX Runtime (interleaved rounds)."""
+and timing dense and sliced models side by side in torch and ONNX Runtime (interleaved rounds), and one decoder
+generation step with a key/value cache in torch."""
 
 from __future__ import annotations
 
@@ -49,3 +50,26 @@ def time_models(models: dict[str, torch.nn.Module], seq_len: int, *, ort: bool, 
             for name, stats in time_interleaved(fns, config, rounds=rounds).items():
                 out[name]["onnxruntime"] = stats.median_ms
     return out
+
+
+def time_decode(models: dict[str, torch.nn.Module], context: int, *, threads: int, rounds: int = 5, repeats: int = 50) -> dict[str, float]:
+    """Median torch latency (ms) of one generation step of a decoder, batch 1: one new token attending to a
+    key/value cache of ``context`` tokens (what each token after the first costs when generating). The cache is
+    filled once by a prefill; after each timed step it is cropped back to ``context``, so every step sees the
+    same cache (the crop, a slice of each layer's cache tensors, is inside the timed call)."""
+    torch.set_num_threads(threads)
+    ids = torch.from_numpy(np.random.default_rng(1).integers(0, 1000, size=(1, context + 1)).astype(np.int64))
+    fns = {}
+    for name, m in models.items():
+        hf = getattr(m, "hf_model", m).eval()
+        with torch.no_grad():
+            cache = hf(input_ids=ids[:, :context], use_cache=True).cache
+
+        def step(hf=hf, cache=cache) -> None:
+            with torch.no_grad():
+                hf(input_ids=ids[:, context:], cache=cache, use_cache=True)
+            cache.crop(context)
+
+        fns[name] = step
+    config = TimingConfig(warmup=3, repeats=repeats, min_time_s=0.5)
+    return {name: stats.median_ms for name, stats in time_interleaved(fns, config, rounds=rounds).items()}

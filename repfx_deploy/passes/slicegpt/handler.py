@@ -8,6 +8,8 @@
     round_to = 8                   # kept width rounded down to a multiple of it
     token_weighting = "energy"     # or "unit" (see SliceGPTConfig)
     slice_head = true              # false: the last stream and the head keep full width (see SliceGPTConfig)
+    keep_first_layers = 0          # layers at each end that keep full width (see SliceGPTConfig)
+    keep_last_layers = 0
 
 The model must be a Hugging Face model folder loaded by ingest (Llama-style decoder or BERT-style encoder); the
 calibration data are token ids shaped like the model's ``input_ids`` input.
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("repfx_deploy.passes.slicegpt")
 
-SLICEGPT_KEYS = ("slicing", "calibration_samples", "batch_size", "round_to", "token_weighting", "slice_head")
+SLICEGPT_KEYS = ("slicing", "calibration_samples", "batch_size", "round_to", "token_weighting", "slice_head", "keep_first_layers", "keep_last_layers")
 
 
 def parse_options(options: Mapping[str, Any]) -> "SliceGPTConfig":

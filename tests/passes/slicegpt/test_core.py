@@ -69,6 +69,17 @@ def test_llama_head_and_last_stream_keep_full_width_when_the_head_is_not_sliced(
     assert out.shape == _llama_logits(dense, probe_ids).shape and torch.isfinite(out).all()
 
 
+def test_llama_end_layers_keep_full_width_and_the_middle_is_sliced(tiny_llama, token_batches, probe_ids):
+    before = _llama_logits(tiny_llama, probe_ids)
+    slice_model(tiny_llama, token_batches, SliceGPTConfig(slicing=0.25, keep_first_layers=1))
+    first, last = tiny_llama.model.layers
+    assert tiny_llama.model.embed_tokens.weight.shape == (100, 64)
+    assert first.attn.body.attention.q_proj.in_features == 64 and first.mlp.body.inner.down_proj.out_features == 64
+    assert last.attn.body.attention.q_proj.in_features == 64 and last.attn.body.attention.o_proj.out_features == 48
+    assert last.mlp.shortcut.weight.shape == (48, 48) and tiny_llama.lm_head.weight.shape == (100, 48)
+    assert _llama_logits(tiny_llama, probe_ids).shape == before.shape
+
+
 @pytest.mark.parametrize("slice_head", [False, True])
 def test_sliced_llama_generates_with_a_key_value_cache_as_without(tiny_llama, token_batches, probe_ids, slice_head):
     slice_model(tiny_llama, token_batches, SliceGPTConfig(slicing=0.25, slice_head=slice_head))
