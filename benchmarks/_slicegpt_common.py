@@ -55,7 +55,7 @@ def time_models(models: dict[str, torch.nn.Module], seq_len: int, *, ort: bool, 
 def time_decode(models: dict[str, torch.nn.Module], context: int, *, threads: int, rounds: int = 5, repeats: int = 50) -> dict[str, float]:
     """Median torch latency (ms) of one generation step of a decoder, batch 1: one new token attending to a
     key/value cache of ``context`` tokens (what each token after the first costs when generating). The cache is
-    filled once by a prefill; after each timed step it is cropped back to ``context``, so every step sees the
+    filled once by a prefill; after each timed step its last token is cropped off, so every step sees the
     same cache (the crop, a slice of each layer's cache tensors, is inside the timed call)."""
     torch.set_num_threads(threads)
     ids = torch.from_numpy(np.random.default_rng(1).integers(0, 1000, size=(1, context + 1)).astype(np.int64))
@@ -68,7 +68,7 @@ def time_decode(models: dict[str, torch.nn.Module], context: int, *, threads: in
         def step(hf=hf, cache=cache) -> None:
             with torch.no_grad():
                 hf(input_ids=ids[:, context:], cache=cache, use_cache=True)
-            cache.crop(context)
+            cache.crop(-1)  # back to the prefilled context
 
         fns[name] = step
     config = TimingConfig(warmup=3, repeats=repeats, min_time_s=0.5)
