@@ -32,8 +32,9 @@ class SliceGPTConfig:
     the default slices it.
 
     ``keep_first_layers`` / ``keep_last_layers``: that many layers at each end keep full width (every stream
-    they read or write stays ``hidden`` wide), so the cut is spent on the middle layers. On SmolLM2-135M the
-    first layers hurt most when sliced (they write the few huge directions every later layer reads).
+    they read or write stays ``hidden`` wide), so the cut is spent on the rest. On SmolLM2-135M at 25 % the first
+    layers cost most when sliced: keeping 2 whole took perplexity from 2.02x to 1.67x dense (64 calibration
+    windows) for 2 % more MACs; keeping the last 2 whole changed nothing. 0 is the paper's uniform slicing.
     """
 
     slicing: float = 0.25
