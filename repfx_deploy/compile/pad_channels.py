@@ -49,50 +49,40 @@ def pad_conv_output_channels(mod, lanes: int):
     import tvm
     from tvm import relax
 
-    count = 0
+    from repfx_deploy.compile.relax_rewrite import rewrite_calls
 
-    @relax.expr_functor.mutator
-    class _Padder(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM's visitor naming
-            nonlocal count
-            call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
-                return call
-            attrs, weight = call.attrs, call.args[1]
-            if (
-                int(attrs.groups) != 1
-                or attrs.data_layout != "NHWC"
-                or attrs.kernel_layout != "HWIO"
-                or attrs.out_layout != "NHWC"
-                or not isinstance(weight, tvm.ir.expr.Constant)
-            ):
-                return call
-            w = weight.value.numpy()
-            channels = w.shape[3]
-            width = padded_width(channels, lanes)
-            if width == channels:
-                return call
-            padded = np.zeros(w.shape[:3] + (width,), dtype=w.dtype)
-            padded[..., :channels] = w
-            conv = relax.op.nn.conv2d(
-                call.args[0],
-                relax.const(padded),
-                strides=attrs.strides,
-                padding=attrs.padding,
-                dilation=attrs.dilation,
-                groups=1,
-                data_layout="NHWC",
-                kernel_layout="HWIO",
-                out_layout="NHWC",
-                out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None,
-            )
-            count += 1
-            return relax.op.strided_slice(self.builder_.emit(conv), axes=[3], begin=[0], end=[channels])
+    def pad(builder, call):
+        attrs, weight = call.attrs, call.args[1]
+        if (
+            int(attrs.groups) != 1
+            or attrs.data_layout != "NHWC"
+            or attrs.kernel_layout != "HWIO"
+            or attrs.out_layout != "NHWC"
+            or not isinstance(weight, tvm.ir.expr.Constant)
+        ):
+            return None
+        w = weight.value.numpy()
+        channels = w.shape[3]
+        width = padded_width(channels, lanes)
+        if width == channels:
+            return None
+        padded = np.zeros(w.shape[:3] + (width,), dtype=w.dtype)
+        padded[..., :channels] = w
+        conv = relax.op.nn.conv2d(
+            call.args[0],
+            relax.const(padded),
+            strides=attrs.strides,
+            padding=attrs.padding,
+            dilation=attrs.dilation,
+            groups=1,
+            data_layout="NHWC",
+            kernel_layout="HWIO",
+            out_layout="NHWC",
+            out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None,
+        )
+        return relax.op.strided_slice(builder.emit(conv), axes=[3], begin=[0], end=[channels])
 
-    padder = _Padder()
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            mod[gv] = padder.visit_expr(func)
+    mod, count = rewrite_calls(mod, "relax.nn.conv2d", pad)
     if count:
         log.info("padded the output channels of %d convolutions to whole %d-lane vectors", count, lanes)
     return mod

@@ -76,26 +76,18 @@ def _normalize_squeeze_axes(mod):
     TVM 0.27's ConvertLayout dies with ``std::bad_alloc`` on a negative squeeze axis (seen on the
     ViT exported by torch 2.13: ``squeeze(x, axis=[-2])``), even when no converted op feeds it.
     """
-    import tvm
     from tvm import relax
 
-    @relax.expr_functor.mutator
-    class _Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM's visitor naming
-            call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.squeeze" and call.attrs.axis is not None:
-                shape = getattr(call.args[0].ty, "shape", None)
-                axes = [int(a) for a in call.attrs.axis]
-                if shape is not None and any(a < 0 for a in axes):
-                    rank = len(shape)
-                    return relax.op.squeeze(call.args[0], [a % rank for a in axes])
-            return call
+    from repfx_deploy.compile.relax_rewrite import rewrite_calls
 
-    rewriter = _Rewriter()
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            mod[gv] = rewriter.visit_expr(func)
-    return mod
+    def normalize(builder, call):
+        shape = getattr(call.args[0].ty, "shape", None)
+        if call.attrs.axis is None or shape is None:
+            return None
+        axes = [int(a) for a in call.attrs.axis]
+        return relax.op.squeeze(call.args[0], [a % len(shape) for a in axes]) if any(a < 0 for a in axes) else None
+
+    return rewrite_calls(mod, "relax.squeeze", normalize)[0]
 
 
 def lower_to_kernels(

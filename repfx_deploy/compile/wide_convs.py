@@ -50,26 +50,12 @@ def legalize_wide_convs(mod, lanes: int):
     Run before ``ConvertLayout``. Outputs are unchanged (the same TOPI convolution, same layout).
     """
     import tvm
-    from tvm import relax
+
+    from repfx_deploy.compile.relax_rewrite import rewrite_calls
 
     legalize = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
-    count = 0
-
-    @relax.expr_functor.mutator
-    class _Legalizer(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM's visitor naming
-            nonlocal count
-            call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d" and stays_nchw(call, lanes):
-                count += 1
-                return legalize(self.builder_, call)
-            return call
-
-    legalizer = _Legalizer(mod)
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            legalizer.builder_.update_func(gv, legalizer.visit_expr(func))
-    mod = legalizer.builder_.get()  # holds the new NCHW kernels
+    # the builder receives the legalized NCHW kernels
+    mod, count = rewrite_calls(mod, "relax.nn.conv2d", lambda builder, call: legalize(builder, call) if stays_nchw(call, lanes) else None)
     if count:
         log.info("kept %d wide convolutions in NCHW (rows of whole %d-lane vectors)", count, lanes)
     return mod
