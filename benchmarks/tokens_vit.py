@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from _assets import ASSETS, load_zoo
+from _assets import accuracy_percent as _accuracy
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 SPECS_SHAPE = (1, 3, 32, 32)
@@ -42,17 +43,6 @@ def _load_test(limit: int):
         idx = np.arange(0, len(data), len(data) // limit)[:limit]
         data = type(data)(x=data.x[idx], y=data.y[idx], source=f"{data.source} (every {len(data) // limit}th)")
     return data
-
-
-def _accuracy(model, data, batch: int = 500) -> float:
-    import torch
-
-    model.eval()
-    x, correct = torch.from_numpy(data.x), 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((model(x[i : i + batch]).argmax(1).numpy() == data.y[i : i + batch]).sum())
-    return 100.0 * correct / len(x)
 
 
 def _latency(models: dict, threads: int, rounds: int) -> dict:
