@@ -16,6 +16,7 @@ from repfx_deploy.compile import (
     load_tvm_runner,
 )
 from repfx_deploy.compile.pad_channels import padded_width
+from repfx_deploy.measure.runtimes import OrtRunner
 
 pytestmark = pytest.mark.tvm
 
@@ -45,13 +46,6 @@ class OddWidthNet(nn.Module):
         return torch.relu(self.c(y))
 
 
-def _ort(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
 def _avx512() -> bool:
     from tvm.target import Target, codegen
 
@@ -74,7 +68,7 @@ def test_odd_width_convs_match_onnxruntime_and_all_get_the_default_schedule(odd_
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     got = load_tvm_runner(tmp_path, threads=1).run([x])[0]
     assert got.shape == (1, 56, 8, 8)
-    np.testing.assert_allclose(got, _ort(odd_onnx, x), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got, OrtRunner(odd_onnx, 1).run([x])[0], atol=1e-4, rtol=1e-4)
 
 
 def test_odd_width_convs_are_computed_padded_on_avx512(odd_onnx):

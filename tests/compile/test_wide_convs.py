@@ -16,6 +16,7 @@ from repfx_deploy.compile import (
     host_target,
     load_tvm_runner,
 )
+from repfx_deploy.measure.runtimes import OrtRunner
 
 pytestmark = pytest.mark.tvm
 
@@ -64,14 +65,11 @@ def _kernel_layouts(onnx_path: Path, **kwargs) -> list[str]:
 
 @pytest.mark.parametrize("wide_nchw", [True, False])
 def test_mixed_layout_build_matches_onnxruntime(narrow_onnx, tmp_path, wide_nchw):
-    import onnxruntime as ort
-
     config = CompileConfig(target=host_target(threads=1), tuning_db=tmp_path / "db", wide_convs_nchw=wide_nchw)
     art = compile_onnx(narrow_onnx, tmp_path, config)
     assert art.manifest["kernels_untuned"] == 0
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    session = ort.InferenceSession(str(narrow_onnx), providers=["CPUExecutionProvider"])
-    want = session.run(None, {"input": x})[0]
+    want = OrtRunner(narrow_onnx, 1).run([x])[0]
     np.testing.assert_allclose(load_tvm_runner(tmp_path, threads=1).run([x])[0], want, atol=1e-4, rtol=1e-4)
 
 
