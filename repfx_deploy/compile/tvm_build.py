@@ -104,7 +104,8 @@ def lower_to_kernels(
     import tvm
     from tvm import relax
     from tvm.relax.backend import cpu_generic
-    from tvm.target import codegen
+
+    from repfx_deploy.compile.tvm_schedule import vector_bits
 
     with target:
         mod = tvm.transform.Sequential(
@@ -123,7 +124,7 @@ def lower_to_kernels(
             except Exception as e:  # it assumes every call is to an operator; keep exact math otherwise
                 log.warning("fast math not applied: %s", e)
         layout = "NCHW"
-        lanes = (codegen.llvm_get_vector_width(target) or 128) // 32
+        lanes = vector_bits(target) // 32  # float32 lanes
         if conv_layout == "NHWC":
             if wide_convs_nchw:
                 from repfx_deploy.compile.wide_convs import legalize_wide_convs

@@ -341,15 +341,21 @@ def _schedule_rows(sch, root, lanes: int):
     return sch
 
 
+def vector_bits(target) -> int:
+    """The width of the target's vector registers in bits (128 when LLVM does not say)."""
+    from tvm.target import codegen
+
+    return codegen.llvm_get_vector_width(target) or 128
+
+
 def schedule_func(func, target):
     """Return a traced ``Schedule`` of ``func`` with the default CPU schedule, or None if none applies.
 
     Raises nothing for unusual kernels: what cannot be scheduled is left as TVM lowered it.
     """
     from tvm import s_tir
-    from tvm.target import codegen
 
-    width_bits = codegen.llvm_get_vector_width(target) or 128
+    width_bits = vector_bits(target)
     sch = s_tir.Schedule(func, debug_mask="all")
     root = sch.get_sblock("root")
     blocks = sch.get_child_blocks(root)
