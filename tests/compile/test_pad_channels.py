@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from compile_kernels import export_onnx, host_is_avx512, lowered_kernels
 
 from repfx_deploy.compile import (
     CompileConfig,
@@ -46,18 +47,10 @@ class OddWidthNet(nn.Module):
         return torch.relu(self.c(y))
 
 
-def _avx512() -> bool:
-    from tvm.target import Target, codegen
-
-    return (codegen.llvm_get_vector_width(Target(host_target(threads=1))) or 0) >= 512
-
-
 @pytest.fixture(scope="module")
 def odd_onnx(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("odd") / "odd.onnx"
-    torch.onnx.export(OddWidthNet().eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=True, opset_version=18, input_names=["input"])
-    return path
+    return export_onnx(OddWidthNet(), (1, 3, 16, 16), tmp_path_factory.mktemp("odd") / "odd.onnx")
 
 
 @pytest.mark.parametrize("pad", [True, False])
@@ -72,17 +65,8 @@ def test_odd_width_convs_match_onnxruntime_and_all_get_the_default_schedule(odd_
 
 
 def test_odd_width_convs_are_computed_padded_on_avx512(odd_onnx):
-    if not _avx512():
+    if not host_is_avx512():
         pytest.skip("padding applies to 16-lane vectors only")
-    import tvm
-
-    from repfx_deploy.compile.onnx_import import import_onnx, load_onnx
-    from repfx_deploy.compile.tvm_build import lower_to_kernels
-    from repfx_deploy.spec import InputSpec
-
-    target = tvm.target.Target(host_target(threads=1))
-    mod = import_onnx(load_onnx(odd_onnx), (InputSpec("input", (1, 3, 16, 16)),))
-    kernels, layout = lower_to_kernels(mod, target)
-    names = [gv.name_hint for gv, f in kernels.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    kernels, layout = lowered_kernels(odd_onnx, (1, 3, 16, 16))
     assert layout == "NHWC"
-    assert sum("strided_slice" in n and "conv2d" in n for n in names) == 3  # 24, 24 and 56 channels, each sliced back
+    assert sum("strided_slice" in n and "conv2d" in n for n in kernels) == 3  # 24, 24 and 56 channels, each sliced back

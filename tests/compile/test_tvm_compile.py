@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from compile_kernels import export_onnx
 
 from repfx_deploy.compile import (
     CompileConfig,
@@ -44,17 +45,10 @@ class ConvLinearNet(nn.Module):
         return self.head(F.relu(self.down(y)).flatten(1))
 
 
-def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
-    torch.manual_seed(0)
-    x = torch.randn(*shape)
-    torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, opset_version=18, input_names=["input"])
-    return path
-
-
 @pytest.fixture(scope="module")
 def conv_linear_onnx(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return _export(ConvLinearNet(), (1, 3, 8, 8), tmp_path_factory.mktemp("onnx") / "conv_linear.onnx")
+    return export_onnx(ConvLinearNet(), (1, 3, 8, 8), tmp_path_factory.mktemp("onnx") / "conv_linear.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +180,7 @@ def test_unsupported_operator_raises_compile_error_naming_it(target, tmp_path):
 def test_dynamic_input_dimension_needs_input_specs(target, tmp_path):
     import onnx
 
-    path = _export(ConvLinearNet(), (1, 3, 8, 8), tmp_path / "dyn.onnx")
+    path = export_onnx(ConvLinearNet(), (1, 3, 8, 8), tmp_path / "dyn.onnx")
     model = onnx.load(str(path))
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     onnx.save(model, str(path))

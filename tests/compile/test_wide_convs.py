@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from compile_kernels import export_onnx, host_is_avx512, lowered_kernels
 
 from repfx_deploy.compile import (
     CompileConfig,
@@ -44,22 +45,12 @@ class NarrowWideNet(nn.Module):
 @pytest.fixture(scope="module")
 def narrow_onnx(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("narrow") / "narrow.onnx"
-    torch.onnx.export(NarrowWideNet().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=True, opset_version=18, input_names=["input"])
-    return path
+    return export_onnx(NarrowWideNet(), (1, 3, 32, 32), tmp_path_factory.mktemp("narrow") / "narrow.onnx")
 
 
-def _kernel_layouts(onnx_path: Path, **kwargs) -> list[str]:
-    import tvm
-
-    from repfx_deploy.compile.onnx_import import import_onnx, load_onnx
-    from repfx_deploy.compile.tvm_build import lower_to_kernels
-    from repfx_deploy.spec import InputSpec
-
-    target = tvm.target.Target(host_target(threads=1))
-    mod = import_onnx(load_onnx(onnx_path), (InputSpec("input", (1, 3, 32, 32)),))
-    kernels, _ = lower_to_kernels(mod, target, **kwargs)
-    script = "\n".join(f.script() for _, f in kernels.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+def _kernel_layouts(onnx_path: Path, **lower_options) -> list[str]:
+    kernels, _ = lowered_kernels(onnx_path, (1, 3, 32, 32), **lower_options)
+    script = "\n".join(f.script() for f in kernels.values())
     return [b for b in ("conv2d_nchw", "conv2d_nhwc") if f'sblock("{b}")' in script]
 
 
@@ -74,9 +65,7 @@ def test_mixed_layout_build_matches_onnxruntime(narrow_onnx, tmp_path, wide_nchw
 
 
 def test_wide_rows_stay_nchw_and_the_rest_go_nhwc_on_avx512(narrow_onnx):
-    from tvm.target import Target, codegen
-
-    if (codegen.llvm_get_vector_width(Target(host_target(threads=1))) or 0) < 512:
+    if not host_is_avx512():
         pytest.skip("kept NCHW on 16-lane vectors only")
     assert _kernel_layouts(narrow_onnx) == ["conv2d_nchw", "conv2d_nhwc"]
     assert _kernel_layouts(narrow_onnx, wide_convs_nchw=False) == ["conv2d_nhwc"]
