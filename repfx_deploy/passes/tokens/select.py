@@ -22,28 +22,38 @@ def candidate_pool(patches: int, remove: int, factor: float) -> int:
 
 def zero_tprune(x: torch.Tensor, metric: torch.Tensor, importance: torch.Tensor, remove: int, factor: float, reduction: str) -> torch.Tensor:
     """Remove ``remove`` patch tokens from (B, N, C) ``x``; ``metric`` (B, N, D) measures similarity and
-    ``importance`` (B, N) ranks the tokens. ``reduction`` is "drop" or "merge"."""
+    ``importance`` (B, N) ranks the tokens. ``reduction`` is "drop" or "merge".
+
+    Output order: the class token, the surely-kept tokens (most important first, each the mean of itself and
+    the tokens merged into it), then the spared candidates (most redundant first).
+
+    Written for few exported operators, since at ViT sizes each costs about as much as its arithmetic: one
+    gather of the normalized keys in importance order serves both sides of the similarity, the candidates are
+    reordered by redundancy once (not gathered twice), and one gather of ``x`` fetches every token the output
+    needs (kept and merged) in output order. ``tests/passes/tokens/test_reduce.py`` checks it against the
+    direct form (separate gathers per set).
+    """
     if remove <= 0:
         return x
     patches = x.shape[1] - 1
     if remove >= patches:
         raise ValueError(f"cannot remove {remove} of {patches} patch tokens and keep one (keep=1 computes the class token alone)")
     pool = candidate_pool(patches, remove, factor)
+    sure_n = patches - pool
     order = torch.topk(importance[:, 1:], patches, dim=1).indices + 1  # most important first, class token excluded
-    sure, candidates = order[:, : patches - pool], order[:, patches - pool :]
+    cls = torch.zeros_like(order[:, :1])
     if pool == remove and reduction == "drop":  # pure importance pruning: similarity decides nothing
-        return torch.cat([x[:, :1], gather_tokens(x, sure)], dim=1)
-    m = normalized(metric)
-    m_sure = gather_tokens(m, sure)
-    best, match = (gather_tokens(m, candidates) @ m_sure.transpose(1, 2)).max(dim=-1)
-    if pool > remove:
+        return gather_tokens(x, torch.cat([cls, order[:, :sure_n]], dim=1))
+    m = gather_tokens(normalized(metric), order)
+    best, match = (m[:, sure_n:] @ m[:, :sure_n].transpose(1, 2)).max(dim=-1)
+    candidates = order[:, sure_n:]
+    if pool > remove:  # the most redundant candidates go; reorder once so they come first
         by_redundancy = torch.topk(best, pool, dim=1).indices
-        gone, spared = by_redundancy[:, :remove], by_redundancy[:, remove:]
-        kept_candidates = gather_tokens(x, torch.gather(candidates, 1, spared))
-    else:
-        gone = torch.topk(best, pool, dim=1).indices
-        kept_candidates = x[:, :0]
-    kept_sure = gather_tokens(x, sure)
-    if reduction == "merge":
-        kept_sure = merge_into(kept_sure, gather_tokens(x, torch.gather(candidates, 1, gone)), torch.gather(match, 1, gone))
-    return torch.cat([x[:, :1], kept_sure, kept_candidates], dim=1)
+        candidates = torch.gather(candidates, 1, by_redundancy)
+        match = torch.gather(match, 1, by_redundancy)
+    if reduction == "drop":
+        return gather_tokens(x, torch.cat([cls, order[:, :sure_n], candidates[:, remove:]], dim=1))
+    # one gather in the order [class, sure..., gone..., spared...]; the gone rows are averaged into the sure ones
+    rows = gather_tokens(x, torch.cat([cls, order[:, :sure_n], candidates], dim=1))
+    kept = merge_into(rows[:, : 1 + sure_n], rows[:, 1 + sure_n : 1 + sure_n + remove], match[:, :remove] + 1)
+    return torch.cat([kept, rows[:, 1 + sure_n + remove :]], dim=1)

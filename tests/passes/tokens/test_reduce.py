@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from repfx_deploy.passes.tokens.importance import pagerank_importance
-from repfx_deploy.passes.tokens.merge import bipartite_merge, merge_into
+from repfx_deploy.passes.tokens.merge import (
+    bipartite_merge,
+    gather_tokens,
+    merge_into,
+    normalized,
+)
 from repfx_deploy.passes.tokens.select import candidate_pool, zero_tprune
 
 
@@ -85,3 +90,31 @@ def test_bipartite_merge_keeps_cls_and_removes_exactly_r():
 def test_bipartite_merge_refuses_more_than_half():
     with pytest.raises(ValueError, match="at most 8"):
         bipartite_merge(_tokens(), _tokens(), remove=9)
+
+
+def _zero_tprune_direct(x, metric, importance, remove, factor, reduction):
+    """Zero-TPrune written directly (each set gathered on its own): the reference for the few-operator form."""
+    patches = x.shape[1] - 1
+    pool = candidate_pool(patches, remove, factor)
+    order = torch.topk(importance[:, 1:], patches, dim=1).indices + 1
+    sure, candidates = order[:, : patches - pool], order[:, patches - pool :]
+    if pool == remove and reduction == "drop":
+        return torch.cat([x[:, :1], gather_tokens(x, sure)], dim=1)
+    m = normalized(metric)
+    best, match = (gather_tokens(m, candidates) @ gather_tokens(m, sure).transpose(1, 2)).max(dim=-1)
+    by_redundancy = torch.topk(best, pool, dim=1).indices
+    gone, spared = by_redundancy[:, :remove], by_redundancy[:, remove:]
+    kept_sure = gather_tokens(x, sure)
+    if reduction == "merge":
+        kept_sure = merge_into(kept_sure, gather_tokens(x, torch.gather(candidates, 1, gone)), torch.gather(match, 1, gone))
+    return torch.cat([x[:, :1], kept_sure, gather_tokens(x, torch.gather(candidates, 1, spared))], dim=1)
+
+
+@pytest.mark.parametrize("reduction", ["drop", "merge"])
+@pytest.mark.parametrize("factor", [1.0, 1.5, 2.0, 4.0])
+def test_zero_tprune_matches_direct_form(reduction, factor):
+    x = _tokens(33, 16, seed=5)
+    metric = _tokens(33, 8, seed=6)
+    importance = torch.rand(2, 33, generator=torch.Generator().manual_seed(7))
+    got = zero_tprune(x, metric, importance, remove=7, factor=factor, reduction=reduction)
+    torch.testing.assert_close(got, _zero_tprune_direct(x, metric, importance, 7, factor, reduction), rtol=1e-6, atol=1e-6)
