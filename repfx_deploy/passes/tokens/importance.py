@@ -20,15 +20,16 @@ def pagerank_importance(probs: torch.Tensor, iterations: int, aggregation: str =
     ``aggregation`` "mean" averages the heads' scores; "rms" takes their root mean square, which lets a head
     that concentrates on few tokens weigh more than one that spreads evenly (every head's scores sum to one).
     """
-    n = probs.shape[-1]
+    if start == "uniform" and iterations == 1 and aggregation == "mean":
+        return probs.mean(dim=(1, 2))  # the attention each token receives, averaged over queries and heads: one reduction
     if start == "cls":
         s = probs[:, :, :1, :]  # one step from the class token: its attention row
         iterations -= 1
-    else:
-        s = torch.full_like(probs[:, :, :1, :], 1.0 / n)  # (B, H, 1, N)
+    else:  # the first step from the uniform start is the mean attention row: a reduction, not a product
+        s = probs.mean(dim=2, keepdim=True)  # (B, H, 1, N)
+        iterations -= 1
     for _ in range(iterations):
         s = s @ probs
-    s = s.squeeze(2)
-    if aggregation == "rms":
-        return (s * s).mean(dim=1).sqrt()
-    return s.mean(dim=1)
+    if aggregation == "rms":  # over heads and the singleton query axis at once: one reduction, no squeeze
+        return (s * s).mean(dim=(1, 2)).sqrt()
+    return s.mean(dim=(1, 2))

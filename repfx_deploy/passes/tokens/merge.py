@@ -15,15 +15,14 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def merge_into(dst: torch.Tensor, src: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def merge_into(dst: torch.Tensor, src: torch.Tensor, target: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """Average each source token into its destination: (B, M, C) ``dst``, (B, R, C) ``src``, (B, R) ``target``
-    indices into ``dst``. Every token weighs one; a destination that receives k sources becomes their mean
-    with itself."""
-    slots = torch.arange(dst.shape[1], device=dst.device)
-    onehot = (target.unsqueeze(-1) == slots).to(dst.dtype)  # (B, R, M)
-    summed = onehot.transpose(1, 2) @ src
-    count = onehot.sum(1).unsqueeze(-1)
-    return (dst + summed) / (1.0 + count)
+    indices into ``dst[:, offset:]``. Every token weighs one; a destination that receives k sources becomes
+    their mean with itself. (The one-hot is built destination-major and the offset folded into the constant
+    slots, so no transpose or index shift is exported.)"""
+    slots = (torch.arange(dst.shape[1], device=dst.device) - offset).unsqueeze(-1)  # (M, 1)
+    onehot = (slots == target.unsqueeze(1)).to(dst.dtype)  # (B, M, R)
+    return (dst + onehot @ src) / (1.0 + onehot.sum(-1, keepdim=True))
 
 
 def normalized(metric: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,8 @@ def zero_tprune(x: torch.Tensor, metric: torch.Tensor, importance: torch.Tensor,
     Written for few exported operators, since at ViT sizes each costs about as much as its arithmetic: one
     gather of the normalized keys in importance order serves both sides of the similarity, the candidates are
     reordered by redundancy once (not gathered twice), and one gather of ``x`` fetches every token the output
-    needs (kept and merged) in output order. ``tests/passes/tokens/test_reduce.py`` checks it against the
-    direct form (separate gathers per set).
+    needs (kept and merged). ``tests/passes/tokens/test_reduce.py`` checks it against the direct form
+    (separate gathers per set, a concatenation after the merge).
     """
     if remove <= 0:
         return x
@@ -53,7 +53,8 @@ def zero_tprune(x: torch.Tensor, metric: torch.Tensor, importance: torch.Tensor,
         match = torch.gather(match, 1, by_redundancy)
     if reduction == "drop":
         return gather_tokens(x, torch.cat([cls, order[:, :sure_n], candidates[:, remove:]], dim=1))
-    # one gather in the order [class, sure..., gone..., spared...]; the gone rows are averaged into the sure ones
-    rows = gather_tokens(x, torch.cat([cls, order[:, :sure_n], candidates], dim=1))
-    kept = merge_into(rows[:, : 1 + sure_n], rows[:, 1 + sure_n : 1 + sure_n + remove], match[:, :remove] + 1)
-    return torch.cat([kept, rows[:, 1 + sure_n + remove :]], dim=1)
+    # one gather in the order [class, sure..., spared..., gone...]: the first rows are the output once the
+    # gone rows are averaged into the sure ones (no concatenation after the merge)
+    kept_n = 1 + patches - remove
+    rows = gather_tokens(x, torch.cat([cls, order[:, :sure_n], candidates[:, remove:], candidates[:, :remove]], dim=1))
+    return merge_into(rows[:, :kept_n], rows[:, kept_n:], match[:, :remove], offset=1)

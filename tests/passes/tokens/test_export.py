@@ -17,6 +17,7 @@ SPECS = (InputSpec("input", (1, 3, 16, 16)),)
 CASES = {
     "zero-tprune-drop": TokensConfig(keep=(13, 9, 1), reduction="drop"),
     "tome-merge": TokensConfig(keep=(13, 9, 1), method="merge"),
+    "zero-tprune-merge-one-reduction": TokensConfig(keep=(11, 11, 1), pagerank_iterations=1),
 }
 
 

@@ -118,3 +118,16 @@ def test_zero_tprune_matches_direct_form(reduction, factor):
     importance = torch.rand(2, 33, generator=torch.Generator().manual_seed(7))
     got = zero_tprune(x, metric, importance, remove=7, factor=factor, reduction=reduction)
     torch.testing.assert_close(got, _zero_tprune_direct(x, metric, importance, 7, factor, reduction), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "rms"])
+@pytest.mark.parametrize("start", ["uniform", "cls"])
+@pytest.mark.parametrize("iterations", [1, 2, 5])
+def test_pagerank_matches_power_iteration(aggregation, start, iterations):
+    probs = torch.randn(2, 3, 17, 17, generator=torch.Generator().manual_seed(8)).softmax(-1)
+    s = probs[:, :, :1] if start == "cls" else torch.full_like(probs[:, :, :1], 1.0 / 17) @ probs
+    for _ in range(iterations - 1):
+        s = s @ probs
+    s = s.squeeze(2)
+    expected = (s * s).mean(1).sqrt() if aggregation == "rms" else s.mean(1)
+    torch.testing.assert_close(pagerank_importance(probs, iterations, aggregation, start), expected, rtol=1e-5, atol=1e-7)
