@@ -50,8 +50,13 @@ class ModelStats:
         return d
 
 
+def param_count(module: "nn.Module", recurse: bool = True) -> int:
+    """How many parameters ``module`` holds (with ``recurse=False``: only its own, not its children's)."""
+    return sum(p.numel() for p in module.parameters(recurse=recurse))
+
+
 def _own_params(module: "nn.Module") -> int:
-    return sum(p.numel() for p in module.parameters(recurse=False))
+    return param_count(module, recurse=False)
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -88,7 +93,7 @@ def torch_stats(module: "nn.Module", specs: tuple[InputSpec, ...]) -> ModelStats
     from repfx_deploy.measure.runtimes import _flatten
 
     module = inference_mode(module)
-    params = sum(p.numel() for p in module.parameters())
+    params = param_count(module)
     size_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
     counter = FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas())
     # With grad enabled, MultiheadAttention and TransformerEncoderLayer take their composite path instead of the

@@ -119,13 +119,30 @@ def check_pass_kind(kind: str) -> None:
 
 
 def apply_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]], ...], context: PassContext) -> tuple["nn.Module", list[dict]]:
-    """Run ``passes`` (``(kind, options)`` pairs) in order; returns the final module and one stats dict per pass.
-    Each pass's stats get its MACs and parameters before and after (``macs_before``, ``macs_after``,
-    ``macs_kept``, ``params_before``, ``params_after``, ``params_kept``), counted here so that no pass has to."""
+    """Run ``passes`` (``(kind, options)`` pairs) in order; returns the final module and one stats dict per pass
+    (see ``run_passes``)."""
+    run = run_passes(module, passes, context)
+    return run.module, run.records
+
+
+@dataclass(frozen=True)
+class PassRun:
+    """What ``run_passes`` returns: the final module, one record per pass, and the final module's counts."""
+
+    module: "nn.Module"
+    records: list[dict]
+    stats: Any  # analyze.torch_stats.ModelStats of ``module``
+
+
+def run_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]], ...], context: PassContext, before: Any = None) -> PassRun:
+    """Run ``passes`` in order. Each pass's stats get its MACs and parameters before and after (``macs_before``,
+    ``macs_after``, ``macs_kept``, ``params_before``, ``params_after``, ``params_kept``), counted here so that no
+    pass has to. ``before``: the input module's ``ModelStats`` when the caller has already counted them."""
     from repfx_deploy.analyze.torch_stats import torch_stats
 
     records = []
-    before = torch_stats(module, context.input_specs) if passes else None
+    if before is None:
+        before = torch_stats(module, context.input_specs)
     for index, (kind, options) in enumerate(passes):
         handler = get_handler(kind)
         log.info("pass %d: %s", index, kind)
@@ -143,4 +160,4 @@ def apply_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]
         })
         records.append({"kind": kind, "options": dict(options), "stats": result.stats})
         before = after
-    return module, records
+    return PassRun(module, records, before)

@@ -143,7 +143,7 @@ def _summary(stats, artifacts: Artifacts, latency: dict, quality: dict) -> dict:
 def compress(request: CompressRequest) -> dict:
     """Run the whole job; returns the report (also written to ``out_dir/report.json``)."""
     from repfx_deploy.analyze.torch_stats import torch_stats
-    from repfx_deploy.passes.registry import PassContext, apply_passes
+    from repfx_deploy.passes.registry import PassContext, run_passes
     from repfx_deploy.report.writer import write_report
 
     check_output(request.out_dir, force=request.force)
@@ -183,8 +183,8 @@ def compress(request: CompressRequest) -> dict:
     log.info("applying %d pass(es)", len(recipe.passes))
     # passes work on a copy so the original stays the reference; with none there is nothing to copy
     start = copy.deepcopy(original) if recipe.passes else original
-    compressed, pass_records = apply_passes(start, recipe.passes, context)
-    compressed_stats = torch_stats(compressed, loaded.input_specs) if pass_records else baseline_stats
+    run = run_passes(start, recipe.passes, context, before=baseline_stats)
+    compressed, pass_records, compressed_stats = run.module, run.records, run.stats
 
     tvm_target = resolve_tvm_target(profile, threads) if request.compile_tvm and "tvm" in profile.runtimes else None
     export_config = ExportConfig(opset=recipe.opset, exporter=recipe.exporter)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from repfx_deploy.compile import (
     load_tvm_runner,
 )
 from repfx_deploy.errors import CompileError, InputShapeError
+from repfx_deploy.measure.runtimes import OrtRunner
 from repfx_deploy.spec import InputSpec
 
 pytestmark = pytest.mark.tvm
@@ -68,10 +69,7 @@ def _input(shape=(1, 3, 8, 8)) -> np.ndarray:
 
 
 def _ort(onnx_path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    return OrtRunner(onnx_path, threads=1).run([x])[0]
 
 
 def test_compiled_outputs_match_onnxruntime_within_1e4(artifact, conv_linear_onnx):

@@ -163,10 +163,10 @@ def _energy_kept(spectra: dict, option: Option) -> float:
 
 
 def _model_total(model: nn.Module, specs, kind: str) -> int:
-    if kind == "params":
-        return sum(p.numel() for p in model.parameters())
-    from repfx_deploy.analyze.torch_stats import torch_stats
+    from repfx_deploy.analyze.torch_stats import param_count, torch_stats
 
+    if kind == "params":
+        return param_count(model)
     return torch_stats(model, specs).macs
 
 

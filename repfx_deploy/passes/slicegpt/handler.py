@@ -84,17 +84,16 @@ def slicegpt_handler(module: "nn.Module", options: Mapping[str, Any], context: P
             "Set [data] calibration to an .npz of token ids (x: N x seq_len) from text like the model's use.",
         )
     batches = calibration_batches(context.calibration, config)
-    params_before = _params(module)
+    from repfx_deploy.analyze.torch_stats import param_count
+
+    params_before = param_count(module)
     result = slice_model(getattr(module, "hf_model", module), batches, config)
     stats = result.to_dict()  # MACs and parameters before/after: apply_passes counts them
-    if _params(module) > params_before:
+    if param_count(module) > params_before:
         log.warning(
             "slicegpt: the sliced model has more parameters (%d) than the original (%d): the embedding table and "
             "head were tied and are now separate, and each residual connection gained a small matrix",
-            _params(module), params_before,
+            param_count(module), params_before,
         )
     return PassResult(module, stats)
 
-
-def _params(module: "nn.Module") -> int:
-    return sum(p.numel() for p in module.parameters())
