@@ -12,8 +12,9 @@ token merging runs with ToMe's own choices (bipartite matching on attention keys
 Both methods use the same schedule shape and the same last-block rule (the CIFAR ViT reads only the class
 token, so its last block computes the class token alone after attention: exact, checked by the pass).
 
-Zero-TPrune also runs removing tokens at only two blocks (``--fast-layers``, default 1,3): the same MACs cut with
-two selection steps instead of five and three token counts instead of six, which is what makes it faster.
+Each method also runs removing tokens at only two blocks (``--fast-layers``, default 1,3), counts rounded to
+multiples of 16 (``token_multiple``), Zero-TPrune with one PageRank iteration: the same MACs cut with two
+selection steps instead of five and three token counts instead of six, which is what makes it faster.
 
     python benchmarks/tokens_vit.py [--levels 0.2,0.35,0.5] [--eval-samples 0] [--threads 1] [--no-latency] [--json out.json]
 """
@@ -79,6 +80,7 @@ def _latency(models: dict, threads: int, rounds: int) -> dict:
     for key, st in stats.items():
         name, rt = key.split("/")
         out[name][f"{rt}_ms"] = round(st.median_ms, 4)
+        out[name][f"{rt}_min_ms"] = round(st.min_ms, 4)
         out[name][f"{rt}_spread"] = round(st.spread, 3)
     return out
 
@@ -90,8 +92,10 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=0, help="strided test subset (0: all 10,000)")
     parser.add_argument("--layers", default="", help="blocks that remove tokens, e.g. 0,1,2,3,4 (default: all but the last)")
     parser.add_argument("--fast-layers", default="1,3",
-                        help="also run Zero-TPrune removing tokens at only these blocks (fewer selection operators and token "
+                        help="also run each method removing tokens at only these blocks (fewer selection operators and token "
                              "counts; '' to skip)")
+    parser.add_argument("--fast-pagerank-iterations", type=int, default=1, help="Zero-TPrune's PageRank iterations in the fast runs")
+    parser.add_argument("--fast-token-multiple", type=int, default=16, help="token_multiple of the fast runs (whole vectors for TVM)")
     parser.add_argument("--schedule", default="constant", choices=("constant", "ratio"))
     parser.add_argument("--pagerank-start", default="uniform", choices=("uniform", "cls"))
     parser.add_argument("--pagerank-iterations", type=int, default=5)
@@ -129,14 +133,18 @@ def main() -> None:
         models[name] = result.module
         print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
     fast_layers = tuple(int(i) for i in args.fast_layers.split(",")) if args.fast_layers else None
-    runs = [(method, layers, "") for method in args.methods.split(",")]
-    if fast_layers is not None and "zero-tprune" in args.methods.split(","):
-        runs.append(("zero-tprune", fast_layers, f" layers {args.fast_layers}"))
+    runs = [(method, layers, False) for method in args.methods.split(",")]
+    if fast_layers is not None:
+        runs += [(method, fast_layers, True) for method in args.methods.split(",")]
     for level in (float(v) for v in args.levels.split(",")):
-        for method, run_layers, suffix in runs:
-            common = {"method": method, "flops_reduction": level, "layers": run_layers, "schedule": args.schedule, "cls_only_last": args.cls_only_last}
+        for method, run_layers, fast in runs:
+            suffix = f" layers {args.fast_layers}, x{args.fast_token_multiple} tokens" if fast else ""
+            common = {"method": method, "flops_reduction": level, "layers": run_layers, "schedule": args.schedule, "cls_only_last": args.cls_only_last,
+                      "token_multiple": args.fast_token_multiple if fast else 1}
             if method == "zero-tprune":
-                config = TokensConfig(**common, pagerank_start=args.pagerank_start, pagerank_iterations=args.pagerank_iterations,
+                iterations = args.fast_pagerank_iterations if fast else args.pagerank_iterations
+                suffix += f", {iterations} PageRank it." if fast else ""
+                config = TokensConfig(**common, pagerank_start=args.pagerank_start, pagerank_iterations=iterations,
                                       head_aggregation=args.head_aggregation, candidate_factor=args.candidate_factor, reduction=args.reduction)
             else:
                 config = TokensConfig(**common)
@@ -163,7 +171,7 @@ def main() -> None:
     print(f"\nCIFAR-10 ViT (65 tokens, 6 blocks), top-1 on {len(test)} test JPEGs, zero-shot; {zt}; schedule {args.schedule}, "
           f"layers {args.layers or 'all but the last'}, cls_only_last {args.cls_only_last}; batch-1 latency, {threads} threads, {env['cpu']}; "
           f"torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, TVM {env['versions']['apache-tvm']} (untuned); "
-          "medians in ms, all models timed in the same interleaved rounds")
+          "medians in ms, all models timed in the same interleaved rounds; speedups of the medians (of the minima)")
     print("| model | keep per block | MACs reduction | top-1 % | vs dense (points) | ORT ms | TVM ms | ORT speedup | TVM speedup |")
     print("|---|---|---|---|---|---|---|---|---|")
     d = rows["dense"]
@@ -172,7 +180,8 @@ def main() -> None:
             print(f"| {name} | failed: {r['failed']} |" + " |" * 7)
             continue
         lat = ("| - | - | - | - |" if "ort_ms" not in r else
-               f"| {r['ort_ms']:.3f} | {r['tvm_ms']:.3f} | {d['ort_ms'] / r['ort_ms']:.2f}x | {d['tvm_ms'] / r['tvm_ms']:.2f}x |")
+               f"| {r['ort_ms']:.3f} | {r['tvm_ms']:.3f} | {d['ort_ms'] / r['ort_ms']:.2f}x ({d['ort_min_ms'] / r['ort_min_ms']:.2f}x) "
+               f"| {d['tvm_ms'] / r['tvm_ms']:.2f}x ({d['tvm_min_ms'] / r['tvm_min_ms']:.2f}x) |")
         print(f"| {name} | {r['keep'] or 'all 65 (unpatched)'} | {r['flops_reduction']:.1%} | {r['acc']:.2f} | {r['acc'] - d['acc']:+.2f} {lat}")
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2, default=str))

@@ -153,7 +153,8 @@ def reduce_tokens(model: "nn.Module", input_specs: tuple["InputSpec", ...], conf
         if bad:
             raise PassError(f"layers names block(s) {bad}, but the model has {len(blocks)} blocks (0-{len(blocks) - 1}).", "Use block indices that exist.")
         keep, _ = search_keep(macs_of, dense_macs, float(config.flops_reduction), config.tolerance, tokens=tokens, blocks=len(blocks),
-                                    layers=layers, schedule=config.schedule, method=config.method, cls_only_last=cls_last)
+                              layers=layers, schedule=config.schedule, method=config.method, cls_only_last=cls_last,
+                              multiple=config.token_multiple)
     _set_keep(blocks, keep)
     entering = [shape[1] for shape in _shapes_in(patched, blocks, inputs)]
     expected = [tokens, *[k for k in keep[:-1]]]

@@ -6,6 +6,7 @@
     flops_reduction = 0.35       # remove 35 % of the MACs (or keep = [58, 51, 44, 37, 30, 1], one count per block)
     layers = [0, 1, 2, 3, 4]     # blocks that remove tokens (default: all but the last)
     schedule = "constant"        # same count removed at each of them, or "ratio" (same fraction)
+    token_multiple = 1           # round searched counts to a multiple (16: whole vectors in TVM's attention kernels)
     cls_only_last = "auto"       # last block computes the class token alone when the output reads only it
     pagerank_iterations = 5
     head_aggregation = "mean"    # or "rms"
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from repfx_deploy.passes.tokens.config import TokensConfig
 
 TOKENS_KEYS = (
-    "method", "flops_reduction", "keep", "layers", "schedule", "tolerance", "cls_only_last",
+    "method", "flops_reduction", "keep", "layers", "schedule", "tolerance", "token_multiple", "cls_only_last",
     "pagerank_iterations", "head_aggregation", "pagerank_start", "candidate_factor", "reduction",
 )
 

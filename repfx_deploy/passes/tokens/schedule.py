@@ -19,10 +19,21 @@ def max_remove(tokens: int, method: str) -> int:
     return (patches + 1) // 2 if method == "merge" else max(patches - 1, 0)
 
 
-def keep_counts(tokens: int, blocks: int, layers: tuple[int, ...], step: float, schedule: str, method: str, cls_only_last: bool) -> tuple[int, ...]:
+def round_count(n: int, before: int, multiple: int, method: str) -> int:
+    """``n`` tokens (class token included) moved to the nearest multiple of ``multiple`` that one block can reach
+    from ``before`` (at least 2 tokens, at most ``before``); ``n`` itself when none can."""
+    if multiple <= 1 or n == before:
+        return n
+    reachable = [c for c in range(multiple, before + 1, multiple) if c >= 2 and before - c <= max_remove(before, method)]
+    return min(reachable, key=lambda c: (abs(c - n), c)) if reachable else n
+
+
+def keep_counts(tokens: int, blocks: int, layers: tuple[int, ...], step: float, schedule: str, method: str, cls_only_last: bool,
+                multiple: int = 1) -> tuple[int, ...]:
     """Tokens leaving each of ``blocks`` blocks when each block in ``layers`` removes ``step`` tokens
     (``schedule = "constant"``; a fractional step is spread by cumulative rounding, so 2.5 removes 3, 2, 3, 2)
-    or the fraction ``step`` of its tokens (``"ratio"``)."""
+    or the fraction ``step`` of its tokens (``"ratio"``); each reduced count is then rounded to a ``multiple``
+    (``round_count``)."""
     keep, n, j = [], tokens, 0
     for i in range(blocks):
         if cls_only_last and i == blocks - 1:
@@ -30,7 +41,7 @@ def keep_counts(tokens: int, blocks: int, layers: tuple[int, ...], step: float, 
             continue
         if i in layers:
             remove = int(step * (j + 1) + 0.5) - int(step * j + 0.5) if schedule == "constant" else int(n * step + 0.5)
-            n -= max(0, min(remove, max_remove(n, method)))
+            n = round_count(n - max(0, min(remove, max_remove(n, method))), n, multiple, method)
             j += 1
         keep.append(n)
     return tuple(keep)
@@ -61,6 +72,7 @@ def search_keep(
     schedule: str,
     method: str,
     cls_only_last: bool,
+    multiple: int = 1,
 ) -> tuple[tuple[int, ...], float]:
     """The schedule whose MACs reduction (``1 - macs / dense_macs``) is closest to ``target``, and that
     reduction. Bisection on the step (reduction grows with it; each distinct schedule is counted once);
@@ -68,7 +80,7 @@ def search_keep(
     cache: dict[tuple[int, ...], float] = {}
 
     def reduction(step: float) -> tuple[tuple[int, ...], float]:
-        keep = keep_counts(tokens, blocks, layers, step, schedule, method, cls_only_last)
+        keep = keep_counts(tokens, blocks, layers, step, schedule, method, cls_only_last, multiple)
         if keep not in cache:
             cache[keep] = 1.0 - macs_of(keep) / dense_macs
         return keep, cache[keep]

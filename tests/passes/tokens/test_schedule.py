@@ -8,7 +8,7 @@ import vit_zoo
 
 from repfx_deploy.errors import PassError
 from repfx_deploy.passes.tokens import TokensConfig, reduce_tokens
-from repfx_deploy.passes.tokens.schedule import check_keep, keep_counts
+from repfx_deploy.passes.tokens.schedule import check_keep, keep_counts, round_count
 from repfx_deploy.spec import InputSpec
 
 SPECS = (InputSpec("input", (1, 3, 16, 16)),)
@@ -57,3 +57,27 @@ def test_unreachable_target_error_names_closest():
 def test_explicit_keep_of_wrong_length_names_blocks():
     with pytest.raises(PassError, match=r"3 transformer blocks \(blocks\.0, blocks\.1, blocks\.2\)"):
         reduce_tokens(vit_zoo.TimmStyleViT().eval(), SPECS, TokensConfig(keep=(10, 5)))
+
+
+def test_round_count_takes_nearest_multiple_one_block_can_reach():
+    assert round_count(49, 65, 16, "zero-tprune") == 48
+    assert round_count(41, 65, 16, "zero-tprune") == 48
+    assert round_count(30, 65, 16, "merge") == 48  # merging removes at most 32 of 64 patches: 32 tokens is out of reach
+    assert round_count(49, 65, 1, "zero-tprune") == 49
+
+
+def test_keep_counts_rounds_reduced_counts_to_multiple():
+    keep = keep_counts(65, 6, (1, 3), 15.0, "constant", "zero-tprune", cls_only_last=True, multiple=16)
+    assert keep == (65, 48, 48, 32, 32, 1)
+
+
+def test_token_multiple_refused_with_explicit_keep():
+    with pytest.raises(ValueError, match="token_multiple"):
+        TokensConfig(keep=(13, 9, 1), token_multiple=8)
+
+
+def test_flops_preset_with_token_multiple_keeps_multiples():
+    torch.manual_seed(0)
+    config = TokensConfig(flops_reduction=0.35, token_multiple=4, tolerance=0.05)
+    keep = reduce_tokens(vit_zoo.TimmStyleViT(depth=4).eval(), SPECS, config).stats["keep"]
+    assert all(k % 4 == 0 for k in keep if k not in (17, 1)), keep
