@@ -11,6 +11,8 @@ For each method, in one run on the same model, data, criterion (L2 magnitude, gr
 
 Methods:
   ours           the full dependency graph: residual streams (with the option-A zero-pad shortcuts) are pruned too;
+  ours-host      ours with the host profile's own channel multiple (targets/host.toml: 16, the AVX-512 lanes) instead
+                 of 8: what `compress --target host` does by default; not comparable with Torch-Pruning's rounding;
   ours-internal  residual streams left whole (stem conv and every block's conv2 ignored): only block-internal
                  channels, the configuration Torch-Pruning can run on this model;
   tp             Torch-Pruning MagnitudePruner, default settings (it does not model the F.pad shortcut: reported
@@ -59,12 +61,12 @@ def _load_cifar(split: str, limit: int | None):
     return load_dataset(ASSETS / "cifar10" / f"{split}-jpeg.zip", spec, Preprocess(size=32, mean=MEAN, std=STD), limit=limit)
 
 
-def _ours(model, macs_ratio: float, ignore: tuple[str, ...]):
+def _ours(model, macs_ratio: float, ignore: tuple[str, ...], round_to: int = 8):
     import torch
 
     from repfx_deploy.passes.prune import PruneConfig, prune
 
-    result = prune(model, (torch.zeros(1, 3, 32, 32),), PruneConfig(macs_ratio=macs_ratio, round_to=8, importance="l2", ignore=ignore))
+    result = prune(model, (torch.zeros(1, 3, 32, 32),), PruneConfig(macs_ratio=macs_ratio, round_to=round_to, importance="l2", ignore=ignore))
     return result.module, {"ratio": result.stats["ratio"], "module_type": result.stats["module_type"]}
 
 
@@ -190,6 +192,10 @@ def main() -> None:
                 pruned, info = copy.deepcopy(base), {"ratio": 0.0, "module_type": type(base).__name__}
             elif method == "ours":
                 pruned, info = _ours(base, args.macs_ratio, ("linear",))
+            elif method == "ours-host":
+                from repfx_deploy.targets import get_profile
+
+                pruned, info = _ours(base, args.macs_ratio, ("linear",), get_profile("host").channel_multiple)
             elif method == "ours-internal":
                 pruned, info = _ours(base, args.macs_ratio, INTERNAL_IGNORE)
             elif method in ("tp", "tp-internal"):
