@@ -1,18 +1,24 @@
 """Static-shape token gathering and merging, and ToMe's bipartite soft matching (Bolya et al., 2023).
 
 Everything here keeps shapes fixed for a given input length: counts are Python ints, selection is ``topk``
-with a constant k and ``gather`` (ONNX TopK / GatherElements), and merging is a one-hot matrix product
+with a constant k and a row gather (ONNX TopK / Gather), and merging is a one-hot matrix product
 (Equal, Cast, MatMul) rather than a scatter, all of which TVM 0.27's Relax ONNX importer takes.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[b, index[b, i], :]`` for (B, N, C) ``x`` and (B, K) ``index``."""
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """``x[b, index[b, i], :]`` for (B, N, C) ``x`` and (B, K) ``index``.
+
+    A row lookup in the (B * N, C) view (``F.embedding``): it exports to one ONNX Gather of whole rows (plus the
+    view, and the batch offsets when B > 1) instead of an index expanded to (B, K, C) and a GatherElements."""
+    b, n, c = x.shape
+    rows = index if b == 1 else index + torch.arange(b, device=index.device).unsqueeze(1) * n
+    return F.embedding(rows, x.reshape(b * n, c))
 
 
 def merge_into(dst: torch.Tensor, src: torch.Tensor, target: torch.Tensor, offset: int = 0) -> torch.Tensor:
