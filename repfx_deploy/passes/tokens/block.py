@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from repfx_deploy.passes.tokens.importance import pagerank_importance
-from repfx_deploy.passes.tokens.merge import bipartite_merge
+from repfx_deploy.passes.tokens.merge import bipartite_merge, head_mean
 from repfx_deploy.passes.tokens.select import zero_tprune
 
 
@@ -119,7 +119,7 @@ class TokenReducedBlock(nn.Module):
         return self._norm2(x + self._mlp(x))
 
     def _reduce(self, x: torch.Tensor, probs: torch.Tensor, k: torch.Tensor, remove: int) -> torch.Tensor:
-        metric = k.mean(dim=1)  # the keys averaged over heads: ToMe's similarity features
+        metric = head_mean(k)  # the keys averaged over heads: ToMe's similarity features
         if self.method == "merge":
             return bipartite_merge(x, metric, remove)
         importance = pagerank_importance(probs, self.pagerank_iterations, self.head_aggregation, self.pagerank_start)

@@ -21,7 +21,9 @@ def pagerank_importance(probs: torch.Tensor, iterations: int, aggregation: str =
     that concentrates on few tokens weigh more than one that spreads evenly (every head's scores sum to one).
     """
     if start == "uniform" and iterations == 1 and aggregation == "mean":
-        return probs.mean(dim=(1, 2))  # the attention each token receives, averaged over queries and heads: one reduction
+        # the attention each token receives, averaged over queries, then heads: two one-axis reductions (ONNX
+        # Runtime took 21 us for the same mean over both axes at once, 4 us for these two)
+        return probs.mean(dim=2).mean(dim=1)
     if start == "cls":
         s = probs[:, :, :1, :]  # one step from the class token: its attention row
         iterations -= 1

@@ -9,6 +9,7 @@ from repfx_deploy.passes.tokens.importance import pagerank_importance
 from repfx_deploy.passes.tokens.merge import (
     bipartite_merge,
     gather_tokens,
+    head_mean,
     merge_into,
     normalized,
 )
@@ -131,3 +132,8 @@ def test_pagerank_matches_power_iteration(aggregation, start, iterations):
     s = s.squeeze(2)
     expected = (s * s).mean(1).sqrt() if aggregation == "rms" else s.mean(1)
     torch.testing.assert_close(pagerank_importance(probs, iterations, aggregation, start), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_head_mean_equals_mean_over_heads():
+    k = torch.randn(2, 4, 9, 6, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(head_mean(k), k.mean(dim=1), rtol=1e-5, atol=1e-6)
