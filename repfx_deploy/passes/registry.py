@@ -17,6 +17,7 @@ from repfx_deploy.errors import PassError, RecipeError
 if TYPE_CHECKING:
     import torch.nn as nn
 
+    from repfx_deploy.analyze.torch_stats import ModelStats
     from repfx_deploy.data.datasets import Dataset
     from repfx_deploy.spec import InputSpec
 
@@ -131,10 +132,10 @@ class PassRun:
 
     module: "nn.Module"
     records: list[dict]
-    stats: Any  # analyze.torch_stats.ModelStats of ``module``
+    stats: "ModelStats"  # of ``module``
 
 
-def run_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]], ...], context: PassContext, before: Any = None) -> PassRun:
+def run_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]], ...], context: PassContext, before: "ModelStats | None" = None) -> PassRun:
     """Run ``passes`` in order. Each pass's stats get its MACs and parameters before and after (``macs_before``,
     ``macs_after``, ``macs_kept``, ``params_before``, ``params_after``, ``params_kept``), counted here so that no
     pass has to. ``before``: the input module's ``ModelStats`` when the caller has already counted them."""

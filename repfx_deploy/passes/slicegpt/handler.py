@@ -89,11 +89,12 @@ def slicegpt_handler(module: "nn.Module", options: Mapping[str, Any], context: P
     params_before = param_count(module)
     result = slice_model(getattr(module, "hf_model", module), batches, config)
     stats = result.to_dict()  # MACs and parameters before/after: apply_passes counts them
-    if param_count(module) > params_before:
+    params_after = param_count(module)
+    if params_after > params_before:
         log.warning(
             "slicegpt: the sliced model has more parameters (%d) than the original (%d): the embedding table and "
             "head were tied and are now separate, and each residual connection gained a small matrix",
-            param_count(module), params_before,
+            params_after, params_before,
         )
     return PassResult(module, stats)
 
