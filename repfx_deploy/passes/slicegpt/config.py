@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 TokenWeighting = Literal["energy", "unit"]
+Schedule = Literal["uniform", "ramp"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,19 @@ class SliceGPTConfig:
     they read or write stays ``hidden`` wide), so the cut is spent on the rest. On SmolLM2-135M at 25 % the first
     layers cost most when sliced: keeping 2 whole took perplexity from 2.02x to 1.67x dense (64 calibration
     windows) for 2 % more MACs; keeping the last 2 whole changed nothing. 0 is the paper's uniform slicing.
+
+    ``schedule``: how the sliced streams share the cut. ``uniform`` (the paper) slices every one by ``slicing``.
+    ``ramp`` slices stream ``j`` of the ``m`` sliced ones (in order, embedding first) by
+    ``slicing + ramp * (j / (m - 1) - 1/2)``: less at the start, more at the end, the same mean, so ``slicing``
+    is still the mean fraction removed (each width rounded to the nearest multiple of ``round_to``). ``ramp``
+    stays within ``2 * slicing`` (no stream is widened). Early streams of a deep decoder cost most when sliced
+    and the last ones least; a ramp also narrows the head, so at the same mean it does fewer MACs. SmolLM2-135M
+    at 25 %, 64 calibration windows: uniform 2.02x dense perplexity at 112.1 M MACs per token, ``ramp = 0.5``
+    1.83x at 105.3 M; at equal MACs a ramp matched ``keep_first_layers = 2`` (1.66-1.70x against 1.67x).
+
+    ``widths``: explicit widths of every stream (``2 * layers + 1``: the embedding's output, then each
+    sublayer's), the per-stream knob a search drives; when given, it replaces ``slicing``, ``schedule`` and the
+    keep options.
     """
 
     slicing: float = 0.25
@@ -46,8 +60,19 @@ class SliceGPTConfig:
     slice_head: bool = True
     keep_first_layers: int = 0
     keep_last_layers: int = 0
+    schedule: Schedule = "uniform"
+    ramp: float = 0.5
+    widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.schedule not in ("uniform", "ramp"):
+            raise ValueError(f"schedule must be 'uniform' (every stream sliced alike) or 'ramp' (less at the start, more at the end); got {self.schedule!r}")
+        if isinstance(self.ramp, bool) or not isinstance(self.ramp, (int, float)) or self.ramp < 0:
+            raise ValueError(f"ramp is the difference between the last and the first sliced stream's slicing, 0 or more; got {self.ramp!r}")
+        if self.schedule == "ramp" and isinstance(self.slicing, (int, float)) and not (self.ramp <= 2 * self.slicing + 1e-9 and self.ramp < 2 * (1 - self.slicing)):
+            raise ValueError(f"ramp {self.ramp} at slicing {self.slicing} would widen the first streams or remove all of the last: keep ramp <= 2 * slicing")
+        if not isinstance(self.widths, tuple) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
+            raise ValueError(f"widths must be a tuple of positive whole stream widths; got {self.widths!r}")
         if self.token_weighting not in ("energy", "unit"):
             raise ValueError(f"token_weighting must be 'energy' (SliceGPT's PCA) or 'unit' (every token scaled to unit length); got {self.token_weighting!r}")
         if isinstance(self.slicing, bool) or not isinstance(self.slicing, (int, float)) or not 0.0 <= self.slicing < 1.0:
@@ -73,13 +98,28 @@ class SliceGPTConfig:
     def stream_widths(self, hidden: int, sublayers: int) -> list[int]:
         """The width of each residual stream: the embedding's output, then each of ``sublayers`` sublayers'
         outputs (two per layer: attention, MLP; the last one is what the head reads). Layer ``i`` reads stream
-        ``2i`` and writes streams ``2i + 1`` and ``2i + 2``."""
-        kept = self.kept_dim(hidden)
+        ``2i`` and writes streams ``2i + 1`` and ``2i + 2``. ``ValueError`` when explicit ``widths`` do not fit."""
+        if self.widths:
+            if len(self.widths) != sublayers + 1 or max(self.widths) > hidden:
+                raise ValueError(
+                    f"widths lists {len(self.widths)} streams of at most {max(self.widths)}; this model has {sublayers + 1} "
+                    f"streams (2 per layer + the embedding's) of width {hidden}"
+                )
+            return list(self.widths)
         layers = sublayers // 2
         # the first k layers read or write streams 0 .. 2k; the last k, streams 2 (layers - k) .. 2 layers
         first_sliced = 2 * self.keep_first_layers + 1 if self.keep_first_layers else 0
         last_sliced = 2 * (layers - self.keep_last_layers) - 1 if self.keep_last_layers else sublayers
-        widths = [kept if first_sliced <= i <= last_sliced else hidden for i in range(sublayers + 1)]
+        sliced = [i for i in range(sublayers + 1) if first_sliced <= i <= last_sliced]
+        widths = [hidden] * (sublayers + 1)
+        for j, i in enumerate(sliced):
+            widths[i] = self._ramp_width(hidden, j, len(sliced)) if self.schedule == "ramp" else self.kept_dim(hidden)
         if not self.slice_head:
             widths[-1] = hidden
         return widths
+
+    def _ramp_width(self, hidden: int, j: int, count: int) -> int:
+        position = j / (count - 1) - 0.5 if count > 1 else 0.0
+        kept = hidden * (1.0 - (self.slicing + self.ramp * position))
+        kept = round(kept / self.round_to) * self.round_to
+        return int(max(min(kept, hidden), min(self.round_to, hidden)))

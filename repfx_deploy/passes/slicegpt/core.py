@@ -35,7 +35,9 @@ log = logging.getLogger("repfx_deploy.passes.slicegpt")
 
 @dataclass
 class SliceResult:
-    """What slicing did: widths, the energy each stream kept, the calibration it used, and how long it took."""
+    """What slicing did: widths, the energy each stream kept, the calibration it used, and how long it took.
+    ``hidden_after`` is the mean width of the sliced streams (``hidden_before`` when none is sliced);
+    ``stream_widths`` lists every stream's."""
 
     family: str
     hidden_before: int
@@ -44,6 +46,7 @@ class SliceResult:
     calibration_tokens: int
     head_width: int = 0  # the last stream's width: what the head reads (``hidden`` unless the head is sliced)
     energy_kept: list[float] = field(default_factory=list)
+    stream_widths: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +56,8 @@ class SliceResult:
             "hidden_after": self.hidden_after,
             "layers": self.layers,
             "head_width": self.head_width,
+            "stream_width_min": min(self.stream_widths, default=self.hidden_after),
+            "stream_width_max": max(self.stream_widths, default=self.hidden_after),
             "calibration_tokens": self.calibration_tokens,
             "energy_kept_min": round(min(self.energy_kept), 5) if self.energy_kept else None,
             "energy_kept_mean": round(sum(self.energy_kept) / len(self.energy_kept), 5) if self.energy_kept else None,
@@ -133,13 +138,19 @@ def slice_model(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
 
 def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Mapping[str, torch.Tensor]], config: SliceGPTConfig) -> SliceResult:
     hidden = prepared.hidden
-    widths = iter(config.stream_widths(hidden, len(prepared.sublayers())))
+    try:
+        planned = config.stream_widths(hidden, len(prepared.sublayers()))
+    except ValueError as e:
+        raise PassError(f"SliceGPT cannot use these widths: {e}.", "Give one width per stream, none above the model's hidden size.") from e
+    widths = iter(planned)
+    sliced = [w for w in planned if w < hidden]
     dtype = prepared.embeddings[0].weight.dtype
     energies: list[float] = []
     unit = config.token_weighting == "unit"
     first = prepared.layers[0]
     calls = _capture(model, first, batches)
-    result = SliceResult(prepared.family, hidden, config.kept_dim(hidden), len(prepared.layers), int(sum(int(c.mask.sum()) for c in calls)))
+    mean_sliced = round(sum(sliced) / len(sliced)) if sliced else hidden
+    result = SliceResult(prepared.family, hidden, mean_sliced, len(prepared.layers), int(sum(int(c.mask.sum()) for c in calls)), stream_widths=planned)
     q = _axes([c.hidden for c in calls], calls, next(widths), energies, unit)
     for table in prepared.embeddings:
         rotate_reader(table, q)

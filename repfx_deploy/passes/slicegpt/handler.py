@@ -10,6 +10,9 @@
     slice_head = true              # false: the last stream and the head keep full width (see SliceGPTConfig)
     keep_first_layers = 0          # layers at each end that keep full width (see SliceGPTConfig)
     keep_last_layers = 0
+    schedule = "uniform"           # or "ramp": less slicing at the start, more at the end, same mean (see SliceGPTConfig)
+    ramp = 0.5                     # last minus first sliced stream's slicing, for schedule = "ramp"
+    # widths = [576, 560, ...]     # explicit width of every stream (2 * layers + 1): the per-stream knob
 
 The model must be a Hugging Face model folder loaded by ingest (Llama-style decoder or BERT-style encoder); the
 calibration data are token ids shaped like the model's ``input_ids`` input.
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("repfx_deploy.passes.slicegpt")
 
-SLICEGPT_KEYS = ("slicing", "calibration_samples", "batch_size", "round_to", "token_weighting", "slice_head", "keep_first_layers", "keep_last_layers")
+SLICEGPT_KEYS = ("slicing", "calibration_samples", "batch_size", "round_to", "token_weighting", "slice_head", "keep_first_layers", "keep_last_layers", "schedule", "ramp", "widths")
 
 
 def parse_options(options: Mapping[str, Any]) -> "SliceGPTConfig":
@@ -44,8 +47,11 @@ def parse_options(options: Mapping[str, Any]) -> "SliceGPTConfig":
         raise RecipeError(f"Unknown option(s) {', '.join(map(repr, unknown))} in the slicegpt pass.", f"Use only: {', '.join(SLICEGPT_KEYS)}.")
     if "slicing" not in options:
         raise RecipeError("The slicegpt pass needs slicing (the fraction of the embedding dimension removed).", "Add slicing = 0.25 to its [[passes]] table.")
+    values = dict(options)
+    if isinstance(values.get("widths"), list):
+        values["widths"] = tuple(values["widths"])
     try:
-        return SliceGPTConfig(**dict(options))
+        return SliceGPTConfig(**values)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"Bad slicegpt pass option: {e}", "Fix the value in the recipe's [[passes]] table.") from e
 

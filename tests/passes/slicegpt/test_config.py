@@ -12,7 +12,8 @@ def test_kept_dim_rounds_down_to_a_multiple_of_round_to(slicing, hidden, kept):
     assert SliceGPTConfig(slicing=slicing).kept_dim(hidden) == kept
 
 
-@pytest.mark.parametrize("bad", [{"slicing": 1.0}, {"slicing": -0.1}, {"slicing": True}, {"round_to": 0}, {"batch_size": 2.5}, {"token_weighting": "median"}, {"slice_head": 1}, {"keep_first_layers": -1}, {"keep_last_layers": 1.0}])
+@pytest.mark.parametrize("bad", [{"slicing": 1.0}, {"slicing": -0.1}, {"slicing": True}, {"round_to": 0}, {"batch_size": 2.5}, {"token_weighting": "median"}, {"slice_head": 1}, {"keep_first_layers": -1}, {"keep_last_layers": 1.0},
+                                 {"schedule": "cosine"}, {"ramp": -0.1}, {"schedule": "ramp", "slicing": 0.1, "ramp": 0.3}, {"widths": (64, 0)}, {"widths": [64, 64]}])
 def test_config_refuses_bad_values(bad):
     with pytest.raises(ValueError):
         SliceGPTConfig(**bad)
@@ -29,3 +30,25 @@ def test_stream_widths_keep_every_stream_the_end_layers_read_or_write():
     assert config.stream_widths(576, 6) == [576, 576, 576, 432, 576, 576, 576]
     assert SliceGPTConfig(slicing=0.25, keep_first_layers=2).stream_widths(576, 6) == [576, 576, 576, 576, 576, 432, 432]
     assert SliceGPTConfig(slicing=0.25).stream_widths(576, 4) == [432] * 5
+
+
+def test_ramp_slices_less_at_the_start_and_more_at_the_end_with_the_same_mean():
+    widths = SliceGPTConfig(slicing=0.25, schedule="ramp", ramp=0.5).stream_widths(576, 60)
+    assert widths[0] == 576 and widths[-1] == 288  # slicing 0 .. 0.5
+    assert widths == sorted(widths, reverse=True) and all(w % 8 == 0 for w in widths)
+    assert sum(widths) / len(widths) == 432  # the uniform width at slicing 0.25
+
+
+def test_ramp_spans_only_the_sliced_streams_when_end_layers_are_kept():
+    widths = SliceGPTConfig(slicing=0.25, schedule="ramp", ramp=0.5, keep_first_layers=2).stream_widths(576, 60)
+    assert widths[:5] == [576] * 5 and widths[-1] == 288
+    assert sum(widths[5:]) / 56 == 432
+
+
+def test_explicit_widths_replace_the_schedule_and_must_fit_the_model():
+    config = SliceGPTConfig(slicing=0.25, widths=(64, 48, 40, 48, 32))
+    assert config.stream_widths(64, 4) == [64, 48, 40, 48, 32]
+    with pytest.raises(ValueError, match="5 streams"):
+        config.stream_widths(64, 6)
+    with pytest.raises(ValueError, match="width 32"):
+        config.stream_widths(32, 4)

@@ -80,6 +80,22 @@ def test_llama_end_layers_keep_full_width_and_the_middle_is_sliced(tiny_llama, t
     assert _llama_logits(tiny_llama, probe_ids).shape == before.shape
 
 
+def test_llama_explicit_stream_widths_shape_every_linear_and_report_the_mean(tiny_llama, token_batches, probe_ids):
+    result = slice_model(tiny_llama, token_batches, SliceGPTConfig(widths=(64, 56, 48, 40, 32)))
+    first, last = tiny_llama.model.layers
+    assert tiny_llama.model.embed_tokens.weight.shape == (100, 64)
+    assert first.attn.body.attention.o_proj.out_features == 56 and first.mlp.shortcut.weight.shape == (48, 56)
+    assert last.attn.body.attention.q_proj.in_features == 48 and last.mlp.body.inner.down_proj.out_features == 32
+    assert tiny_llama.lm_head.weight.shape == (100, 32)
+    assert (result.hidden_after, result.stream_widths) == (44, [64, 56, 48, 40, 32])
+    assert torch.isfinite(_llama_logits(tiny_llama, probe_ids)).all()
+
+
+def test_slice_model_refuses_widths_that_do_not_fit_the_model_with_a_fix(tiny_llama, token_batches):
+    with pytest.raises(PassError, match="one width per stream"):
+        slice_model(tiny_llama, token_batches, SliceGPTConfig(widths=(64, 48, 48)))
+
+
 @pytest.mark.parametrize("slice_head", [False, True])
 def test_sliced_llama_generates_with_a_key_value_cache_as_without(tiny_llama, token_batches, probe_ids, slice_head):
     slice_model(tiny_llama, token_batches, SliceGPTConfig(slicing=0.25, slice_head=slice_head))

@@ -28,6 +28,11 @@ def test_parse_options_refuses_unknown_keys_and_missing_slicing():
         parse_options({"slicing": 1.5})
 
 
+def test_parse_options_reads_the_schedule_and_a_widths_array():
+    config = parse_options({"slicing": 0.25, "schedule": "ramp", "ramp": 0.4, "widths": [64, 48, 48]})
+    assert (config.schedule, config.ramp, config.widths) == ("ramp", 0.4, (64, 48, 48))
+
+
 def test_calibration_batches_refuses_images_and_caps_the_sample_count():
     images = Dataset(x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32), y=None, source="imgs.npz")
     with pytest.raises(RecipeError, match="token ids"):
