@@ -59,8 +59,10 @@ def _pick_vec(extent: int, lanes: int) -> int:
         # 24, 40, 56 channels on AVX-512: half vectors. One 24-wide "odd" vector here ran 20-80x slower
         # than ONNX Runtime (pruned models rounded to 8 channels hit it on every conv).
         return lanes // 2
-    if extent <= 4 * lanes:
+    if extent <= 2 * lanes:
         return extent  # one short, odd-width vector (LLVM splits it into legal pieces)
+    # Wider rows are split: one 45-, 51- or 58-wide vector (a token-pruned ViT's q k^T row) ran 4-8x slower
+    # per element than a 48- or 64-wide one; as 3 x 15 or 2 x 29 it ran as fast.
     fits = [d for d in _divisors(extent) if d <= 2 * lanes]
     return max(fits)
 
