@@ -105,7 +105,10 @@ def test_artifact_loads_with_the_tvm_runtime_alone(artifact, conv_linear_onnx):
         """
     )
     out_path = artifact.library_path.parent.parent / "y.npy"
-    done = subprocess.run([sys.executable, "-c", script, str(out_path)], capture_output=True, text=True, timeout=120)
+    # One pool thread: with two, TVM 0.27's pool teardown at exit can wait minutes for a worker pinned to a
+    # core that another process keeps busy (see README, "Known limits"); this test is about loading only.
+    env = {**os.environ, "TVM_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script, str(out_path)], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.load(out_path), _ort(conv_linear_onnx, x), atol=1e-4, rtol=1e-4)
 
