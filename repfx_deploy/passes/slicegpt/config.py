@@ -70,7 +70,7 @@ class SliceGPTConfig:
         if isinstance(self.ramp, bool) or not isinstance(self.ramp, (int, float)) or self.ramp < 0:
             raise ValueError(f"ramp is the difference between the last and the first sliced stream's slicing, 0 or more; got {self.ramp!r}")
         if self.schedule == "ramp" and isinstance(self.slicing, (int, float)) and not (self.ramp <= 2 * self.slicing + 1e-9 and self.ramp < 2 * (1 - self.slicing)):
-            raise ValueError(f"ramp {self.ramp} at slicing {self.slicing} would widen the first streams or remove all of the last: keep ramp <= 2 * slicing")
+            raise ValueError(f"ramp {self.ramp} at slicing {self.slicing} would widen the first streams or remove all of the last: keep ramp <= 2 * min(slicing, 1 - slicing), below it at the upper end")
         if not isinstance(self.widths, tuple) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
             raise ValueError(f"widths must be a tuple of positive whole stream widths; got {self.widths!r}")
         if self.token_weighting not in ("energy", "unit"):
