@@ -65,18 +65,18 @@ class SliceGPTConfig:
     widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.slicing, bool) or not isinstance(self.slicing, (int, float)) or not 0.0 <= self.slicing < 1.0:
+            raise ValueError(f"slicing is the fraction of the embedding dimension removed, in [0, 1); got {self.slicing!r}")
         if self.schedule not in ("uniform", "ramp"):
             raise ValueError(f"schedule must be 'uniform' (every stream sliced alike) or 'ramp' (less at the start, more at the end); got {self.schedule!r}")
         if isinstance(self.ramp, bool) or not isinstance(self.ramp, (int, float)) or self.ramp < 0:
             raise ValueError(f"ramp is the difference between the last and the first sliced stream's slicing, 0 or more; got {self.ramp!r}")
-        if self.schedule == "ramp" and isinstance(self.slicing, (int, float)) and not (self.ramp <= 2 * self.slicing + 1e-9 and self.ramp < 2 * (1 - self.slicing)):
+        if self.schedule == "ramp" and not (self.ramp <= 2 * self.slicing + 1e-9 and self.ramp < 2 * (1 - self.slicing)):
             raise ValueError(f"ramp {self.ramp} at slicing {self.slicing} would widen the first streams or remove all of the last: keep ramp <= 2 * min(slicing, 1 - slicing), below it at the upper end")
         if not isinstance(self.widths, tuple) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
             raise ValueError(f"widths must be a tuple of positive whole stream widths; got {self.widths!r}")
         if self.token_weighting not in ("energy", "unit"):
             raise ValueError(f"token_weighting must be 'energy' (SliceGPT's PCA) or 'unit' (every token scaled to unit length); got {self.token_weighting!r}")
-        if isinstance(self.slicing, bool) or not isinstance(self.slicing, (int, float)) or not 0.0 <= self.slicing < 1.0:
-            raise ValueError(f"slicing is the fraction of the embedding dimension removed, in [0, 1); got {self.slicing!r}")
         if not isinstance(self.slice_head, bool):
             raise ValueError(f"slice_head must be true or false; got {self.slice_head!r}")
         for name in ("keep_first_layers", "keep_last_layers"):
