@@ -37,6 +37,7 @@ import numpy as np
 from _assets import ASSETS, load_zoo
 from _assets import accuracy_percent as _accuracy
 from _assets import macs_params as _macs_params
+from _latency import ort_tvm_latency
 
 NORM = {  # the preprocessing each shared model was trained with (../shared/assets/README.md)
     "resnet56": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -53,42 +54,6 @@ def _load(split: str, model: str, limit: int | None):
 
     mean, std = NORM[model]
     return load_dataset(ASSETS / "cifar10" / f"{split}-jpeg.zip", InputSpec("input", (1, 3, 32, 32)), Preprocess(size=32, mean=mean, std=std), limit=limit)
-
-
-def _latency(models: dict, threads: int, rounds: int) -> dict:
-    """Batch-1 ONNX Runtime and TVM (default build) latency of every model, all in the same interleaved rounds."""
-    import tempfile
-
-    from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
-    from repfx_deploy.compile.tvm_runtime import load_tvm_runner
-    from repfx_deploy.data.tensors import random_inputs
-    from repfx_deploy.lower.onnx_export import export_onnx
-    from repfx_deploy.measure.runtimes import OrtRunner
-    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
-    from repfx_deploy.spec import InputSpec
-    from repfx_deploy.targets import get_profile, resolve_tvm_target
-
-    specs = (InputSpec("input", (1, 3, 32, 32)),)
-    inputs = random_inputs(specs)
-    target = resolve_tvm_target(get_profile("host"), threads)
-    fns: dict = {}
-    out: dict = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for name, model in models.items():
-            work = Path(scratch) / name
-            (work / "tvm").mkdir(parents=True)
-            onnx_path = export_onnx(model.eval(), specs, work / "m.onnx").path
-            t0 = time.perf_counter()
-            compile_onnx(onnx_path, work / "tvm", CompileConfig(target=target))
-            out[name] = {"tvm_compile_s": round(time.perf_counter() - t0, 1)}
-            fns[f"{name}/ort"] = OrtRunner(onnx_path, threads).bind(inputs)
-            fns[f"{name}/tvm"] = load_tvm_runner(work / "tvm", threads).bind(inputs)
-        stats = time_interleaved(fns, TimingConfig(warmup=20, repeats=100, min_time_s=1.0), rounds=rounds)
-    for key, st in stats.items():
-        name, rt = key.split("/")
-        out[name][f"{rt}_ms"] = round(st.median_ms, 4)
-        out[name][f"{rt}_spread"] = round(st.spread, 3)
-    return out
 
 
 def _svd(model, params_ratio: float, criterion: str, round_to: int, calib, ranks: dict | None = None, points: int = 8, batches: int = 2):
@@ -194,7 +159,7 @@ def run_model(name: str, args, zoo, threads: int) -> dict:
         print(json.dumps({name: {method: row}}), file=sys.stderr, flush=True)
     if not args.no_latency and (test is not None or args.latency_only):
         torch.set_num_threads(threads)
-        for key, lat in _latency(models, threads, args.rounds).items():
+        for key, lat in ort_tvm_latency(models, (1, 3, 32, 32), threads, args.rounds).items():
             rows[key].update(lat)
     return rows
 

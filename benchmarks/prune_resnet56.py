@@ -39,7 +39,6 @@ import argparse
 import copy
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import numpy as np
 from _assets import ASSETS, load_zoo
 from _assets import accuracy_percent as _accuracy
 from _assets import macs_params as _macs_params
+from _latency import ort_tvm_latency
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INTERNAL_IGNORE = ("linear", "conv1", "layer*.*.conv2")
@@ -104,40 +104,6 @@ def _tp(model, macs_ratio: float, ignore_internal: bool, full_macs: int):
     under = [t for t in tried if t[0] <= macs_ratio]
     kept, ratio, m = min(under, key=lambda t: t[1]) if under else min(tried, key=lambda t: t[0])
     return m, {"ratio": round(ratio, 4), "module_type": type(m).__name__}
-
-
-def _latency(models: dict, threads: int, rounds: int) -> dict:
-    """Batch-1 ORT and TVM latency of every model, all timed in the same interleaved rounds."""
-    from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
-    from repfx_deploy.compile.tvm_runtime import load_tvm_runner
-    from repfx_deploy.data.tensors import random_inputs
-    from repfx_deploy.lower.onnx_export import export_onnx
-    from repfx_deploy.measure.runtimes import OrtRunner
-    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
-    from repfx_deploy.spec import InputSpec
-    from repfx_deploy.targets import get_profile, resolve_tvm_target
-
-    specs = (InputSpec("input", (1, 3, 32, 32)),)
-    inputs = random_inputs(specs)
-    target = resolve_tvm_target(get_profile("host"), threads)
-    fns, out = {}, {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for name, model in models.items():
-            work = Path(scratch) / name
-            work.mkdir()
-            onnx_path = export_onnx(model.eval(), specs, work / "m.onnx").path
-            (work / "tvm").mkdir()
-            t0 = time.perf_counter()
-            compile_onnx(onnx_path, work / "tvm", CompileConfig(target=target))
-            out[name] = {f"tvm_compile_s_t{threads}": round(time.perf_counter() - t0, 1)}
-            fns[f"{name}/ort"] = OrtRunner(onnx_path, threads).bind(inputs)
-            fns[f"{name}/tvm"] = load_tvm_runner(work / "tvm", threads).bind(inputs)
-        stats = time_interleaved(fns, TimingConfig(warmup=20, repeats=100, min_time_s=1.0), rounds=rounds)
-    for key, st in stats.items():
-        name, rt = key.split("/")
-        out[name][f"{rt}_ms_t{threads}"] = round(st.median_ms, 4)
-        out[name][f"{rt}_spread_t{threads}"] = round(st.spread, 3)
-    return out
 
 
 def main() -> None:
@@ -231,7 +197,7 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
     for t in thread_counts:
-        for name, lat in _latency(models, t, args.rounds).items():
+        for name, lat in ort_tvm_latency(models, (1, 3, 32, 32), t, args.rounds, key_suffix=f"_t{t}").items():
             rows[name].update(lat)
 
     env = environment(threads)

@@ -10,7 +10,7 @@ What each part needs: the repo, the assets' zoo.py (``REPFX_ASSETS`` may point a
 files, MNIST ``train.npz``/``test.npz`` for LeNet-5, CIFAR-10 ``train-jpeg.zip`` for ResNet-20 training and
 ``test-jpeg.zip`` for its evaluation (``--save-dir`` writes each stage's SNN state_dict, ``--eval-only
 --load-dir`` scores them later elsewhere); SpikingJelly (``pip install --no-deps spikingjelly loguru``) for its
-column (``--no-spikingjelly`` skips it). Latency (ONNX Runtime, batch 1, this host) is taken with
+column (``--no-spikingjelly`` skips it). Latency (ONNX Runtime and TVM, batch 1, this host) is taken with
 ``--latency``; spike statistics and the energy ESTIMATE are printed for every trained T.
 """
 
@@ -29,8 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _assets import ASSETS, load_zoo  # noqa: E402
+from _latency import ort_tvm_latency  # noqa: E402
 
 from repfx_deploy.data.datasets import Dataset  # noqa: E402
+from repfx_deploy.measure.timing import TimingConfig  # noqa: E402
 from repfx_deploy.passes.snn.config import SnnConfig  # noqa: E402
 from repfx_deploy.passes.snn.convert import convert  # noqa: E402
 from repfx_deploy.passes.snn.iir import iir_train  # noqa: E402
@@ -232,30 +234,22 @@ def run_model(zoo, model: str, args, results: dict) -> None:
             probe = (xte if have_test else calib)[:256].to(device)
             res["iir"][T]["spikes"] = spike_stats(snn, probe.split(64))
     if args.latency:
-        res["latency_ms"] = latency(ann.cpu(), snn.cpu(), model, config.stages(), load or save)
+        res["latency_ms"] = latency(ann.cpu(), snn.cpu(), model, config.stages())
 
 
-def latency(ann, snn, model: str, stages, state_dir) -> dict:
-    """ONNX Runtime batch-1 latency on this host of the ANN and the SNN at each T, interleaved."""
-    import tempfile
-
-    from repfx_deploy.lower.onnx_export import export_onnx
-    from repfx_deploy.measure.runtimes import OrtRunner
-    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
-    from repfx_deploy.spec import InputSpec
-
+def latency(ann, snn, model: str, stages, rounds: int = 5) -> dict:
+    """Batch-1 latency on this host, 1 thread, of the ANN and the SNN at each T, on ONNX Runtime and TVM, all
+    interleaved. A CPU computes every synapse densely, whatever the spikes: the weights do not matter here."""
+    nets = {"ann": ann}
+    for T in stages:
+        net = copy.deepcopy(snn)
+        net.set_timesteps(T)
+        nets[f"snn T={T}"] = net
     shape = (1, 1, 32, 32) if model == "lenet5" else (1, 3, 32, 32)
-    specs = (InputSpec("input", shape),)
-    x = [np.random.default_rng(0).standard_normal(shape).astype(np.float32)]
-    fns = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        fns["ann"] = OrtRunner(export_onnx(ann, specs, Path(tmp) / "ann.onnx").path, 1).bind(x)
-        for T in stages:
-            snn.set_timesteps(T)
-            fns[f"snn T={T}"] = OrtRunner(export_onnx(snn, specs, Path(tmp) / f"snn{T}.onnx").path, 1).bind(x)
-        stats = time_interleaved(fns, TimingConfig(warmup=10, repeats=100, min_time_s=0.5))
-    out = {k: round(v.median_ms, 4) for k, v in stats.items()}
-    print(f"[{model}] ORT batch-1 median ms, 1 thread: {out}", flush=True)
+    out = ort_tvm_latency(nets, shape, threads=1, rounds=rounds, timing=TimingConfig(warmup=10, repeats=100, min_time_s=0.5))
+    for name, r in out.items():
+        print(f"[{model}] {name}: ORT {r['ort_ms']:.3f} ms (min {r['ort_min_ms']:.3f}), "
+              f"TVM {r['tvm_ms']:.3f} ms (min {r['tvm_min_ms']:.3f}), medians, batch 1, 1 thread", flush=True)
     return out
 
 
@@ -311,7 +305,7 @@ def main() -> None:
     p.add_argument("--save-dir", default=None)
     p.add_argument("--load-dir", default=None)
     p.add_argument("--eval-only", action="store_true", help="score the state_dicts in --load-dir (no training)")
-    p.add_argument("--latency", action="store_true", help="ONNX Runtime batch-1 latency of ANN and SNN per T")
+    p.add_argument("--latency", action="store_true", help="ONNX Runtime and TVM batch-1 latency of ANN and SNN per T")
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()

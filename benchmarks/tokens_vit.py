@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from _assets import ASSETS, load_zoo
 from _assets import accuracy_percent as _accuracy
+from _latency import ort_tvm_latency
+
+from repfx_deploy.measure.timing import TimingConfig
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 SPECS_SHAPE = (1, 3, 32, 32)
@@ -47,42 +49,6 @@ def _load_test(limit: int):
         idx = np.arange(0, len(data), len(data) // limit)[:limit]
         data = type(data)(x=data.x[idx], y=data.y[idx], source=f"{data.source} (every {len(data) // limit}th)")
     return data
-
-
-def _latency(models: dict, threads: int, rounds: int) -> dict:
-    """Batch-1 ORT and TVM latency of every model, all timed in the same interleaved rounds."""
-    from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
-    from repfx_deploy.compile.tvm_runtime import load_tvm_runner
-    from repfx_deploy.data.tensors import random_inputs
-    from repfx_deploy.lower.onnx_export import export_onnx
-    from repfx_deploy.measure.runtimes import OrtRunner
-    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
-    from repfx_deploy.spec import InputSpec
-    from repfx_deploy.targets import get_profile, resolve_tvm_target
-
-    specs = (InputSpec("input", SPECS_SHAPE),)
-    inputs = random_inputs(specs)
-    target = resolve_tvm_target(get_profile("host"), threads)
-    fns, out = {}, {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for name, model in models.items():
-            work = Path(scratch) / f"model{len(out)}"
-            work.mkdir()
-            onnx_path = export_onnx(model.eval(), specs, work / "m.onnx").path
-            (work / "tvm").mkdir()
-            t0 = time.perf_counter()
-            compile_onnx(onnx_path, work / "tvm", CompileConfig(target=target))
-            out[name] = {"tvm_compile_s": round(time.perf_counter() - t0, 1)}
-            fns[f"{name}/ort"] = OrtRunner(onnx_path, threads).bind(inputs)
-            fns[f"{name}/tvm"] = load_tvm_runner(work / "tvm", threads).bind(inputs)
-            print(f"compiled {name} ({out[name]['tvm_compile_s']} s)", file=sys.stderr, flush=True)
-        stats = time_interleaved(fns, TimingConfig(warmup=20, repeats=200, min_time_s=2.0), rounds=rounds)
-    for key, st in stats.items():
-        name, rt = key.split("/")
-        out[name][f"{rt}_ms"] = round(st.median_ms, 4)
-        out[name][f"{rt}_min_ms"] = round(st.min_ms, 4)
-        out[name][f"{rt}_spread"] = round(st.spread, 3)
-    return out
 
 
 def main() -> None:
@@ -162,7 +128,7 @@ def main() -> None:
             models[name] = result.module
             print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
     if not args.no_latency:
-        for name, lat in _latency(models, threads, args.rounds).items():
+        for name, lat in ort_tvm_latency(models, SPECS_SHAPE, threads, args.rounds, TimingConfig(warmup=20, repeats=200, min_time_s=2.0)).items():
             rows[name].update(lat)
 
     env = environment(threads)

@@ -26,16 +26,26 @@ def normalize_triple(triple: str) -> str:
     return f"{m.group('arch')}-{m.group('rest')}" if m else triple
 
 
-def ensure_thread_pool_capacity() -> None:
-    """Let TVM's thread pool grow to every CPU: set ``TVM_NUM_THREADS`` to the CPU count if it is unset.
+# TVM's pool workers wait for the next task by calling sched_yield this many times (TVM's default is
+# 300,000) before they sleep, and the pool's destructor waits for that loop to end. On a core that another
+# process keeps busy each yield costs about a time slice (measured: ~1.3 ms on the 2-core host), so a
+# process could take 6-7 minutes to exit after its last TVM kernel. 10,000 bounds that at seconds, and on
+# an idle host timed as TVM's default (ResNet-20/56 and the ViT at 2 threads), where 2,000 or fewer
+# yields let the workers fall asleep between kernels and cost 5-100 %.
+DEFAULT_SPIN_COUNT = 10_000
 
-    TVM sizes a thread's pool once, on first use, from ``TVM_NUM_THREADS``, else ``OMP_NUM_THREADS``
-    (often 1, set for other libraries), else *half* the logical CPUs on x86 (one thread on a 2-core
-    VM); a pool can later shrink but never grow, and the runners here narrow it to the thread count
-    they are asked for. Call this before anything runs a TVM kernel (compiling does: constant folding).
+
+def ensure_thread_pool_capacity() -> None:
+    """Configure TVM's thread pool before it exists; variables already set by the user win.
+
+    ``TVM_NUM_THREADS`` becomes the CPU count: TVM sizes a thread's pool once, on first use, from it, else
+    ``OMP_NUM_THREADS`` (often 1, set for other libraries), else *half* the logical CPUs on x86 (one
+    thread on a 2-core VM); a pool can later shrink but never grow, and the runners here narrow it to the
+    thread count they are asked for. ``TVM_THREAD_POOL_SPIN_COUNT`` becomes ``DEFAULT_SPIN_COUNT`` (why:
+    above). Call this before anything runs a TVM kernel (compiling does: constant folding).
     """
-    if "TVM_NUM_THREADS" not in os.environ:
-        os.environ["TVM_NUM_THREADS"] = str(os.cpu_count() or 1)
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(DEFAULT_SPIN_COUNT))
 
 
 def host_target(threads: int | None = None) -> dict:

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from repfx_deploy.compile.host import ensure_thread_pool_capacity
 from repfx_deploy.errors import InputError, MeasureError
 from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
 
@@ -127,7 +128,7 @@ def serve_device(config: ServeConfig, ready: Callable[[dict], None] | None = Non
     """Serve until killed. Calls ``ready`` (default: print one JSON line) with the bound address once listening."""
     _check_tracker(config.tracker)
     # the pool of each session may then use every core (TVM's default is half of them on x86)
-    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+    ensure_thread_pool_capacity()
     import tvm_ffi
     from tvm.rpc import server as tvm_server
 
