@@ -40,17 +40,21 @@ class AttentionScores(nn.Module):
         return torch.softmax(q @ k.transpose(-1, -2) * 0.25, -1)
 
 
+def _tvm_and_ort(module: nn.Module, shape: tuple[int, ...], tmp_path) -> tuple[np.ndarray, np.ndarray]:
+    """``module``'s output on one random input, compiled by TVM (1 thread) and run by ONNX Runtime."""
+    onnx_path = export_onnx(module, shape, tmp_path / "model.onnx")
+    out = tmp_path / "tvm"
+    out.mkdir()
+    compile_onnx(onnx_path, out, CompileConfig(target=host_target(threads=1)))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return load_tvm_runner(out, threads=1).run([x])[0], OrtRunner(onnx_path, threads=1).run([x])[0]
+
+
 @pytest.mark.tvm
 @pytest.mark.parametrize("tokens", [31, 45, 51])
 def test_attention_scores_at_odd_token_counts_match_onnxruntime(tokens, tmp_path):
     torch.manual_seed(0)
-    onnx_path = export_onnx(AttentionScores(), (1, tokens, 64), tmp_path / "scores.onnx")
-    out = tmp_path / "tvm"
-    out.mkdir()
-    compile_onnx(onnx_path, out, CompileConfig(target=host_target(threads=1)))
-    x = np.random.default_rng(0).standard_normal((1, tokens, 64)).astype(np.float32)
-    got = load_tvm_runner(out, threads=1).run([x])[0]
-    want = OrtRunner(onnx_path, threads=1).run([x])[0]
+    got, want = _tvm_and_ort(AttentionScores(), (1, tokens, 64), tmp_path)
     assert got.shape == (1, 4, tokens, tokens)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -70,12 +74,6 @@ class MlpWithResidual(nn.Module):
 def test_mlp_at_a_prime_token_count_matches_onnxruntime_with_a_short_last_tile(tmp_path):
     torch.manual_seed(0)
     tokens = 37  # prime: 8-row tiles, the last one 5 rows long
-    onnx_path = export_onnx(MlpWithResidual(), (1, tokens, 64), tmp_path / "mlp.onnx")
-    out = tmp_path / "tvm"
-    out.mkdir()
-    compile_onnx(onnx_path, out, CompileConfig(target=host_target(threads=1)))
-    x = np.random.default_rng(0).standard_normal((1, tokens, 64)).astype(np.float32)
-    got = load_tvm_runner(out, threads=1).run([x])[0]
-    want = OrtRunner(onnx_path, threads=1).run([x])[0]
+    got, want = _tvm_and_ort(MlpWithResidual(), (1, tokens, 64), tmp_path)
     assert got.shape == (1, tokens, 64)
     np.testing.assert_allclose(got, want, atol=1e-4)
