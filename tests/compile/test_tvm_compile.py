@@ -105,8 +105,9 @@ def test_artifact_loads_with_the_tvm_runtime_alone(artifact, conv_linear_onnx):
         """
     )
     out_path = artifact.library_path.parent.parent / "y.npy"
-    # One pool thread: with two, TVM 0.27's pool teardown at exit can wait minutes for a worker pinned to a
-    # core that another process keeps busy (see README, "Known limits"); this test is about loading only.
+    # One pool thread: this script uses TVM without repfx_deploy, so TVM's own spin count (300,000 yields)
+    # applies, and a second worker on a core that another process keeps busy can delay exit by minutes
+    # (README, "Known limits"); this test is about loading only.
     env = {**os.environ, "TVM_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", script, str(out_path)], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]

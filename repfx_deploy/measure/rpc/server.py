@@ -127,7 +127,8 @@ def _stop(code: int) -> None:
 def serve_device(config: ServeConfig, ready: Callable[[dict], None] | None = None) -> None:
     """Serve until killed. Calls ``ready`` (default: print one JSON line) with the bound address once listening."""
     _check_tracker(config.tracker)
-    # the pool of each session may then use every core (TVM's default is half of them on x86)
+    # the pool of each session may then use every core (TVM's default is half of them on x86), and its
+    # workers stop spinning soon enough for a session to exit promptly
     ensure_thread_pool_capacity()
     import tvm_ffi
     from tvm.rpc import server as tvm_server
