@@ -12,11 +12,14 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from repfx_deploy.data.preprocess import Preprocess
 from repfx_deploy.errors import DataError, RecipeError
 from repfx_deploy.spec import InputSpec, parse_input_shapes
+
+if TYPE_CHECKING:
+    from repfx_deploy.passes.protocol import PassConfig
 
 _TOP_KEYS = {"target", "input_shape", "arch", "opset", "exporter", "tune_trials", "threads", "data", "passes"}
 _DATA_KEYS = {"calibration", "eval", "train", "calibration_samples", "eval_samples", "preprocess"}
@@ -41,7 +44,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A validated recipe. ``passes`` holds ``(kind, options)`` pairs in order."""
+    """A validated recipe. ``passes`` holds each pass's typed config, in order."""
 
     target: str = "host"
     input_specs: tuple[InputSpec, ...] = ()
@@ -51,7 +54,7 @@ class Recipe:
     tune_trials: int = 0
     threads: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    passes: tuple[tuple[str, dict[str, Any]], ...] = ()
+    passes: tuple["PassConfig", ...] = ()
 
     def __post_init__(self) -> None:
         if self.tune_trials < 0:
@@ -88,7 +91,7 @@ class Recipe:
             data["eval_samples"] = self.data.eval_samples
         data["preprocess"] = self.data.preprocess.to_dict()
         d["data"] = data
-        d["passes"] = [{"kind": kind, **options} for kind, options in self.passes]
+        d["passes"] = [{"kind": config.kind, **config.to_table()} for config in self.passes]
         return d
 
 
@@ -98,75 +101,90 @@ def _check_keys(table: dict, allowed: set[str], where: str) -> None:
         raise RecipeError(f"Unknown key(s) {unknown} in {where}.", f"Allowed keys there: {', '.join(sorted(allowed))}.")
 
 
-def _path(value: Any, base: Path, key: str) -> Path | None:
+def _typed(table: dict, key: str, annotation: Any, default: Any, where: str) -> Any:
+    """``table[key]`` checked against ``annotation`` (``default`` when absent); ``RecipeError`` naming the key path."""
+    from repfx_deploy.options import _Mismatch, coerce
+
+    if key not in table:
+        return default
+    value = table[key]
+    try:
+        return coerce(value, annotation)
+    except _Mismatch as e:
+        path = f"{where}.{key}" if where else key
+        raise RecipeError(f"{path} must be {e.expected}; got {value!r} ({type(value).__name__}).", f"Fix {path} in the recipe.") from None
+
+
+def _table(raw: dict, key: str, where: str, allowed: set[str]) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where} must be a table, got {type(value).__name__} {value!r}.", f"Write it as [{where}] with its keys.")
+    _check_keys(value, allowed, f"[{where}]")
+    return value
+
+
+def _path(table: dict, key: str, base: Path) -> Path | None:
+    value = _typed(table, key, str, None, "data")
     if value in (None, ""):
         return None
-    if not isinstance(value, str):
-        raise RecipeError(f"data.{key} must be a path string, got {type(value).__name__}.", "Quote the path.")
     p = Path(value)
     return p if p.is_absolute() else (base / p).resolve()
 
 
 def _preprocess(table: dict) -> Preprocess:
-    _check_keys(table, _PREPROCESS_KEYS, "[data.preprocess]")
+    where = "data.preprocess"
+    numbers = float | tuple[float, ...]
 
-    def floats(v: Any) -> tuple[float, ...]:
-        return tuple(float(x) for x in (v if isinstance(v, list) else [v]))
+    def floats(key: str, default: float) -> tuple[float, ...]:
+        v = _typed(table, key, numbers, default, where)
+        return v if isinstance(v, tuple) else (v,)
 
     try:
         return Preprocess(
-            size=int(table.get("size", 0)),
-            mean=floats(table.get("mean", 0.0)),
-            std=floats(table.get("std", 1.0)),
-            layout=table.get("layout", "NCHW"),
-            scale=float(table.get("scale", 1.0 / 255.0)),
+            size=_typed(table, "size", int, 0, where),
+            mean=floats("mean", 0.0),
+            std=floats("std", 1.0),
+            layout=_typed(table, "layout", Literal["NCHW", "NHWC"], "NCHW", where),
+            scale=_typed(table, "scale", float, 1.0 / 255.0, where),
         )
     except DataError as e:
         raise RecipeError(f"Invalid [data.preprocess]: {e.problem}", e.fix) from e
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"Invalid value in [data.preprocess]: {e}", "size is an integer; mean and std are numbers or lists.") from e
 
 
 def parse_recipe(raw: dict[str, Any], base: Path) -> Recipe:
-    """Validate a recipe already parsed from TOML; ``base`` is the folder relative paths start from."""
-    from repfx_deploy.passes.registry import check_pass_kind
+    """Validate a recipe already parsed from TOML; ``base`` is the folder relative paths start from. Every
+    ``[[passes]]`` table becomes its kind's typed config here, so a bad key fails before anything runs."""
+    from repfx_deploy.passes.registry import parse_pass
 
     _check_keys(raw, _TOP_KEYS, "the recipe's top level")
-    data_raw = raw.get("data", {})
-    if not isinstance(data_raw, dict):
-        raise RecipeError("[data] must be a table.", "Write it as [data] with calibration/eval/train keys.")
-    _check_keys(data_raw, _DATA_KEYS, "[data]")
-    shapes = raw.get("input_shape", [])
+    data_raw = _table(raw, "data", "data", _DATA_KEYS)
+    pre_raw = _table(data_raw, "preprocess", "data.preprocess", _PREPROCESS_KEYS)
+    shapes = _typed(raw, "input_shape", str | tuple[str, ...], (), "")
     shapes = [shapes] if isinstance(shapes, str) else list(shapes)
-    passes = []
-    for i, entry in enumerate(raw.get("passes", [])):
-        if not isinstance(entry, dict) or "kind" not in entry:
-            raise RecipeError(f"[[passes]] entry {i} has no kind.", "Give every [[passes]] entry a kind, e.g. kind = \"prune\".")
-        options = {k: v for k, v in entry.items() if k != "kind"}
-        check_pass_kind(str(entry["kind"]))
-        passes.append((str(entry["kind"]), options))
-    try:
-        data = DataConfig(
-            calibration=_path(data_raw.get("calibration"), base, "calibration"),
-            eval=_path(data_raw.get("eval"), base, "eval"),
-            train=_path(data_raw.get("train"), base, "train"),
-            calibration_samples=int(data_raw.get("calibration_samples", 256)),
-            eval_samples=int(data_raw["eval_samples"]) if "eval_samples" in data_raw else None,
-            preprocess=_preprocess(data_raw.get("preprocess", {})),
-        )
-        return Recipe(
-            target=str(raw.get("target", "host")),
-            input_specs=parse_input_shapes(shapes),
-            arch=raw.get("arch"),
-            opset=int(raw.get("opset", 18)),
-            exporter=str(raw.get("exporter", "auto")),
-            tune_trials=int(raw.get("tune_trials", 0)),
-            threads=int(raw.get("threads", 0)),
-            data=data,
-            passes=tuple(passes),
-        )
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"A recipe value has the wrong type: {e}", "Check numbers are numbers and paths are strings.") from e
+    entries = raw.get("passes", [])
+    if not isinstance(entries, list):
+        raise RecipeError(f"passes must be an array of tables, got {type(entries).__name__} {entries!r}.",
+                          'Write each pass as [[passes]] with kind = "...".')
+    passes = tuple(parse_pass(entry, i) for i, entry in enumerate(entries))
+    data = DataConfig(
+        calibration=_path(data_raw, "calibration", base),
+        eval=_path(data_raw, "eval", base),
+        train=_path(data_raw, "train", base),
+        calibration_samples=_typed(data_raw, "calibration_samples", int, 256, "data"),
+        eval_samples=_typed(data_raw, "eval_samples", int, None, "data"),
+        preprocess=_preprocess(pre_raw),
+    )
+    return Recipe(
+        target=_typed(raw, "target", str, "host", ""),
+        input_specs=parse_input_shapes(shapes),
+        arch=_typed(raw, "arch", str, None, ""),
+        opset=_typed(raw, "opset", int, 18, ""),
+        exporter=_typed(raw, "exporter", Literal["auto", "dynamo", "torchscript"], "auto", ""),
+        tune_trials=_typed(raw, "tune_trials", int, 0, ""),
+        threads=_typed(raw, "threads", int, 0, ""),
+        data=data,
+        passes=passes,
+    )
 
 
 def load_recipe(path: Path | None) -> Recipe:

@@ -1,164 +1,185 @@
-"""The pass registry: one handler per recipe ``kind``, registered once.
+"""The pass registry: one ``Pass`` per config type, registered once, and the recipe's ``[[passes]]`` parsed into
+configs.
 
-A handler is ``handler(module, options, context) -> PassResult``; ``options`` is the recipe table of that
-pass without ``kind``. Handlers validate their options into their own frozen config and raise ``RecipeError``
-for unknown keys, so a typo never silently falls back to a default.
+    @register_pass
+    class PrunePass(Pass[PruneConfig]):
+        kind = "prune"
+        config_type = PruneConfig
+        ...
+
+A second registration for the same config type or kind is refused. Built-in passes are imported only when a
+recipe names their kind, so one pass's heavy dependencies never slow down the others (or ``--help``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from repfx_deploy.errors import PassError, RecipeError
+from repfx_deploy.passes.protocol import Pass, PassConfig, PassContext, PassResult
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from repfx_deploy.analyze.torch_stats import ModelStats
-    from repfx_deploy.data.datasets import Dataset
-    from repfx_deploy.spec import InputSpec
 
 log = logging.getLogger("repfx_deploy.passes")
 
-# Every kind a recipe may name. A kind without a registered handler is planned but not built yet.
-PASS_KINDS = ("prune", "quantize", "lowrank", "slicegpt", "tokens", "snn")
-
-# Where each built-in kind's handler lives. It is imported only when a recipe names that kind, so a pass's
-# heavy dependencies never slow down the others (or ``--help``). The module registers itself on import.
-BUILTIN_HANDLERS = {
+# Where each built-in kind's pass lives; importing the module registers it.
+BUILTIN_PASSES = {
     "prune": "repfx_deploy.passes.prune.handler",
     "quantize": "repfx_deploy.passes.quantize.handler",
     "lowrank": "repfx_deploy.passes.lowrank.handler",
     "slicegpt": "repfx_deploy.passes.slicegpt.handler",
     "tokens": "repfx_deploy.passes.tokens.handler",
     "snn": "repfx_deploy.passes.snn.handler",
+    "recover": "repfx_deploy.passes.recovery.handler",
 }
+PASS_KINDS = tuple(BUILTIN_PASSES)
+
+# Keys that belong to the recover pass; a recipe that still sets them inside a lossy pass is shown the new form.
+RECOVER_KEYS = ("finetune_epochs", "finetune_steps", "lr", "batch_size", "augment", "temperature", "alpha",
+                "optimizer", "weight_decay", "seed", "checkpoint", "bn_batches")
+
+_BY_CONFIG: dict[type, Pass[Any]] = {}
+_BY_KIND: dict[str, Pass[Any]] = {}
+
+P = TypeVar("P", bound=type)
 
 
-@dataclass
-class PassContext:
-    """What a pass may use besides the module: the input signature and the data the user gave."""
-
-    input_specs: tuple["InputSpec", ...]
-    calibration: "Dataset | None" = None
-    train: "Dataset | None" = None
-    target_name: str = "host"
-    # True when the caller exports the result and checks that artifact itself (compress does): a pass then skips
-    # its own scratch export, whose settings could differ from the artifact's
-    artifact_checks: bool = False
-
-
-@dataclass
-class PassResult:
-    """The transformed module and what the pass did (JSON-ready stats for the report)."""
-
-    module: "nn.Module"
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-Handler = Callable[["nn.Module", Mapping[str, Any], PassContext], PassResult]
-_HANDLERS: dict[str, Handler] = {}
-
-
-def register_pass(kind: str) -> Callable[[Handler], Handler]:
-    """Decorator registering ``handler`` for recipe ``kind``; a second registration for a kind is refused."""
-    if kind not in PASS_KINDS:
-        raise ValueError(f"unknown pass kind {kind!r}; add it to PASS_KINDS first")
-
-    def decorate(handler: Handler) -> Handler:
-        if kind in _HANDLERS:
-            raise ValueError(f"a handler for pass kind {kind!r} is already registered ({_HANDLERS[kind].__qualname__})")
-        _HANDLERS[kind] = handler
-        return handler
-
-    return decorate
+def register_pass(cls: P) -> P:
+    """Class decorator: register one instance of the ``Pass`` subclass ``cls`` for its ``config_type`` and
+    ``kind``; a second registration of either is refused (``ValueError``)."""
+    config_type, kind = cls.config_type, cls.kind  # type: ignore[attr-defined]
+    if getattr(config_type, "kind", None) != kind:
+        raise ValueError(f"{cls.__qualname__}: its config type {config_type.__qualname__} must have kind = {kind!r}")
+    if config_type in _BY_CONFIG:
+        raise ValueError(f"a pass for {config_type.__qualname__} is already registered ({type(_BY_CONFIG[config_type]).__qualname__})")
+    if kind in _BY_KIND:
+        raise ValueError(f"a pass of kind {kind!r} is already registered ({type(_BY_KIND[kind]).__qualname__})")
+    instance = cls()
+    _BY_CONFIG[config_type] = instance
+    _BY_KIND[kind] = instance
+    return cls
 
 
 def _load_builtin(kind: str) -> None:
-    """Import the built-in handler module for ``kind`` if it exists (a kind not built yet has none)."""
-    import importlib
-    import importlib.util
-
-    module = BUILTIN_HANDLERS.get(kind)
-    if kind in _HANDLERS or module is None:
+    module = BUILTIN_PASSES.get(kind)
+    if kind in _BY_KIND or module is None:
         return
-    try:
-        present = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its package does not exist yet
-        present = False
-    if present:
+    if importlib.util.find_spec(module) is not None:
         importlib.import_module(module)
 
 
 def registered_kinds() -> tuple[str, ...]:
-    """Kinds that have a handler (built-in handlers are imported to find out)."""
-    for kind in BUILTIN_HANDLERS:
+    """Kinds that have a pass (built-in ones are imported to find out)."""
+    for kind in BUILTIN_PASSES:
         _load_builtin(kind)
-    return tuple(sorted(_HANDLERS))
+    return tuple(sorted(_BY_KIND))
 
 
-def get_handler(kind: str) -> Handler:
-    """The handler for ``kind``; ``RecipeError`` when the kind is unknown or not built."""
-    check_pass_kind(kind)
-    return _HANDLERS[kind]
-
-
-def check_pass_kind(kind: str) -> None:
-    """Raise ``RecipeError`` for a kind that is unknown or has no handler yet, naming what is available."""
-    if kind not in PASS_KINDS:
+def pass_for_kind(kind: str) -> Pass[Any]:
+    """The pass of recipe kind ``kind``; ``RecipeError`` naming the kinds there are."""
+    if not isinstance(kind, str) or kind not in PASS_KINDS:
         raise RecipeError(f"Unknown pass kind {kind!r}.", f"Use one of: {', '.join(PASS_KINDS)}.")
     _load_builtin(kind)
-    if kind not in _HANDLERS:
-        available = ", ".join(registered_kinds()) or "none yet"
-        raise RecipeError(
-            f"The pass kind {kind!r} is not available in this version of repfx-deploy (available: {available}).",
-            "Remove that [[passes]] entry from the recipe.",
-        )
+    if kind not in _BY_KIND:
+        raise RecipeError(f"The pass kind {kind!r} is not available in this version of repfx-deploy.",
+                          f"Remove that [[passes]] entry (available: {', '.join(registered_kinds())}).")
+    return _BY_KIND[kind]
 
 
-def apply_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]], ...], context: PassContext) -> tuple["nn.Module", list[dict]]:
-    """Run ``passes`` (``(kind, options)`` pairs) in order; returns the final module and one stats dict per pass
-    (see ``run_passes``)."""
-    run = run_passes(module, passes, context)
-    return run.module, run.records
+def pass_for(config: PassConfig) -> Pass[Any]:
+    """The pass registered for ``type(config)``."""
+    _load_builtin(getattr(config, "kind", ""))
+    try:
+        return _BY_CONFIG[type(config)]
+    except KeyError:
+        raise PassError(f"No pass is registered for the config type {type(config).__qualname__}.",
+                        "Register its Pass subclass with @register_pass.") from None
+
+
+def parse_pass(entry: Any, index: int) -> PassConfig:
+    """One ``[[passes]]`` table -> that kind's config; ``RecipeError`` naming ``passes[index].key``."""
+    where = f"passes[{index}]"
+    if not isinstance(entry, Mapping):
+        raise RecipeError(f"{where} must be a table, got {type(entry).__name__} {entry!r}.",
+                          'Write each pass as a [[passes]] table with a kind, e.g. kind = "prune".')
+    if "kind" not in entry:
+        raise RecipeError(f"{where} has no kind.", f'Give it one of: kind = "{PASS_KINDS[0]}", ... ({", ".join(PASS_KINDS)}).')
+    kind = entry["kind"]
+    the_pass = pass_for_kind(kind)
+    table = {k: v for k, v in entry.items() if k != "kind"}
+    if kind != "recover":
+        _refuse_inner_recovery(table, the_pass.config_type, where)
+    return the_pass.config_type.from_table(table, where)  # type: ignore[no-any-return]
+
+
+def _refuse_inner_recovery(table: Mapping[str, Any], config_type: type, where: str) -> None:
+    """Fine-tuning is the recover pass's job; show a recipe that still sets it inside a pass the new form."""
+    import dataclasses
+
+    own = {f.name for f in dataclasses.fields(config_type)}
+    moved = {k: v for k, v in table.items() if k in RECOVER_KEYS and k not in own}
+    if not moved:
+        return
+    import tomli_w
+
+    new_form = "[[passes]]\nkind = \"recover\"\n" + tomli_w.dumps(moved)
+    raise RecipeError(
+        f"{where} ({table.get('kind', '') or 'this pass'}) sets fine-tuning key(s) {sorted(moved)}; fine-tuning is now its own pass.",
+        f"Move them into a recover pass right after it:\n{new_form}",
+    )
+
+
+def apply(module: "nn.Module", config: PassConfig, context: PassContext) -> PassResult:
+    """Apply one pass as its config says (``module`` is left unchanged)."""
+    return _guarded(config, lambda p: p.apply(module, config, context))
+
+
+def _guarded(config: PassConfig, run: Any) -> Any:
+    the_pass = pass_for(config)
+    try:
+        return run(the_pass)
+    except (RecipeError, PassError):
+        raise
+    except Exception as e:
+        raise PassError(f"The {config.kind} pass failed: {type(e).__name__}: {e}", "Check the pass's keys in the recipe.") from e
 
 
 @dataclass(frozen=True)
 class PassRun:
-    """What ``run_passes`` returns: the final module, one record per pass, and the final module's counts."""
+    """What ``run_passes`` returns: the final module, one result per pass, and the final module's counts."""
 
     module: "nn.Module"
-    records: list[dict]
-    stats: "ModelStats"  # of ``module``
+    results: list[PassResult]
+    configs: tuple[PassConfig, ...]
+    stats: "ModelStats"
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-ready record per pass: its result plus the resolved config."""
+        return [{**r.to_record(), "config": c.to_table()} for r, c in zip(self.results, self.configs)]
 
 
-def run_passes(module: "nn.Module", passes: tuple[tuple[str, Mapping[str, Any]], ...], context: PassContext, before: "ModelStats | None" = None) -> PassRun:
-    """Run ``passes`` in order. Each pass's stats get its MACs and parameters before and after (``macs_before``,
-    ``macs_after``, ``macs_kept``, ``params_before``, ``params_after``, ``params_kept``), counted here so that no
-    pass has to. ``before``: the input module's ``ModelStats`` when the caller has already counted them."""
+def run_passes(module: "nn.Module", configs: Sequence[PassConfig], context: PassContext) -> PassRun:
+    """Apply ``configs`` in order, each to the previous one's output; ``module`` itself is left unchanged."""
+    from dataclasses import replace
+
     from repfx_deploy.analyze.torch_stats import torch_stats
 
-    records = []
-    if before is None:
-        before = torch_stats(module, context.input_specs)
-    for index, (kind, options) in enumerate(passes):
-        handler = get_handler(kind)
-        log.info("pass %d: %s", index, kind)
-        try:
-            result = handler(module, options, context)
-        except (RecipeError, PassError):
-            raise
-        except Exception as e:
-            raise PassError(f"The {kind} pass failed: {type(e).__name__}: {e}", "Check the pass options in the recipe.") from e
-        module = result.module
-        after = torch_stats(module, context.input_specs)
-        result.stats.update({
-            "macs_before": before.macs, "macs_after": after.macs, "macs_kept": round(after.macs / max(before.macs, 1), 4),
-            "params_before": before.params, "params_after": after.params, "params_kept": round(after.params / max(before.params, 1), 4),
-        })
-        records.append({"kind": kind, "options": dict(options), "stats": result.stats})
-        before = after
-    return PassRun(module, records, before)
+    if context.reference is None:
+        context = replace(context, reference=module)
+    results = []
+    current = module
+    for index, config in enumerate(configs):
+        log.info("pass %d: %s", index, config.kind)
+        result = apply(current, config, context)
+        results.append(result)
+        current = result.module
+    return PassRun(current, results, tuple(configs), torch_stats(current, context.input_specs))

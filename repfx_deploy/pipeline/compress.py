@@ -7,7 +7,6 @@ saying what failed) is still kept, and the command then fails.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -143,7 +142,8 @@ def _summary(stats, artifacts: Artifacts, latency: dict, quality: dict) -> dict:
 def compress(request: CompressRequest) -> dict:
     """Run the whole job; returns the report (also written to ``out_dir/report.json``)."""
     from repfx_deploy.analyze.torch_stats import torch_stats
-    from repfx_deploy.passes.registry import PassContext, run_passes
+    from repfx_deploy.passes.protocol import PassContext
+    from repfx_deploy.passes.registry import run_passes
     from repfx_deploy.report.writer import write_report
 
     check_output(request.out_dir, force=request.force)
@@ -178,12 +178,11 @@ def compress(request: CompressRequest) -> dict:
     if data.eval is not None and data.eval.labeled:
         baseline_accuracy = top1_accuracy(predictions(torch_runner, data.eval, batch), data.eval, batch)
 
-    context = PassContext(input_specs=loaded.input_specs, calibration=data.calibration, train=data.train,
-                          target_name=profile.name, artifact_checks=True)
+    context = PassContext(input_specs=loaded.input_specs, profile=profile, calibration=data.calibration, train=data.train,
+                          reference=original, artifact_checks=True)
     log.info("applying %d pass(es)", len(recipe.passes))
-    # passes work on a copy so the original stays the reference; with none there is nothing to copy
-    start = copy.deepcopy(original) if recipe.passes else original
-    run = run_passes(start, recipe.passes, context, before=baseline_stats)
+    # passes never change the module they are given, so the original stays the reference
+    run = run_passes(original, recipe.passes, context)
     compressed, pass_records, compressed_stats = run.module, run.records, run.stats
 
     tvm_target = resolve_tvm_target(profile, threads) if request.compile_tvm and "tvm" in profile.runtimes else None
@@ -261,7 +260,7 @@ def _check_int8_artifact(pass_records: list[dict], art) -> None:
         record = int8_record(art.onnx_path, art.export.get("exporter", "?"), checked="model.onnx")
         for r in pass_records:
             if r["kind"] == "quantize":
-                r["stats"]["ran_int8"] = record
+                r["extras"]["ran_int8"] = record
 
 
 # Below this speedup a difference is within what repeated runs on a busy machine disagree by.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from repfx_deploy.report.phrasing import faster, fewer
+
 _RUNTIMES = ("onnxruntime", "tvm", "torch")
 
 
@@ -11,10 +13,26 @@ def _fmt(value, spec: str = "", none: str = "n/a") -> str:
     return format(value, spec) if spec else str(value)
 
 
-def _ratio(before, after) -> str:
-    if not before or not after:
-        return "n/a"
-    return f"{before / after:.2f}x"
+def _passes_table(passes: list[dict]) -> list[str]:
+    """One row per pass: what it was set to, what it did to parameters and MACs, and how long it took."""
+    lines = ["## Passes", "", "| # | pass | settings | sites set | parameters | MACs | time (s) |", "|---|---|---|---|---|---|---|"]
+    for i, p in enumerate(passes):
+        config = p.get("config") or {}
+        settings = ", ".join(f"{k} = {_short(v)}" for k, v in config.items()) or "defaults"
+        decisions = p.get("decisions") or {}
+        lines.append(
+            f"| {i + 1} | `{p['kind']}` | {settings} | {len(decisions)} | "
+            f"{p['params_before']:,} -> {p['params_after']:,} ({fewer(p['params_before'], p['params_after'])}) | "
+            f"{p['macs_before']:,} -> {p['macs_after']:,} ({fewer(p['macs_before'], p['macs_after'])}) | {p.get('time_s', 0):.2f} |"
+        )
+    lines += ["", "Each pass's choice per site and its own figures are under `passes[i].decisions` and `passes[i].extras` "
+              "in report.json.", ""]
+    return lines
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _pct(value) -> str:
@@ -31,9 +49,9 @@ def render_markdown(report: dict) -> str:
     base, comp = report.get("baseline"), report.get("compressed")
     if base and comp:
         lines += ["## Before and after", "", "| | baseline | compressed | change |", "|---|---|---|---|"]
-        lines.append(f"| parameters | {base['params']:,} | {comp['params']:,} | {_ratio(base['params'], comp['params'])} fewer |")
-        lines.append(f"| MACs | {base['macs']:,} | {comp['macs']:,} | {_ratio(base['macs'], comp['macs'])} fewer |")
-        lines.append(f"| ONNX size (bytes) | {base['size_bytes']:,} | {comp['size_bytes']:,} | {_ratio(base['size_bytes'], comp['size_bytes'])} smaller |")
+        lines.append(f"| parameters | {base['params']:,} | {comp['params']:,} | {fewer(base['params'], comp['params'])} |")
+        lines.append(f"| MACs | {base['macs']:,} | {comp['macs']:,} | {fewer(base['macs'], comp['macs'])} |")
+        lines.append(f"| ONNX size (bytes) | {base['size_bytes']:,} | {comp['size_bytes']:,} | {fewer(base['size_bytes'], comp['size_bytes'], less="smaller", more="larger")} |")
         lines.append(f"| top-1 accuracy | {_pct(base['accuracy'])} | {_pct(comp['accuracy'])} | |")
         lines.append(f"| top-1 agreement with original | {_pct(base['agreement'])} | {_pct(comp['agreement'])} | |")
         fid = comp.get("fidelity") or {}
@@ -42,7 +60,7 @@ def render_markdown(report: dict) -> str:
         for rt in _RUNTIMES:
             b, c = base["latency_ms"].get(rt), comp["latency_ms"].get(rt)
             if b is not None or c is not None:
-                lines.append(f"| latency {rt} (ms, median, measured) | {_fmt(b, '.4f')} | {_fmt(c, '.4f')} | {_ratio(b, c)} faster |")
+                lines.append(f"| latency {rt} (ms, median, measured) | {_fmt(b, '.4f')} | {_fmt(c, '.4f')} | {faster(b, c)} |")
         if fid:
             lines += ["", f"Accuracy and agreement are of the deployed ONNX model (ONNX Runtime); agreement and cosine "
                       f"were measured on {fid['data']}, {fid['samples']} batch(es)."]
@@ -59,10 +77,7 @@ def render_markdown(report: dict) -> str:
                       f"TVM {v['apache-tvm']}."]
         lines.append("")
     if report.get("passes"):
-        lines += ["## Passes", ""]
-        for i, p in enumerate(report["passes"]):
-            lines.append(f"{i + 1}. `{p['kind']}` {p['options']}: {p['stats']}")
-        lines.append("")
+        lines += _passes_table(report["passes"])
     if report.get("verification"):
         lines += ["## Verification (same inputs, outputs compared)", "", "| reference | candidate | max abs error | cosine | samples |", "|---|---|---|---|---|"]
         for v in report["verification"]:
