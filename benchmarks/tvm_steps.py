@@ -66,7 +66,7 @@ def _build_step(step: str, onnx_path: Path, target_dict: dict, work: Path, args)
     from repfx_deploy.compile import tvm_build as B
     from repfx_deploy.compile.config import CompileConfig
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
-    from repfx_deploy.ingest.onnx_signature import graph_input_specs
+    from repfx_deploy.onnx_signature import graph_input_specs
 
     target = tvm.target.Target(target_dict)
     info: dict = {}

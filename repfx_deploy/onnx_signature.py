@@ -1,4 +1,7 @@
-"""Read an ONNX model's input signature, letting the user pin dynamic dimensions."""
+"""Read an ONNX model's input signature, letting the user pin dynamic dimensions.
+
+Beside ``spec`` (no torch, no TVM; ``onnx`` only when a file is read) because both ingest and compile need it.
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,23 @@ from typing import Annotated
 
 import typer
 
+from repfx_deploy.cli.device import device_app
+from repfx_deploy.cli.estimate import estimate
+from repfx_deploy.cli.options import (
+    Arch,
+    Force,
+    InputShape,
+    Json,
+    PythonPath,
+    Rpc,
+    RpcKey,
+    Target,
+    TargetFile,
+    Threads,
+    TrustPickle,
+    Verbose,
+    load_options,
+)
 from repfx_deploy.cli.output import (
     emit_json,
     handle_errors,
@@ -23,32 +40,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Options shared by the commands that read a model.
-Arch = Annotated[str | None, typer.Option("--arch", help="module:callable that builds the model a state_dict belongs to.")]
-PythonPath = Annotated[list[Path] | None, typer.Option("--python-path", help="Folder to import --arch from (repeatable).")]
-TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled nn.Module. Unpickling runs code: only for files you trust.")]
-InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="Input shape, e.g. 1,3,32,32 or x=1,3,32,32:float32 (repeat for several inputs).")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")]
-Target = Annotated[str | None, typer.Option("--target", help="Device profile name (see `repfx-deploy targets`).")]
-TargetFile = Annotated[Path | None, typer.Option("--target-file", help="A device profile TOML file not in targets/.")]
-Threads = Annotated[int, typer.Option("--threads", min=0, help="Intra-op threads (0: the target's default).")]
-Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
-Rpc = Annotated[str | None, typer.Option("--rpc", help="TVM RPC tracker HOST:PORT: measure (or tune) on a device of --target.")]
-RpcKey = Annotated[str | None, typer.Option("--rpc-key", help="The device's key at the tracker (default: the target's rpc_key).")]
-
-
-def _load_options(arch, python_path, trust_pickle, input_shape):
-    from repfx_deploy.ingest.loader import LoadOptions
-    from repfx_deploy.spec import parse_input_shapes
-
-    return LoadOptions(
-        arch=arch,
-        python_path=tuple(python_path or ()),
-        trust_pickle=trust_pickle,
-        input_specs=parse_input_shapes(input_shape or []),
-    )
-
 
 @app.command()
 @handle_errors
@@ -63,7 +54,7 @@ def inspect(
     from repfx_deploy.analyze.torch_stats import torch_stats
     from repfx_deploy.ingest.loader import load_model
 
-    loaded = load_model(model, _load_options(arch, python_path, trust_pickle, input_shape))
+    loaded = load_model(model, load_options(arch, python_path, trust_pickle, input_shape))
     stats = torch_stats(loaded.module, loaded.input_specs) if loaded.is_torch else onnx_stats(loaded.onnx_path)
     doc = {"model": str(model), "format": loaded.format, "sha256": loaded.sha256, **stats.to_dict()}
     if json_out:
@@ -104,7 +95,7 @@ def export(
 
     check_output(output, force=force)
     config = ExportConfig(opset=opset, exporter=exporter)  # type: ignore[arg-type]
-    loaded = load_model(model, _load_options(arch, python_path, trust_pickle, input_shape))
+    loaded = load_model(model, load_options(arch, python_path, trust_pickle, input_shape))
     if not loaded.is_torch:
         raise InputError(f"{str(model)!r} is already ONNX.", "export takes a PyTorch model; use compile or bench for ONNX files.")
     samples = [random_inputs(loaded.input_specs, seed=s) for s in range(4)]
@@ -145,7 +136,7 @@ def compile_cmd(
     from repfx_deploy.pipeline.compile import CompileRequest, compile_model
 
     doc = compile_model(CompileRequest(
-        source=model, out_dir=output, load=_load_options(arch, python_path, trust_pickle, input_shape),
+        source=model, out_dir=output, load=load_options(arch, python_path, trust_pickle, input_shape),
         target=target or "host", target_file=target_file, threads=threads, tune_trials=tune_trials, force=force,
         rpc=rpc, rpc_key=rpc_key,
     ))
@@ -182,7 +173,7 @@ def bench(
 
     runtimes = tuple(r for r in (runtime or []) if r != "all")
     doc = run_bench(BenchRequest(
-        source=model, runtimes=runtimes, load=_load_options(arch, python_path, trust_pickle, input_shape),
+        source=model, runtimes=runtimes, load=load_options(arch, python_path, trust_pickle, input_shape),
         target=target or "host", target_file=target_file, threads=threads, tune_trials=tune_trials,
         timing=TimingConfig(warmup=warmup, repeats=repeats, max_repeats=max(2000, repeats)), rpc=rpc, rpc_key=rpc_key,
     ))
@@ -248,7 +239,7 @@ def compress(
         input_specs=parse_input_shapes(input_shape or []), calibration=calibration, eval=eval_data,
     )
     report = run_compress(CompressRequest(
-        model_path=model, out_dir=output, recipe=loaded_recipe, load=_load_options(arch, python_path, trust_pickle, None),
+        model_path=model, out_dir=output, recipe=loaded_recipe, load=load_options(arch, python_path, trust_pickle, None),
         target_file=target_file, force=force,
     ))
     if json_out:
@@ -263,10 +254,5 @@ def main() -> None:
     app()
 
 
-from repfx_deploy.cli.estimate import estimate  # noqa: E402  (registered last: it reuses the options above)
-
-app.command("estimate")(estimate)
-
-from repfx_deploy.cli.device import device_app  # noqa: E402  (a sub-app: device tracker / serve / list)
-
-app.add_typer(device_app, name="device")
+app.command("estimate")(estimate)  # registered last, so it comes last in --help
+app.add_typer(device_app, name="device")  # a sub-app: device tracker / serve / list

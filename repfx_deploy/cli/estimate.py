@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from repfx_deploy.cli.app import (
+from repfx_deploy.cli.options import (
     Arch,
     InputShape,
     Json,
@@ -17,7 +17,7 @@ from repfx_deploy.cli.app import (
     Threads,
     TrustPickle,
     Verbose,
-    _load_options,
+    load_options,
 )
 from repfx_deploy.cli.output import emit_json, handle_errors, setup_logging, stdout
 
@@ -43,7 +43,7 @@ def estimate(
     if method not in _METHODS:
         raise InputError(f"Unknown --method {method!r}.", f"Use one of {', '.join(_METHODS)}.")
     profile = get_profile(target, target_file)
-    loaded = load_model(model, _load_options(arch, python_path, trust_pickle, input_shape))
+    loaded = load_model(model, load_options(arch, python_path, trust_pickle, input_shape))
     source = loaded.module if loaded.is_torch else loaded.onnx_path
     result = estimate_latency(source, loaded.input_specs, profile, method=_METHODS[method], threads=threads)
     doc = {"model": str(model), **result.to_dict()}

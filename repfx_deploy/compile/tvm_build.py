@@ -26,22 +26,19 @@ from pathlib import Path
 from repfx_deploy.compile.config import CompileConfig
 from repfx_deploy.compile.host import ensure_thread_pool_capacity
 from repfx_deploy.compile.link import export_artifact, is_foreign_target
+from repfx_deploy.compile.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 from repfx_deploy.compile.onnx_import import (
     import_onnx,
     load_onnx,
     onnx_opset,
     output_specs,
 )
+from repfx_deploy.digest import file_sha256
 from repfx_deploy.errors import CompileError
-from repfx_deploy.ingest.loader import file_sha256
-from repfx_deploy.ingest.onnx_signature import graph_input_specs
+from repfx_deploy.onnx_signature import graph_input_specs
 from repfx_deploy.spec import InputSpec
 
 log = logging.getLogger("repfx_deploy.compile")
-
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "repfx-deploy/tvm-artifact"
-MANIFEST_VERSION = 1
 
 
 @dataclass

@@ -10,7 +10,6 @@ setting when called from a new thread. ``threads`` reports the count TVM says is
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -20,9 +19,8 @@ import numpy as np
 
 from repfx_deploy.compile.host import ensure_thread_pool_capacity
 from repfx_deploy.compile.link import LIBRARY_NAME
-from repfx_deploy.compile.tvm_build import MANIFEST_NAME
+from repfx_deploy.compile.manifest import manifest_inputs, read_manifest
 from repfx_deploy.errors import InputShapeError, MeasureError, ModelLoadError
-from repfx_deploy.spec import InputSpec
 
 # TVM's ThreadGroup::AffinityMode kBig: TVM's default on x86, where all cores are "big".
 AFFINITY_BIG = 1
@@ -101,21 +99,6 @@ class TvmRunner:
         except Exception as e:
             raise MeasureError(f"The TVM artifact failed to run: {e}", "Recompile the model; check the input shapes.") from e
         return to_numpy(out)
-
-
-def read_manifest(artifact_dir: Path) -> dict:
-    """The ``manifest.json`` of a compiled artifact folder; ``ModelLoadError`` when it is missing or unreadable."""
-    manifest_path = Path(artifact_dir) / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise ModelLoadError(f"{str(artifact_dir)!r} has no {MANIFEST_NAME}.", "Point at a folder written by compile.")
-    try:
-        return json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{str(manifest_path)!r} is not valid JSON: {e}", "Recompile the model.") from e
-
-
-def manifest_inputs(manifest: dict) -> tuple[InputSpec, ...]:
-    return tuple(InputSpec.from_dict(d) for d in manifest["inputs"])
 
 
 def to_numpy(out) -> list[np.ndarray]:

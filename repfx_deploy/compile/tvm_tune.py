@@ -27,7 +27,6 @@ import functools
 import json
 import logging
 import os
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from repfx_deploy.atomic import atomic_file
 from repfx_deploy.compile.config import CompileConfig
+from repfx_deploy.compile.tvm_ab import ab_compare
 
 log = logging.getLogger("repfx_deploy.compile")
 
@@ -44,8 +44,6 @@ CHOICES_FILE = "repfx_choices.json"
 MIN_TRIALS = 8
 TRIALS_PER_ROUND = 16  # MetaSchedule's 64 leaves small budgets a single round of cost-model feedback
 POPULATION = 128  # evolutionary-search population; the default 512 costs more search than measuring
-AB_ROUNDS = 7
-AB_MARGIN = 0.03  # a record must beat the default by 3 % to replace it: noise must not flip choices
 
 
 @dataclass
@@ -221,56 +219,6 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
-def ab_choose(timers, args) -> tuple[str, float, float]:
-    """Time the default and the tuned kernel (``timers``: two time_evaluators) in interleaved rounds; the tuned
-    one is chosen only when its median beats the default's by ``AB_MARGIN``. Returns (choice, default_us, tuned_us)."""
-    samples: list[list[float]] = [[], []]
-    for _ in range(AB_ROUNDS):
-        for i, timer in enumerate(timers):
-            samples[i].append(float(timer(*args).mean))
-    d_s, t_s = statistics.median(samples[0]), statistics.median(samples[1])
-    return ("tuned" if t_s < d_s * (1 - AB_MARGIN) else "default"), d_s * 1e6, t_s * 1e6
-
-
-def ab_schedules(task_mod, target, db):
-    """``(default, tuned)`` schedules of one kernel: the built-in one and the database's best record (either None)."""
-    from repfx_deploy.compile.tvm_schedule import schedule_func
-
-    default = schedule_func(task_mod["main"], target)
-    tuned = db.query_schedule(task_mod, target, "main") if db.has_workload(task_mod) else None
-    return default, tuned
-
-
-def ab_args(task_mod, dev=None) -> list:
-    """Seeded random arguments for one kernel, on ``dev`` (default: this CPU)."""
-    import numpy as np
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-
-    dev = tvm.cpu() if dev is None else dev
-    rng = np.random.default_rng(0)
-    return [
-        tvm.runtime.tensor(np.asarray(rng.random([int(d) for d in a.shape])).astype(a.dtype), dev)
-        for a in ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
-    ]
-
-
-def _ab_compare(task_mod, target, db) -> tuple[str, float | None, float | None]:
-    """Time the default schedule against the database's best record, interleaved; return (choice, us, us)."""
-    import tvm
-
-    default, tuned = ab_schedules(task_mod, target, db)
-    if tuned is None or default is None:
-        return ("default" if tuned is None else "tuned"), None, None
-    args = ab_args(task_mod)
-    timers = []
-    for sch in (default, tuned):
-        module = tvm.compile(sch.mod, target=target)
-        module = module.jit() if hasattr(module, "jit") else module
-        timers.append(module.time_evaluator("main", tvm.cpu(), number=1, repeat=1, min_repeat_ms=20))
-    return ab_choose(timers, args)
-
-
 def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
     """Tune the kernels of ``kernels_mod`` (output of ``tvm_build.lower_to_kernels``) into ``config.tuning_db``.
 
@@ -326,7 +274,7 @@ def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
             runner = ms.runner.LocalRunner(
                 timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=3, min_repeat_ms=40)
             )
-            compare = _ab_compare
+            compare = ab_compare
         else:
             from repfx_deploy.compile import tvm_tune_rpc
 
@@ -349,7 +297,7 @@ def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
     return report
 
 
-def _tune_one(task, share, trials, target, db, builder, runner, work_dir, num_cores, config, compare=_ab_compare) -> TaskResult:
+def _tune_one(task, share, trials, target, db, builder, runner, work_dir, num_cores, config, compare=ab_compare) -> TaskResult:
     from tvm.s_tir import meta_schedule as ms
 
     mod = task.dispatched[0]

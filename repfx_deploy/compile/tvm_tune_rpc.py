@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG
-from repfx_deploy.compile.tvm_tune import ab_args, ab_choose, ab_schedules
+from repfx_deploy.compile.tvm_ab import ab_args, ab_choose, ab_schedules
 
 
 def export_for_device(target_json: str, mod) -> str:
@@ -45,7 +45,7 @@ def rpc_runner(rpc):
 
 
 def ab_compare_on_device(task_mod, target, db, rpc, target_dict: dict) -> tuple[str, float | None, float | None]:
-    """``tvm_tune._ab_compare`` with both schedules cross-linked here and timed on the device, interleaved."""
+    """``tvm_ab.ab_compare`` with both schedules cross-linked here and timed on the device, interleaved."""
     import tvm
 
     from repfx_deploy.compile.link import export_artifact

@@ -148,7 +148,7 @@ def prepare_onnx(model: ModelSource, specs: tuple[InputSpec, ...]) -> tuple["onn
     """The model as an ONNX graph with static input shapes and inferred tensor shapes, and its input specs."""
     import onnx
 
-    from repfx_deploy.ingest.onnx_signature import graph_input_specs
+    from repfx_deploy.onnx_signature import graph_input_specs
 
     if isinstance(model, (str, Path)):
         from repfx_deploy.errors import ModelLoadError

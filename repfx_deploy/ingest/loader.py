@@ -7,7 +7,6 @@ loaded, so it is refused unless the caller opts in with ``trust_pickle``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import pickle
 import sys
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from repfx_deploy.digest import file_sha256
 from repfx_deploy.errors import InputShapeError, ModelLoadError, UntrustedPickleError
 from repfx_deploy.ingest.formats import Format, detect_format
 from repfx_deploy.spec import InputSpec
@@ -69,14 +69,6 @@ class LoadedModel:
         return self.module is not None
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     """Load ``path`` in whatever supported format it is in; raise a ``RepfxError`` naming any problem."""
     path = Path(path)
@@ -90,7 +82,7 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         return LoadedModel(path=path, format=fmt, sha256=folder_sha256(path), input_specs=tuple(specs), module=module)
     digest = file_sha256(path)
     if fmt == "onnx":
-        from repfx_deploy.ingest.onnx_signature import onnx_input_specs
+        from repfx_deploy.onnx_signature import onnx_input_specs
 
         specs = onnx_input_specs(path, options.input_specs)
         return LoadedModel(path=path, format=fmt, sha256=digest, input_specs=specs, onnx_path=path)

@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from repfx_deploy.compile.manifest import is_artifact, manifest_inputs, read_manifest
 from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.errors import InputError
 from repfx_deploy.ingest.loader import LoadOptions, load_model
@@ -37,10 +38,6 @@ class BenchRequest:
     rpc_key: str | None = None  # the device's key at the tracker (default: the profile's rpc_key, else its name)
 
 
-def _is_artifact(path: Path) -> bool:
-    return path.is_dir() and (path / "manifest.json").exists()
-
-
 def bench(request: BenchRequest) -> dict:
     """Measure every requested runtime back to back on the same seeded inputs; verify their outputs agree."""
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
@@ -62,7 +59,7 @@ def bench(request: BenchRequest) -> dict:
     runners = []
     with tempfile.TemporaryDirectory(prefix="repfx-bench-") as scratch:
         work = Path(scratch)
-        if _is_artifact(source):
+        if is_artifact(source):
             specs = _artifact_specs(source)
             if explicit:
                 _refuse(wanted - {"tvm"}, "a compiled TVM artifact", "pass the ONNX file or the torch model for those runtimes")
@@ -122,6 +119,4 @@ def _refuse(bad: set[str], what: str, fix: str) -> None:
 
 
 def _artifact_specs(folder: Path) -> tuple[InputSpec, ...]:
-    from repfx_deploy.compile.tvm_runtime import manifest_inputs, read_manifest
-
     return manifest_inputs(read_manifest(folder))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from repfx_deploy.compile.manifest import is_artifact, manifest_inputs, read_manifest
 from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.errors import InputError, MeasureError
 from repfx_deploy.ingest.loader import load_model
@@ -87,10 +88,7 @@ def bench_on_device(request, profile: TargetProfile) -> dict:
 
 def _artifact(request, profile, config, source: Path, work: Path) -> tuple[Path | None, Path, tuple[InputSpec, ...], dict]:
     """``(onnx_path or None, artifact folder, input specs, TVM target)``: compiled here unless given compiled."""
-    from repfx_deploy.compile.tvm_runtime import manifest_inputs, read_manifest
-    from repfx_deploy.pipeline.bench import _is_artifact
-
-    if _is_artifact(source):
+    if is_artifact(source):
         manifest = read_manifest(source)
         return None, source, manifest_inputs(manifest), manifest["target"]
     from repfx_deploy.compile.config import RpcTuning

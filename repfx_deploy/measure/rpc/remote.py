@@ -217,12 +217,8 @@ def _measure_one(session: DeviceSession, job: DeviceJob, samples, timing_inputs,
     import tvm
 
     from repfx_deploy.compile.link import LIBRARY_NAME
-    from repfx_deploy.compile.tvm_runtime import (
-        AFFINITY_BIG,
-        manifest_inputs,
-        read_manifest,
-        to_numpy,
-    )
+    from repfx_deploy.compile.manifest import manifest_inputs, read_manifest
+    from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG, to_numpy
 
     manifest = read_manifest(job.artifact_dir)
     library = job.artifact_dir / manifest.get("library", LIBRARY_NAME)

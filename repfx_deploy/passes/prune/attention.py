@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from repfx_deploy.passes.prune.graph import Cut, Layer, Tensor, matches
+from repfx_deploy.passes.prune.channels import Cut, Layer, Tensor, matches
 
 if TYPE_CHECKING:
     import torch.nn as nn

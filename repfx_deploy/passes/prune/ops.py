@@ -7,7 +7,8 @@ import operator
 from typing import TYPE_CHECKING, Any
 
 from repfx_deploy.errors import PassError
-from repfx_deploy.passes.prune.graph import (
+from repfx_deploy.passes.prune import attention
+from repfx_deploy.passes.prune.channels import (
     Classes,
     Cut,
     DependencyGraph,
@@ -30,12 +31,12 @@ def _names(*fns) -> set:
 class Walker(ShapeRules):
     """Walks the nodes in order, giving each tensor a ``Tensor`` (tracked channel axis), ``ParamRef`` or None."""
 
-    def __init__(self, gm: "fx.GraphModule", modules: dict, ignore: tuple[str, ...], attention) -> None:
+    def __init__(self, gm: "fx.GraphModule", modules: dict, ignore: tuple[str, ...]) -> None:
         import torch
         import torch.nn as nn
         import torch.nn.functional as F
 
-        self.gm, self.modules, self.ignore, self.attention = gm, modules, ignore, attention
+        self.gm, self.modules, self.ignore = gm, modules, ignore
         self.c = Classes()
         self.cuts: list[Cut] = []
         self.edits: list[LiteralEdit] = []
@@ -195,9 +196,9 @@ class Walker(ShapeRules):
             if isinstance(m, nn.Softmax) and isinstance(xv, Tensor) and m.dim is not None and m.dim % len(out_shape) == xv.axis:
                 self.notes.append(f"{name}: softmax over the pruned channels")
             return xv
-        spec = self.attention.find_attention(m)
+        spec = attention.find_attention(m)
         if spec is not None:
-            return self.attention.walk(self, node, m, name, spec)
+            return attention.walk(self, node, m, name, spec)
         if isinstance(m, nn.MultiheadAttention):
             self.pin_inputs(node)
             self.notes.append(f"{name}: nn.MultiheadAttention is left whole (its fused projections have no head-level handler)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from repfx_deploy.passes.prune.graph import Cut, Layer, LiteralEdit, ParamRef, Tensor
+from repfx_deploy.passes.prune.channels import Cut, Layer, LiteralEdit, ParamRef, Tensor
 
 
 class ShapeRules:
