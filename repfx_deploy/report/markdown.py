@@ -51,7 +51,7 @@ def render_markdown(report: dict) -> str:
         lines += ["## Before and after", "", "| | baseline | compressed | change |", "|---|---|---|---|"]
         lines.append(f"| parameters | {base['params']:,} | {comp['params']:,} | {fewer(base['params'], comp['params'])} |")
         lines.append(f"| MACs | {base['macs']:,} | {comp['macs']:,} | {fewer(base['macs'], comp['macs'])} |")
-        lines.append(f"| ONNX size (bytes) | {base['size_bytes']:,} | {comp['size_bytes']:,} | {fewer(base['size_bytes'], comp['size_bytes'], less="smaller", more="larger")} |")
+        lines.append(f"| ONNX size (bytes) | {base['size_bytes']:,} | {comp['size_bytes']:,} | {fewer(base['size_bytes'], comp['size_bytes'], less='smaller', more='larger')} |")
         lines.append(f"| top-1 accuracy | {_pct(base['accuracy'])} | {_pct(comp['accuracy'])} | |")
         lines.append(f"| top-1 agreement with original | {_pct(base['agreement'])} | {_pct(comp['agreement'])} | |")
         fid = comp.get("fidelity") or {}
