@@ -17,20 +17,26 @@ Recipe keys (``[[passes]] kind = "snn"``)::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from repfx_deploy.errors import RecipeError
+from repfx_deploy.passes.protocol import PassConfig
 from repfx_deploy.passes.snn.neurons import SURROGATES, Surrogate
 
 MAX_TIMESTEPS = 256
+# The pass's one site: the whole network runs at one T.
+TIMESTEPS_SITE = "timesteps"
 
 
 @dataclass(frozen=True)
-class SnnConfig:
+class SnnConfig(PassConfig):
     """Validated snn options. ``stages()`` gives the T of each IIR stage (just ``(timesteps,)`` without IIR)."""
+
+    kind = "snn"
 
     timesteps: int = 4
     iir: bool = False
@@ -121,23 +127,14 @@ class SnnConfig:
         """The T the network is converted at: the first IIR stage, or ``timesteps``."""
         return self.stages()[0] if self.iir else self.timesteps
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any], *, base_dir: Path | None = None) -> "SnnConfig":
-        """The config for a recipe table (without ``kind``); ``RecipeError`` for unknown keys or bad values."""
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise RecipeError(f"snn: unknown option(s) {', '.join(unknown)}.", f"Use only: {', '.join(sorted(allowed))}.")
-        values = dict(options)
-        if "iir_stages" in values:
-            stages = values["iir_stages"]
-            if not isinstance(stages, (list, tuple)):
-                raise RecipeError(f"snn: iir_stages must be a list, got {stages!r}.", "Write iir_stages = [5, 2, 1].")
-            values["iir_stages"] = tuple(stages)
-        if values.get("checkpoint_dir") is not None:
-            path = Path(values["checkpoint_dir"])
-            values["checkpoint_dir"] = path if path.is_absolute() or base_dir is None else base_dir / path
-        try:
-            return cls(**values)
-        except TypeError as e:
-            raise RecipeError(f"snn: bad option value: {e}", "Check the option types in the recipe.") from e
+    def with_assignment(self, assignment: Mapping[str, Any]) -> "SnnConfig":
+        """The config deploying at the assigned ``timesteps``; with IIR the stages stop there (they are the same
+        stages as this config's, which is why the space offers only the stages' T)."""
+        T = assignment.get(TIMESTEPS_SITE, self.timesteps)
+        if not self.iir:
+            return dataclasses.replace(self, timesteps=T)
+        stages = self.stages()
+        if T not in stages:
+            raise RecipeError(f"snn: with IIR the timesteps must be one of the stages {list(stages)}, got {T}.",
+                              "Choose a T the IIR schedule trains at.")
+        return dataclasses.replace(self, timesteps=T, iir_stages=stages[: stages.index(T) + 1])

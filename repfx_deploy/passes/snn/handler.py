@@ -1,25 +1,47 @@
-"""The ``snn`` pass: recipe options -> ANN-to-SNN conversion -> optional IIR retraining -> a spiking module.
+"""The ``snn`` pass: ANN-to-SNN conversion -> optional IIR retraining -> a spiking module.
 
 The returned ``SpikingNet`` takes the ANN's input and returns its logits (averaged over the T steps), with the
-steps unrolled, so it exports to ONNX and compiles with TVM like any other module. Its stats hold the conversion
+steps unrolled, so it exports to ONNX and compiles with TVM like any other module. Its extras hold the conversion
 (BN folded, thresholds), each IIR stage, and spike rates, synaptic operations and the energy ESTIMATE on the
 calibration data.
+
+Its one site is ``timesteps`` (the whole network runs at one T). Without IIR, conversion does not depend on T,
+so ``prepare`` converts once and each assignment only sets T. With IIR, ``prepare`` runs the whole schedule once
+and keeps the network after each stage, so the choices are the stages' T and an assignment takes that stage's
+network: exactly what a schedule stopping there trains, since each stage's training is seeded on its own.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from typing import Any
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from repfx_deploy.errors import PassError
-from repfx_deploy.passes.registry import PassContext, PassResult, register_pass
-from repfx_deploy.passes.snn.config import SnnConfig
+from repfx_deploy.passes.protocol import Assignment, Pass, PassContext, PassResult, Prepared, SearchSpace, Site, count, finish
+from repfx_deploy.passes.registry import register_pass
+from repfx_deploy.passes.snn.config import MAX_TIMESTEPS, TIMESTEPS_SITE, SnnConfig
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from repfx_deploy.passes.snn.simulate import SpikingNet
+
+# T offered without IIR (conversion only): powers of two, where latency and accuracy both move visibly.
+PLAIN_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64)
 
 
-@register_pass("snn")
-def handler(module, options: Mapping[str, Any], context: PassContext) -> PassResult:
-    config = SnnConfig.from_options(options)
+@dataclass
+class SnnPrepared(Prepared[SnnConfig]):
+    """The converted network (without IIR) or the network after each IIR stage, keyed by T."""
+
+    networks: dict[int, "SpikingNet"] = field(default_factory=dict)
+    conversion: dict[str, Any] = field(default_factory=dict)
+    stage_records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check_data(config: SnnConfig, context: PassContext):
     if context.calibration is None or len(context.calibration) == 0:
         raise PassError(
             "snn needs calibration data to balance each layer's threshold, and none was given.",
@@ -33,35 +55,66 @@ def handler(module, options: Mapping[str, Any], context: PassContext) -> PassRes
             "snn: IIR retraining uses cross-entropy on labels, but the training data has none.",
             "Give labeled [data] train (or calibration) data, or set kd_alpha = 1.0 to train by distillation alone.",
         )
-    snn, stats = convert_and_train(module, context.calibration, config, train=train)
-    return PassResult(module=snn, stats=stats)
+    return train
 
 
-def convert_and_train(module, calibration, config: SnnConfig, *, train=None, after_stage=None):
-    """Conversion, then IIR when ``config.iir``; returns ``(SpikingNet at config.timesteps, stats)``."""
-    import torch
+@register_pass
+class SnnPass(Pass[SnnConfig]):
+    kind = "snn"
+    config_type = SnnConfig
 
-    from repfx_deploy.passes.snn.convert import convert
-    from repfx_deploy.passes.snn.iir import iir_train
-    from repfx_deploy.passes.snn.stats import spike_stats
+    def prepare(self, module: "nn.Module", config: SnnConfig, context: PassContext) -> SnnPrepared:
+        """Convert once (threshold balancing on the calibration data); with IIR, also run every stage and keep
+        a copy of the network after each."""
+        import torch
 
-    x = torch.from_numpy(calibration.x[: config.calibration_samples])
-    snn, report = convert(module, x.split(config.calibration_batch_size), config)
-    stats: dict[str, Any] = {"config": _config_record(config), "conversion": report.to_dict()}
-    if config.iir:
-        stats["iir_stages"] = iir_train(snn, module, train, config, after_stage=after_stage)
-        stats["thresholds_after_iir"] = {name: round(float(n.threshold.detach()), 6) for name, n in snn.neurons()}
-        # the forward clamps the leak to [0, 1]; report what it uses
-        stats["leaks_after_iir"] = {name: round(float(n.leak.detach().clamp(0, 1)), 6) for name, n in snn.neurons()}
-    snn.set_timesteps(config.timesteps)
-    snn.eval()
-    probe = torch.from_numpy(calibration.x[: config.stats_samples])
-    stats["spikes"] = spike_stats(snn, probe.split(config.calibration_batch_size), energy_mac_pj=config.energy_mac_pj, energy_ac_pj=config.energy_ac_pj)
-    return snn, stats
+        from repfx_deploy.passes.snn.convert import convert
+        from repfx_deploy.passes.snn.iir import iir_train
 
+        train = _check_data(config, context)
+        assert context.calibration is not None
+        x = torch.from_numpy(context.calibration.x[: config.calibration_samples])
+        snn, report = convert(module, x.split(config.calibration_batch_size), config)
+        networks: dict[int, SpikingNet] = {}
+        records: list[dict[str, Any]] = []
+        if config.iir:
+            def keep(T: int, net: "SpikingNet") -> dict[str, Any]:
+                networks[T] = copy.deepcopy(net)
+                return {}
 
-def _config_record(config: SnnConfig) -> dict:
-    d = dataclasses.asdict(config)
-    d["iir_stages"] = list(config.stages())
-    d["checkpoint_dir"] = str(config.checkpoint_dir) if config.checkpoint_dir else None
-    return d
+            records = iir_train(snn, module, train, config, after_stage=keep)
+            choices: tuple[int, ...] = tuple(sorted(networks))
+        else:
+            networks[0] = snn  # one converted network serves every T
+            choices = tuple(sorted({*PLAIN_TIMESTEPS, config.timesteps} - {t for t in PLAIN_TIMESTEPS if t > MAX_TIMESTEPS}))
+        site = Site(TIMESTEPS_SITE, "timesteps", choices, config.timesteps)
+        return SnnPrepared(module, config, context, SearchSpace("snn", (site,)), count(module, context),
+                           networks=networks, conversion=report.to_dict(), stage_records=records)
+
+    def apply_assignment(self, prepared: Prepared[SnnConfig], assignment: Assignment) -> PassResult:
+        from repfx_deploy.passes.snn.stats import spike_stats
+
+        assert isinstance(prepared, SnnPrepared)
+        started = time.perf_counter()
+        decisions = prepared.space.complete(assignment)
+        T = int(decisions[TIMESTEPS_SITE])
+        config = prepared.config.with_assignment(decisions)
+        snn = copy.deepcopy(prepared.networks[T if config.iir else 0])
+        snn.set_timesteps(T)
+        snn.eval()
+        extras: dict[str, Any] = {"config": {**config.to_table(), "iir_stages": list(config.stages())},
+                                  "conversion": prepared.conversion}
+        if config.iir:
+            extras["iir_stages"] = [r for r in prepared.stage_records if r["timesteps"] in config.stages()]
+            extras["thresholds_after_iir"] = {name: round(float(n.threshold.detach()), 6) for name, n in snn.neurons()}
+            # the forward clamps the leak to [0, 1]; report what it uses
+            extras["leaks_after_iir"] = {name: round(float(n.leak.detach().clamp(0, 1)), 6) for name, n in snn.neurons()}
+        calibration = prepared.context.calibration
+        assert calibration is not None
+        import torch
+
+        probe = torch.from_numpy(calibration.x[: config.stats_samples])
+        extras["spikes"] = spike_stats(snn, probe.split(config.calibration_batch_size),
+                                       energy_mac_pj=config.energy_mac_pj, energy_ac_pj=config.energy_ac_pj)
+        return finish(prepared, snn, decisions, started, extras)
+
