@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from repfx_deploy.atomic import atomic_dir, check_output
-from repfx_deploy.data.datasets import Dataset, load_dataset
 from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.errors import CompileError, InputError
 from repfx_deploy.ingest.loader import LoadedModel, LoadOptions, load_model
@@ -27,6 +26,7 @@ from repfx_deploy.pipeline.artifacts import (
     relocate,
     relocate_manifest,
 )
+from repfx_deploy.pipeline.data import RecipeData, load_data
 from repfx_deploy.pipeline.evaluate import fidelity, predictions, run_all, top1_accuracy
 from repfx_deploy.recipe import Recipe, dump_recipe
 from repfx_deploy.targets import (
@@ -54,28 +54,7 @@ class CompressRequest:
     compile_tvm: bool = True
 
 
-@dataclass
-class _Data:
-    calibration: Dataset | None
-    eval: Dataset | None
-    train: Dataset | None
-
-
-def _load_data(recipe: Recipe, loaded: LoadedModel) -> _Data:
-    spec = loaded.input_specs[0]
-    wanted = [p for p in (recipe.data.calibration, recipe.data.eval, recipe.data.train) if p is not None]
-    if wanted and len(loaded.input_specs) != 1:
-        raise InputError("Calibration/evaluation data is only supported for single-input models.", "Drop the [data] paths for this model.")
-    pre = recipe.data.preprocess
-    calibration = (
-        load_dataset(recipe.data.calibration, spec, pre, limit=recipe.data.calibration_samples) if recipe.data.calibration else None
-    )
-    evaluation = load_dataset(recipe.data.eval, spec, pre, limit=recipe.data.eval_samples) if recipe.data.eval else None
-    train = load_dataset(recipe.data.train, spec, pre) if recipe.data.train else None
-    return _Data(calibration, evaluation, train)
-
-
-def _samples(loaded: LoadedModel, data: _Data) -> list[list[np.ndarray]]:
+def _samples(loaded: LoadedModel, data: RecipeData) -> list[list[np.ndarray]]:
     """Inputs used to verify artifacts: real calibration batches when given, plus seeded random inputs."""
     samples: list[list[np.ndarray]] = []
     if data.calibration is not None:
@@ -101,7 +80,7 @@ def _bench(artifacts: Artifacts, module, profile: TargetProfile, inputs: list[np
     return bench_runners(runners, inputs, timing)
 
 
-def _fidelity_inputs(loaded: LoadedModel, data: _Data) -> tuple[list[list[np.ndarray]], str]:
+def _fidelity_inputs(loaded: LoadedModel, data: RecipeData) -> tuple[list[list[np.ndarray]], str]:
     """Inputs fidelity to the original is measured on: the calibration data, else the eval data, else seeded
     random inputs (said so in the report, as random inputs say little about real behaviour)."""
     batch = loaded.input_specs[0].shape[0]
@@ -111,7 +90,7 @@ def _fidelity_inputs(loaded: LoadedModel, data: _Data) -> tuple[list[list[np.nda
     return [random_inputs(loaded.input_specs, seed=100 + s) for s in range(RANDOM_FIDELITY_SAMPLES)], "random inputs (no data given)"
 
 
-def _quality(artifacts: Artifacts, data: _Data, batch: int, threads: int, fid_inputs: list, reference: list, fid_source: str) -> dict:
+def _quality(artifacts: Artifacts, data: RecipeData, batch: int, threads: int, fid_inputs: list, reference: list, fid_source: str) -> dict:
     """Accuracy on eval data and fidelity to the original, both of the deployed ONNX model."""
     from repfx_deploy.measure.runtimes import OrtRunner
 
@@ -166,7 +145,7 @@ def compress(request: CompressRequest) -> dict:
     from repfx_deploy.measure.runtimes import TorchRunner
 
     log.info("loaded %s (%s), inputs %s", loaded.path, loaded.format, ", ".join(map(str, loaded.input_specs)))
-    data = _load_data(recipe, loaded)
+    data = load_data(recipe, loaded)
     batch = loaded.input_specs[0].shape[0]
     original = loaded.module
     assert original is not None
