@@ -9,6 +9,7 @@ import typer
 
 from repfx_deploy.cli.device import device_app
 from repfx_deploy.cli.estimate import estimate
+from repfx_deploy.cli.space import space
 from repfx_deploy.cli.options import (
     Arch,
     Force,
@@ -254,5 +255,6 @@ def main() -> None:
     app()
 
 
+app.command("space")(space)
 app.command("estimate")(estimate)  # registered last, so it comes last in --help
 app.add_typer(device_app, name="device")  # a sub-app: device tracker / serve / list
