@@ -23,3 +23,8 @@ class Runner(Protocol):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
     def bind(self, inputs: Sequence[np.ndarray]) -> Callable[[], object]: ...
+
+
+def run_all(runner: Runner, samples: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Outputs of ``runner`` for each input list in ``samples``."""
+    return [runner.run(s) for s in samples]

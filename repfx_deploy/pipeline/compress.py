@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,19 +23,18 @@ from repfx_deploy.lower.onnx_export import ExportConfig
 from repfx_deploy.measure.timing import TimingConfig
 from repfx_deploy.pipeline.artifacts import (
     Artifacts,
+    Deployable,
     build_artifacts,
-    relocate,
-    relocate_manifest,
+    relative_paths,
+    relativize_manifest,
 )
 from repfx_deploy.pipeline.data import RecipeData, load_data
-from repfx_deploy.pipeline.evaluate import fidelity, predictions, run_all, top1_accuracy
+from repfx_deploy.pipeline.evaluate import EvalData, Evaluation, evaluate, run_all
 from repfx_deploy.recipe import Recipe, dump_recipe
-from repfx_deploy.targets import (
-    TargetProfile,
-    get_profile,
-    resolve_threads,
-    resolve_tvm_target,
-)
+from repfx_deploy.targets import get_profile, resolve_threads, resolve_tvm_target
+
+if TYPE_CHECKING:
+    from repfx_deploy.measure.rpc.remote import RpcConfig
 
 log = logging.getLogger("repfx_deploy.pipeline")
 
@@ -52,6 +52,8 @@ class CompressRequest:
     force: bool = False
     timing: TimingConfig = TimingConfig()
     compile_tvm: bool = True
+    rpc: str | None = None  # tracker HOST:PORT: measure the TVM artifact on a device of the target
+    rpc_key: str | None = None  # the device's key there (default: the profile's rpc_key, else its name)
 
 
 def _samples(loaded: LoadedModel, data: RecipeData) -> list[list[np.ndarray]]:
@@ -64,22 +66,6 @@ def _samples(loaded: LoadedModel, data: RecipeData) -> list[list[np.ndarray]]:
     return samples
 
 
-def _bench(artifacts: Artifacts, module, profile: TargetProfile, inputs: list[np.ndarray], threads: int, timing: TimingConfig) -> dict:
-    from repfx_deploy.measure.bench import bench_runners
-    from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
-
-    runners = []
-    if "torch" in profile.runtimes:
-        runners.append(TorchRunner(module, threads))
-    if "onnxruntime" in profile.runtimes:
-        runners.append(OrtRunner(artifacts.onnx_path, threads))
-    if "tvm" in profile.runtimes and artifacts.tvm_dir is not None and artifacts.tvm_runs_here:
-        from repfx_deploy.compile.tvm_runtime import load_tvm_runner
-
-        runners.append(load_tvm_runner(artifacts.tvm_dir, threads))
-    return bench_runners(runners, inputs, timing)
-
-
 def _fidelity_inputs(loaded: LoadedModel, data: RecipeData) -> tuple[list[list[np.ndarray]], str]:
     """Inputs fidelity to the original is measured on: the calibration data, else the eval data, else seeded
     random inputs (said so in the report, as random inputs say little about real behaviour)."""
@@ -90,32 +76,49 @@ def _fidelity_inputs(loaded: LoadedModel, data: RecipeData) -> tuple[list[list[n
     return [random_inputs(loaded.input_specs, seed=100 + s) for s in range(RANDOM_FIDELITY_SAMPLES)], "random inputs (no data given)"
 
 
-def _quality(artifacts: Artifacts, data: RecipeData, batch: int, threads: int, fid_inputs: list, reference: list, fid_source: str) -> dict:
-    """Accuracy on eval data and fidelity to the original, both of the deployed ONNX model."""
-    from repfx_deploy.measure.runtimes import OrtRunner
-
-    ort = OrtRunner(artifacts.onnx_path, threads)
-    out: dict = {"accuracy": None}
-    if data.eval is not None and data.eval.labeled:
-        out["accuracy"] = top1_accuracy(predictions(ort, data.eval, batch), data.eval, batch)
-    fid = fidelity(reference, run_all(ort, fid_inputs), reference_name="original (torch)", candidate_name="deployed (onnxruntime)")
-    out["fidelity"] = {**fid, "data": fid_source}
-    out["agreement"] = fid["top1_agreement"]
-    return out
-
-
-def _summary(stats, artifacts: Artifacts, latency: dict, quality: dict) -> dict:
+def _summary(stats, artifacts: Artifacts, evaluation: Evaluation, latency: dict, agreement: float | None) -> dict:
+    """One side of the report's before/after: counts, size, quality, and each runtime's latency with its source."""
     return {
         "params": stats.params,
         "macs": stats.macs,
         "weights_bytes": stats.size_bytes,
         "size_bytes": artifacts.onnx_path.stat().st_size,
-        "accuracy": quality["accuracy"],
-        "agreement": quality["agreement"],
-        "fidelity": quality["fidelity"],
-        "latency_ms": {name: r["latency_ms"] for name, r in latency.items()},
-        "latency": latency,
+        "accuracy": evaluation.accuracy,
+        "agreement": agreement,
+        "fidelity": dict(evaluation.fidelity) if evaluation.fidelity is not None else None,
+        "latency_ms": {rt: lat.latency_ms for rt, lat in latency.items()},
+        "latency": {rt: lat.to_dict() for rt, lat in latency.items()},
     }
+
+
+def _rpc_config(request: "CompressRequest", profile, threads: int) -> "RpcConfig | None":
+    """The device to measure on, checked before any work: a wrong tracker or key fails in seconds, not after
+    the passes and the compile."""
+    if request.rpc is None:
+        return None
+    from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
+    from repfx_deploy.measure.rpc.remote import RpcConfig
+    from repfx_deploy.measure.rpc.tracker import check_device
+    from repfx_deploy.pipeline.bench_rpc import device_key
+    from repfx_deploy.pipeline.latency import check_rpc_target
+
+    if "tvm" not in profile.runtimes or not request.compile_tvm:
+        raise InputError(f"--rpc measures the TVM artifact on the device, but target {profile.name!r} gets none here.",
+                         "Drop --rpc, or use a target whose runtimes include tvm.")
+    check_rpc_target(profile, ("tvm",))
+    endpoint = RpcEndpoint.parse(request.rpc)
+    config = RpcConfig(endpoint, device_key(profile, request.rpc_key), threads=threads)
+    check_device(endpoint, config.key)
+    return config
+
+
+def _runtimes(profile, art: Artifacts, rpc: "RpcConfig | None") -> tuple[str, ...]:
+    """The profile's runtimes that have a latency here: all but a TVM that was not built, unless the estimator
+    covers it. ``TargetError`` (before any work, from ``source_for``) where a runtime has no source at all."""
+    from repfx_deploy.pipeline.latency import source_for
+
+    return tuple(rt for rt in profile.runtimes
+                 if rt != "tvm" or art.tvm_dir is not None or source_for(profile, rt, rpc=rpc is not None) == "estimated")
 
 
 def compress(request: CompressRequest) -> dict:
@@ -128,6 +131,10 @@ def compress(request: CompressRequest) -> dict:
     check_output(request.out_dir, force=request.force)
     recipe = request.recipe
     profile = get_profile(recipe.target, request.target_file)
+    from repfx_deploy.pipeline.latency import source_for
+
+    for rt in profile.runtimes:  # a target with no way to know its latency is refused before any work
+        source_for(profile, rt, rpc=request.rpc is not None)
     started = time.perf_counter()
     loaded = load_model(request.model_path, LoadOptions(
         arch=request.load.arch or recipe.arch,
@@ -142,6 +149,7 @@ def compress(request: CompressRequest) -> dict:
         )
     recipe = recipe.with_overrides(input_specs=loaded.input_specs, arch=loaded.arch)
     threads = resolve_threads(profile, recipe.threads)
+    rpc = _rpc_config(request, profile, threads)
     from repfx_deploy.measure.runtimes import TorchRunner
 
     log.info("loaded %s (%s), inputs %s", loaded.path, loaded.format, ", ".join(map(str, loaded.input_specs)))
@@ -153,9 +161,6 @@ def compress(request: CompressRequest) -> dict:
     torch_runner = TorchRunner(original, threads)
     fid_inputs, fid_source = _fidelity_inputs(loaded, data)
     reference = run_all(torch_runner, fid_inputs)
-    baseline_accuracy = None
-    if data.eval is not None and data.eval.labeled:
-        baseline_accuracy = top1_accuracy(predictions(torch_runner, data.eval, batch), data.eval, batch)
 
     context = PassContext(input_specs=loaded.input_specs, profile=profile, calibration=data.calibration, train=data.train,
                           reference=original, artifact_checks=True)
@@ -185,38 +190,47 @@ def compress(request: CompressRequest) -> dict:
                      tune_trials=recipe.tune_trials, threads=threads, source_sha256=loaded.sha256, link=profile.link)
         art = build_artifacts(compressed, loaded.input_specs, tmp, **build)
         base_art = build_artifacts(original, loaded.input_specs, tmp / "baseline", **build) if pass_records else art
-        report["verification"] = art.verification
+        report["verification"] = list(art.verification)
         _check_int8_artifact(pass_records, art)
         report["warnings"] += _verification_warnings(art.verification)
         if art.tvm_dir is not None and not art.tvm_runs_here:
+            where = (f"so it was timed and verified on device {rpc.key!r} over TVM RPC" if rpc is not None else
+                     "so it was not verified here and its latency is the target's estimate; measure and verify it on the "
+                     f"device with `repfx-deploy bench model.onnx --target {profile.name} --rpc HOST:PORT` in this folder "
+                     "(or compress with --rpc)")
             report["notes"].append(
                 f"The TVM artifact is built for {profile.name} ({(tvm_target or {}).get('mtriple')}) and cannot run on this "
-                "machine, so it was neither verified against ONNX Runtime nor timed here; measure and verify it on the "
-                f"device over TVM RPC with `repfx-deploy bench {request.out_dir}/model.onnx --target {profile.name} "
-                "--rpc HOST:PORT`. Accuracy and fidelity are of the same model on ONNX Runtime here."
+                f"machine, {where}. Accuracy and fidelity are of the same model on ONNX Runtime here."
             )
-        report["artifacts"] = _artifact_paths(request.out_dir, tmp, art)
+        # paths recorded in the folder are relative to it: it is assembled in a temporary sibling, then renamed
+        report["artifacts"] = _artifact_paths(tmp, art)
         for a in {id(art): art, id(base_art): base_art}.values():
-            relocate_manifest(a.tvm_dir, tmp, request.out_dir)
-        report["export"] = relocate(art.export, tmp, request.out_dir)
-        report["compile"] = relocate(art.compile, tmp, request.out_dir) or None
+            relativize_manifest(a.tvm_dir, tmp)
+        report["export"] = relative_paths(art.export, tmp)
+        report["compile"] = relative_paths(art.compile, tmp) or None
         if art.compile_error:
             report["status"] = "failed at compile"
             report["error"] = art.compile_error
             write_report(tmp, report, recipe_toml=dump_recipe(recipe))
         else:
-            log.info("measuring latency on %s with %d thread(s)", ", ".join(profile.runtimes), threads)
-            compressed_latency = _bench(art, compressed, profile, bench_inputs, threads, request.timing)
-            baseline_latency = (
-                _bench(base_art, original, profile, bench_inputs, threads, request.timing) if pass_records else compressed_latency
-            )
-            log.info("scoring accuracy and fidelity")
-            quality = _quality(art, data, batch, threads, fid_inputs, reference, fid_source)
-            report["baseline"] = _summary(
-                baseline_stats, base_art, baseline_latency,
-                {"accuracy": baseline_accuracy, "agreement": 1.0, "fidelity": None},
-            )
-            report["compressed"] = _summary(compressed_stats, art, compressed_latency, quality)
+            runtimes = _runtimes(profile, art, rpc)
+            log.info("latency on %s with %d thread(s): %s", profile.name, threads, ", ".join(runtimes))
+            common = dict(runtimes=runtimes, threads=threads, timing=request.timing, rpc=rpc, verify=False)
+            specs = loaded.input_specs
+            # the deployed model (ONNX Runtime) against the original (torch); the artifacts were verified when built
+            comp = evaluate(Deployable(compressed, art.onnx_path, art.tvm_dir, specs), profile, name="deployed", quality_runtime="onnxruntime",
+                            data=EvalData(eval=data.eval, batch_size=batch, inputs=fid_inputs, reference=reference,
+                                          reference_name="original (torch)", inputs_source=fid_source, timing_inputs=bench_inputs), **common)
+            base = evaluate(Deployable(original, base_art.onnx_path, base_art.tvm_dir, specs), profile, quality_runtime="torch",
+                            data=EvalData(eval=data.eval, batch_size=batch, timing_inputs=bench_inputs),
+                            **{**common, "runtimes": runtimes if pass_records else ()})
+            compressed_latency = dict(comp.latency)
+            baseline_latency = dict(base.latency) if pass_records else compressed_latency
+            report["verification"] += [dict(v) for v in comp.verification]  # the device's outputs, when measured there
+            report["notes"] += [n for n in comp.notes if n not in report["notes"]]
+            report["baseline"] = _summary(baseline_stats, base_art, base, baseline_latency, agreement=1.0)
+            report["compressed"] = _summary(compressed_stats, art, comp, compressed_latency,
+                                            agreement=comp.fidelity["top1_agreement"] if comp.fidelity else None)
             if not pass_records:
                 report["notes"].append("The recipe has no passes: the compressed model is the baseline, measured once.")
             else:
@@ -247,19 +261,26 @@ MIN_SPEEDUP = 1.03
 
 
 def _not_faster_warnings(baseline: dict, compressed: dict) -> list[str]:
-    """One warning per runtime where the compressed model did not run measurably faster than the original."""
+    """One warning per runtime where the compressed model did not run measurably faster than the original
+    (``Latency`` values, or records with ``latency_ms``; an estimate is said to be one)."""
+    from repfx_deploy.report.phrasing import faster
+
     warnings = []
     for name, after in compressed.items():
         before = baseline.get(name)
         if before is None:
             continue
-        speedup = before["latency_ms"] / max(after["latency_ms"], 1e-9)
-        if speedup < MIN_SPEEDUP:
+        b, a = _ms(before), _ms(after)
+        if b / max(a, 1e-9) < MIN_SPEEDUP:
+            estimated = " (estimated)" if getattr(after, "source", None) == "estimated" else ""
             warnings.append(
-                f"On {name} the compressed model is not faster: {after['latency_ms']:.4g} ms vs {before['latency_ms']:.4g} ms "
-                f"before ({speedup:.2f}x)."
+                f"On {name} the compressed model is not faster{estimated}: {a:.4g} ms vs {b:.4g} ms before ({faster(b, a)})."
             )
     return warnings
+
+
+def _ms(latency) -> float:
+    return float(latency["latency_ms"] if isinstance(latency, dict) else latency.latency_ms)
 
 
 def _verification_warnings(verification: list[dict]) -> list[str]:
@@ -271,16 +292,17 @@ def _verification_warnings(verification: list[dict]) -> list[str]:
     ]
 
 
-def _artifact_paths(final: Path, tmp: Path, art: Artifacts) -> dict:
+def _artifact_paths(folder: Path, art: Artifacts) -> dict:
+    """Where each file of the result is, relative to the result folder."""
     def rel(p: Path | None) -> str | None:
-        return str(final / p.relative_to(tmp)) if p is not None else None
+        return p.relative_to(folder).as_posix() if p is not None else None
 
     library = (art.compile.get("manifest") or {}).get("library", "model.so")
     return {
         "onnx": rel(art.onnx_path),
         "tvm_library": rel(art.tvm_dir / library) if art.tvm_dir else None,
         "tvm_manifest": rel(art.tvm_dir / "manifest.json") if art.tvm_dir else None,
-        "report_json": str(final / "report.json"),
-        "report_md": str(final / "report.md"),
-        "recipe": str(final / "recipe.toml"),
+        "report_json": "report.json",
+        "report_md": "report.md",
+        "recipe": "recipe.toml",
     }

@@ -35,6 +35,66 @@ def _short(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _source_label(entry: dict) -> str:
+    """How a latency figure was obtained, as a table row says it."""
+    source = entry.get("source", "measured-local")
+    if source == "estimated":
+        return f"estimated, ±{entry['error_pct']:.3g} %"
+    label = "median, measured on device over RPC" if source == "measured-rpc" else "median, measured on this machine"
+    return label + (", emulated: not the device's speed" if entry.get("emulated") else "")
+
+
+def _latency_rows(base: dict, comp: dict) -> list[str]:
+    """The before/after table's latency rows: one per runtime, saying where the figures came from."""
+    rows = []
+    runtimes = [rt for rt in _RUNTIMES if rt in base["latency_ms"] or rt in comp["latency_ms"]]
+    runtimes += [rt for rt in {**base["latency_ms"], **comp["latency_ms"]} if rt not in runtimes]
+    for rt in runtimes:
+        b_entry, c_entry = base["latency"].get(rt, {}), comp["latency"].get(rt, {})
+        label = _source_label(c_entry or b_entry)
+        if b_entry and c_entry and _source_label(b_entry) != label:
+            label += f"; baseline {_source_label(b_entry)}"
+        b, c = base["latency_ms"].get(rt), comp["latency_ms"].get(rt)
+        rows.append(f"| latency {rt} (ms, {label}) | {_fmt(b, '.4f')} | {_fmt(c, '.4f')} | {faster(b, c)} |")
+    return rows
+
+
+def _latency_section(base: dict, comp: dict) -> list[str]:
+    """Every latency figure with its statistics (measured) or its method and error (estimated), then where each
+    kind of figure came from."""
+    lines = ["## Latency", "", "| model | runtime | source | median ms | p90 ms | min ms | repeats | threads |",
+             "|---|---|---|---|---|---|---|---|"]
+    sources: dict[str, dict] = {}
+    for label, summary in (("baseline", base), ("compressed", comp)):
+        for rt, r in summary["latency"].items():
+            sources.setdefault(r.get("source", "measured-local"), r)
+            st = r.get("stats")
+            if st:
+                threads = (r.get("environment") or {}).get("threads", "")
+                lines.append(f"| {label} | {rt} | {_source_label(r)} | {st['median_ms']:.4f} | {st['p90_ms']:.4f} | "
+                             f"{st['min_ms']:.4f} | {st['repeats']} | {threads} |")
+            else:
+                lines.append(f"| {label} | {rt} | {_source_label(r)} ({r.get('method', 'estimator')}) | {r['latency_ms']:.4f} "
+                             f"| | | | {r.get('threads', '')} |")
+    lines.append("")
+    if "measured-local" in sources:
+        env = sources["measured-local"].get("environment") or {}
+        v = env.get("versions", {})
+        lines.append(f"Measured on this machine: {env.get('cpu')} ({env.get('machine')}), torch {v.get('torch')}, "
+                     f"onnxruntime {v.get('onnxruntime')}, TVM {v.get('apache-tvm')}.")
+    if "measured-rpc" in sources:
+        r = sources["measured-rpc"]
+        device, env = r.get("device") or {}, r.get("environment") or {}
+        lines.append(f"Measured on device `{device.get('key')}` at {device.get('address')} over TVM RPC "
+                     f"({env.get('machine')}, TVM {(env.get('versions') or {}).get('apache-tvm')}), with the device's own timer."
+                     + (f" {r['note']}" if r.get("note") else ""))
+    if "estimated" in sources:
+        r = sources["estimated"]
+        lines.append(f"Estimated, not measured: the target's {r.get('method')}, which predicts {r.get('predicts')}; "
+                     f"calibrated on {r.get('calibrated_on')}. Stated error: ±{r['error_pct']:.3g} % ({r.get('accuracy')}).")
+    return lines + [""]
+
+
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f} %"
 
@@ -57,25 +117,12 @@ def render_markdown(report: dict) -> str:
         fid = comp.get("fidelity") or {}
         if fid:
             lines.append(f"| output cosine with original | 1.00000000 | {fid['cosine']:.8f} | |")
-        for rt in _RUNTIMES:
-            b, c = base["latency_ms"].get(rt), comp["latency_ms"].get(rt)
-            if b is not None or c is not None:
-                lines.append(f"| latency {rt} (ms, median, measured) | {_fmt(b, '.4f')} | {_fmt(c, '.4f')} | {faster(b, c)} |")
+        lines += _latency_rows(base, comp)
         if fid:
             lines += ["", f"Accuracy and agreement are of the deployed ONNX model (ONNX Runtime); agreement and cosine "
                       f"were measured on {fid['data']}, {fid['samples']} batch(es)."]
         lines.append("")
-        lines += ["## Latency measurements", "", "| model | runtime | median ms | p90 ms | min ms | repeats | threads |", "|---|---|---|---|---|---|---|"]
-        for label, summary in (("baseline", base), ("compressed", comp)):
-            for rt, r in summary["latency"].items():
-                st = r["stats"]
-                lines.append(f"| {label} | {rt} | {st['median_ms']:.4f} | {st['p90_ms']:.4f} | {st['min_ms']:.4f} | {st['repeats']} | {r['environment']['threads']} |")
-        env = next(iter(comp["latency"].values()), {}).get("environment") if comp["latency"] else None
-        if env:
-            v = env["versions"]
-            lines += ["", f"Measured on {env['cpu']} ({env['machine']}), torch {v['torch']}, onnxruntime {v['onnxruntime']}, "
-                      f"TVM {v['apache-tvm']}."]
-        lines.append("")
+        lines += _latency_section(base, comp)
     if report.get("passes"):
         lines += _passes_table(report["passes"])
     if report.get("verification"):

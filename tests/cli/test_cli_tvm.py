@@ -84,7 +84,7 @@ def test_bench_on_another_device_refused_with_reason(tiny_onnx):
     assert result.exit_code == 2 and "another device" in result.output
 
 
-def test_compress_for_pixel1_keeps_artifacts_and_says_what_was_not_measured(tmp_path, tiny_state_dict, fixtures_dir):
+def test_compress_for_pixel1_reports_estimated_latency_with_its_error_for_both_models(tmp_path, tiny_state_dict, fixtures_dir):
     out = tmp_path / "res"
     result = _invoke(
         "compress", tiny_state_dict, "--arch", "tiny_models:TinyConvNet", "--python-path", fixtures_dir,
@@ -92,6 +92,12 @@ def test_compress_for_pixel1_keeps_artifacts_and_says_what_was_not_measured(tmp_
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert (out / "tvm" / "model.tar").exists() and doc["artifacts"]["tvm_library"].endswith("model.tar")
-    assert doc["compressed"]["latency_ms"] == {}
+    assert (out / "tvm" / "model.tar").exists() and doc["artifacts"]["tvm_library"] == "tvm/model.tar"
+    on_disk = json.loads((out / "report.json").read_text())
+    for report in (doc, on_disk):
+        for side in ("baseline", "compressed"):
+            assert report[side]["latency_ms"]["tvm"] > 0
+            entry = report[side]["latency"]["tvm"]
+            assert entry["source"] == "estimated" and entry["error_pct"] == 14.4 and entry["accuracy"]
     assert any("cannot run on this machine" in n for n in doc["notes"])
+    assert "| latency tvm (ms, estimated, ±14.4 %) |" in (out / "report.md").read_text()
