@@ -1,4 +1,4 @@
-"""The lowrank pass's options, validated once into frozen configs.
+"""The lowrank pass's config: one frozen dataclass, parsed from the recipe by ``options.parse_config``.
 
 Recipe keys (``[[passes]] kind = "lowrank"``)::
 
@@ -6,57 +6,113 @@ Recipe keys (``[[passes]] kind = "lowrank"``)::
     macs_ratio = 0.5             # fraction of its MACs kept; or
     energy = 0.95                # per layer: the smallest rank keeping this fraction of the squared singular values
     criterion = "energy"         # budget modes: "energy" (discarded energy) | "sensitivity" (measured on calibration data)
-    layer_ranks = { "fc1" = 32, "layer3.*" = "dense" }   # fixed ranks (or "dense") for matching layers, first match wins
-    conv_scheme = "channel"      # channel (k x k to r, then 1 x 1) | spatial (k x 1 then 1 x k) | auto (the cheaper)
+    layer_ranks = { "fc1" = 32, "layer3.*" = "dense" }   # pins by name pattern (glob or prefix), first match wins
+    ranks = { "layer1.0.conv1" = 16, "fc" = "dense" }     # pins by exact layer name; win over layer_ranks
+    conv_scheme = "channel"      # channel (k x k to r, then 1 x 1) | spatial (k x 1 then 1 x k) | auto (per layer)
     round_to = 8                 # ranks are multiples of it (vector lanes); default: the target's channel_multiple
     ignore = ["head"]            # layers left dense
     unfuse_attention = true      # swap nn.MultiheadAttention / TransformerEncoder(Layer) for stand-ins with plain linears
     sensitivity_points = 8, sensitivity_batches = 2, sensitivity_batch_size = 32
     bn_recalibrate = true        # re-estimate BatchNorm statistics on the calibration data afterwards
-    trained_rank = false         # TRP: fine-tune the dense layers with a nuclear-norm penalty before factorizing
+    bn_batches = 32
+    trained_rank = false         # TRP: train the dense layers with a nuclear-norm penalty before factorizing
     nuclear_weight = 1e-4        # TRP penalty weight
-    finetune_epochs = 0, finetune_steps = 0   # distillation from the original model after factorizing
-    lr, batch_size, augment, temperature, alpha, optimizer, weight_decay, checkpoint, seed   # fine-tuning
+    trp_epochs = 1, trp_steps = 0, trp_lr = 0.01, trp_batch_size = 64, trp_optimizer = "sgd",
+    trp_weight_decay = 5e-4, trp_augment = "none", trp_seed = 0, trp_data = "auto"   # the TRP training run
+
+A rank value (in ``ranks`` and ``layer_ranks``) is ``"dense"`` (the layer kept whole), an integer, or
+``"<scheme>:<rank>"`` (``"spatial:12"``) naming the scheme. In ``ranks`` an integer is a rank of the layer's
+first scheme (``linear``; for a conv ``channel``, or ``spatial`` when ``conv_scheme = "spatial"``); in
+``layer_ranks`` it keeps its older meaning, the cheapest allowed scheme at that rank. Fine-tuning after
+factorizing is the recover pass's job (``kind = "recover"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Literal
 
-from repfx_deploy.errors import RecipeError
+from repfx_deploy.passes.protocol import Assignment, PassConfig
+
+if TYPE_CHECKING:
+    from repfx_deploy.passes.recovery.distill import FinetuneConfig
 
 Criterion = Literal["energy", "sensitivity"]
 ConvScheme = Literal["channel", "spatial", "auto"]
-CRITERIA = ("energy", "sensitivity")
-CONV_SCHEMES = ("channel", "spatial", "auto")
+Scheme = Literal["linear", "channel", "spatial"]
+SCHEMES: tuple[Scheme, ...] = ("linear", "channel", "spatial")
+DENSE = "dense"
+RankValue = int | str
+
+# The fields of the TRP run: all must be at their defaults unless trained_rank is on.
+_TRP_FIELDS = ("nuclear_weight", "trp_epochs", "trp_steps", "trp_lr", "trp_batch_size", "trp_optimizer",
+               "trp_weight_decay", "trp_augment", "trp_seed", "trp_data")
+
+
+def parse_rank(value: RankValue) -> tuple[Scheme | None, int] | None:
+    """A rank value -> ``None`` (dense), ``(None, r)`` (no scheme named) or ``(scheme, r)``; ``ValueError``
+    for anything else."""
+    if value == DENSE:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 1:
+            return None, value
+    elif isinstance(value, str) and ":" in value:
+        scheme, _, rank = value.partition(":")
+        if scheme in SCHEMES and rank.isdigit() and int(rank) >= 1:
+            return scheme, int(rank)  # type: ignore[return-value]
+    raise ValueError(f'a rank is an integer >= 1, "dense" or "<scheme>:<rank>" with scheme one of {", ".join(SCHEMES)}; got {value!r}')
 
 
 @dataclass(frozen=True)
-class LowRankConfig:
-    """How ranks are chosen. Exactly one of ``params_ratio``, ``macs_ratio``, ``energy`` sets the mode (with none,
-    ``params_ratio = 0.5``); ``layer_ranks`` pins ranks (``"dense"`` keeps a layer whole) and may be used alone
-    (``layer_ranks_only``), in which case only the pinned layers change."""
+class LowRankConfig(PassConfig):
+    """How ranks are chosen. Exactly one of ``params_ratio``, ``macs_ratio``, ``energy`` sets the criterion (with
+    none and no pins, ``params_ratio = 0.5``); ``ranks`` (exact names) and ``layer_ranks`` (patterns) pin layers
+    and may be used alone, in which case only the pinned layers change. When every layer that could be
+    factorized is pinned, the criterion has nothing left to choose and is not applied (this is what
+    ``with_assignment`` relies on)."""
+
+    kind = "lowrank"
 
     params_ratio: float | None = None
     macs_ratio: float | None = None
     energy: float | None = None
     criterion: Criterion = "energy"
-    layer_ranks: tuple[tuple[str, int | str], ...] = ()
+    layer_ranks: tuple[tuple[str, RankValue], ...] = ()
+    ranks: tuple[tuple[str, RankValue], ...] = ()
     conv_scheme: ConvScheme = "channel"
-    round_to: int = 1
+    round_to: int | None = None
     ignore: tuple[str, ...] = ()
     unfuse_attention: bool = True
     sensitivity_points: int = 8
     sensitivity_batches: int = 2
     sensitivity_batch_size: int = 32
+    bn_recalibrate: bool = True
+    bn_batches: int = 32
+    trained_rank: bool = False
+    nuclear_weight: float = 1e-4
+    trp_epochs: float = 1.0
+    trp_steps: int = 0
+    trp_lr: float = 0.01
+    trp_batch_size: int = 64
+    trp_optimizer: Literal["sgd", "adam"] = "sgd"
+    trp_weight_decay: float = 5e-4
+    trp_augment: Literal["none", "crop-flip"] = "none"
+    trp_seed: int = 0
+    trp_data: Literal["auto", "train", "calibration"] = "auto"
 
     def __post_init__(self) -> None:
+        # from Python, a dict of pins and a list of patterns are accepted too (the recipe parser gives tuples)
+        for key in ("layer_ranks", "ranks"):
+            if isinstance(getattr(self, key), Mapping):
+                object.__setattr__(self, key, tuple(getattr(self, key).items()))
+        if isinstance(self.ignore, (list, str)):
+            object.__setattr__(self, "ignore", (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore))
         modes = [k for k in ("params_ratio", "macs_ratio", "energy") if getattr(self, k) is not None]
         if len(modes) > 1:
             raise ValueError(f"set one of params_ratio, macs_ratio, energy (got {', '.join(modes)})")
-        if not modes and not self.layer_ranks:
+        if not modes and not self.layer_ranks and not self.ranks:
             object.__setattr__(self, "params_ratio", 0.5)
         for key in ("params_ratio", "macs_ratio"):
             v = getattr(self, key)
@@ -64,28 +120,42 @@ class LowRankConfig:
                 raise ValueError(f"{key} is the fraction kept, in (0, 1); got {v}")
         if self.energy is not None and not 0.0 < float(self.energy) < 1.0:
             raise ValueError(f"energy is the fraction of squared singular values kept, in (0, 1); got {self.energy}")
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {self.criterion!r}")
+        if self.criterion not in ("energy", "sensitivity"):
+            raise ValueError(f"criterion must be 'energy' or 'sensitivity'; got {self.criterion!r}")
         if self.criterion == "sensitivity" and self.budget is None:
             raise ValueError("criterion = 'sensitivity' spends a budget: set params_ratio or macs_ratio")
-        if self.conv_scheme not in CONV_SCHEMES:
-            raise ValueError(f"conv_scheme must be one of {', '.join(CONV_SCHEMES)}; got {self.conv_scheme!r}")
-        if isinstance(self.layer_ranks, Mapping):
-            object.__setattr__(self, "layer_ranks", tuple(self.layer_ranks.items()))
-        for pattern, rank in self.layer_ranks:
-            ok_rank = rank == "dense" or (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1)
-            if not isinstance(pattern, str) or not pattern or not ok_rank:
-                raise ValueError(f'layer_ranks maps a layer name pattern to a rank >= 1 or "dense"; got {pattern!r}: {rank!r}')
-        if isinstance(self.ignore, (list, str)):
-            object.__setattr__(self, "ignore", (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore))
+        if self.conv_scheme not in ("channel", "spatial", "auto"):
+            raise ValueError(f"conv_scheme must be one of channel, spatial, auto; got {self.conv_scheme!r}")
+        for key in ("layer_ranks", "ranks"):
+            pins = getattr(self, key)
+            for name, value in pins:
+                if not isinstance(name, str) or not name:
+                    raise ValueError(f"{key} maps a layer name to a rank; got the name {name!r}")
+                try:
+                    parse_rank(value)
+                except ValueError as e:
+                    raise ValueError(f"{key}[{name!r}]: {e}") from None
+            names = [n for n, _ in pins]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{key} names a layer twice: {sorted({n for n in names if names.count(n) > 1})}")
         if not all(isinstance(p, str) and p for p in self.ignore):
             raise ValueError(f"ignore holds layer name patterns; got {self.ignore!r}")
-        for key in ("round_to", "sensitivity_points", "sensitivity_batches", "sensitivity_batch_size"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{key} must be a positive integer; got {v!r}")
-        if not isinstance(self.unfuse_attention, bool):
-            raise ValueError(f"unfuse_attention must be true or false; got {self.unfuse_attention!r}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ValueError(f"round_to must be a positive integer (or left out: the target's channel_multiple); got {self.round_to}")
+        for key in ("sensitivity_points", "sensitivity_batches", "sensitivity_batch_size", "bn_batches"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive integer; got {getattr(self, key)!r}")
+        if not self.nuclear_weight > 0:
+            raise ValueError(f"nuclear_weight must be > 0; got {self.nuclear_weight}")
+        if self.trained_rank:
+            if self.trp_epochs < 0 or self.trp_steps < 0 or (self.trp_epochs == 0 and self.trp_steps == 0):
+                raise ValueError(f"trained_rank = true trains first: set trp_epochs > 0 or trp_steps > 0 (got {self.trp_epochs}, {self.trp_steps})")
+            _ = self.trp_finetune  # FinetuneConfig checks lr, batch size, weight decay
+        else:
+            defaults = {f.name: f.default for f in fields(self)}
+            stray = [k for k in _TRP_FIELDS if getattr(self, k) != defaults[k]]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} set but trained_rank is not: set trained_rank = true, or drop them")
 
     @property
     def budget(self) -> tuple[Literal["params", "macs"], float] | None:
@@ -96,64 +166,23 @@ class LowRankConfig:
             return "macs", float(self.macs_ratio)
         return None
 
+    @property
+    def trp_finetune(self) -> "FinetuneConfig | None":
+        """TRP's training run (Xu et al., "Trained Rank Pruning", 2019), or None without ``trained_rank``: the
+        candidate layers are trained dense with ``nuclear_weight * sum of their nuclear norms`` added to the
+        distillation loss, which pushes their small singular values toward zero, so the ranks chosen afterwards
+        are lower for the same loss."""
+        from repfx_deploy.passes.recovery.distill import FinetuneConfig
 
-@dataclass(frozen=True)
-class TrainedRankConfig:
-    """TRP (Xu et al., "Trained Rank Pruning", 2019): before factorizing, the candidate layers are fine-tuned with
-    ``nuclear_weight * sum of their nuclear norms`` added to the distillation loss, which pushes their small
-    singular values toward zero, so the ranks chosen afterwards are lower for the same loss."""
+        if not self.trained_rank:
+            return None
+        return FinetuneConfig(
+            epochs=self.trp_epochs if self.trp_epochs > 0 else 1.0, steps=self.trp_steps, batch_size=self.trp_batch_size,
+            lr=self.trp_lr, optimizer=self.trp_optimizer, weight_decay=self.trp_weight_decay, augment=self.trp_augment,
+            seed=self.trp_seed,
+        )
 
-    enabled: bool = False
-    nuclear_weight: float = 1e-4
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"trained_rank must be true or false; got {self.enabled!r}")
-        if not float(self.nuclear_weight) > 0:
-            raise ValueError(f"nuclear_weight must be > 0; got {self.nuclear_weight}")
-
-
-LOWRANK_KEYS = (
-    "params_ratio", "macs_ratio", "energy", "criterion", "layer_ranks", "conv_scheme", "round_to", "ignore",
-    "unfuse_attention", "sensitivity_points", "sensitivity_batches", "sensitivity_batch_size",
-)
-TRP_KEYS = ("trained_rank", "nuclear_weight")
-
-
-@dataclass(frozen=True)
-class LowRankOptions:
-    """Everything a recipe table asks of the pass."""
-
-    config: LowRankConfig
-    trp: TrainedRankConfig
-    recovery: Any  # recovery.options.RecoveryOptions (kept untyped so this module imports nothing heavy)
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any], target_name: str = "host") -> "LowRankOptions":
-        """Parse a recipe table (without ``kind``); ``RecipeError`` for unknown keys or bad values. ``round_to``
-        defaults to the target profile's ``channel_multiple``, so ranks fill whole vector registers. The
-        recovery keys are parsed by ``recovery.options`` (the same keys and meaning in every pass)."""
-        from repfx_deploy.passes.recovery.options import RECOVERY_KEYS, parse_recovery
-        from repfx_deploy.targets import get_profile
-
-        allowed = LOWRANK_KEYS + TRP_KEYS + RECOVERY_KEYS
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise RecipeError(f"Unknown option(s) {', '.join(map(repr, unknown))} in the lowrank pass.", f"Use only: {', '.join(allowed)}.")
-        values = {k: options[k] for k in LOWRANK_KEYS if k in options}
-        if "layer_ranks" in values and not isinstance(values["layer_ranks"], Mapping):
-            raise RecipeError("layer_ranks must be a table of layer name pattern = rank.", 'Write layer_ranks = { "fc1" = 32, "head" = "dense" }.')
-        if values.get("round_to") is None:
-            values["round_to"] = get_profile(target_name).channel_multiple
-        try:
-            config = LowRankConfig(**values)
-            trp = TrainedRankConfig(enabled=options.get("trained_rank", False), nuclear_weight=options.get("nuclear_weight", 1e-4))
-        except (TypeError, ValueError) as e:
-            raise RecipeError(f"Bad lowrank pass option: {e}", "Fix the value in the recipe's [[passes]] table.") from e
-        recovery = parse_recovery(options, "lowrank")
-        if trp.enabled and recovery.finetune is None:
-            raise RecipeError("trained_rank = true trains with a nuclear-norm penalty, but no fine-tuning budget is set.",
-                              "Set finetune_epochs or finetune_steps (the TRP phase and the recovery after factorizing each use it).")
-        if "nuclear_weight" in options and not trp.enabled:
-            raise RecipeError("nuclear_weight is set but trained_rank is not.", "Set trained_rank = true, or drop nuclear_weight.")
-        return cls(config, trp, recovery)
+    def with_assignment(self, assignment: Assignment) -> "LowRankConfig":
+        """This config with ``ranks`` = ``assignment`` (site name -> choice, every site): each layer of the space
+        is then pinned, so the criterion is not run and the result is exactly that assignment's."""
+        return replace(self, ranks=tuple((name, choice) for name, choice in assignment.items()))

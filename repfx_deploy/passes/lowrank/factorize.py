@@ -23,8 +23,9 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-Scheme = Literal["linear", "channel", "spatial"]
-SCHEMES = ("linear", "channel", "spatial")
+from repfx_deploy.passes.lowrank.config import SCHEMES, Scheme
+
+__all__ = ["SCHEMES", "Decomposition", "Factorized", "LayerShape", "Scheme", "decompose", "factorize", "singular_values", "weight_matrix"]
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,6 @@ def weight_matrix(weight: torch.Tensor, scheme: Scheme) -> torch.Tensor:
 
 def singular_values(weight: torch.Tensor, scheme: Scheme) -> torch.Tensor:
     """Singular values (descending, float64) of the scheme's matrix of ``weight``."""
-    import torch
-
     with torch.no_grad():
         m = weight_matrix(weight.detach().double(), scheme)
         return torch.linalg.svdvals(m if m.shape[0] >= m.shape[1] else m.T)
@@ -108,11 +107,36 @@ def svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return vh.T, s, u.T
 
 
-def _factors(weight: torch.Tensor, scheme: Scheme, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(first, second)`` with ``second @ first`` the best rank-``rank`` approximation of the scheme's matrix."""
+@dataclass(frozen=True)
+class Decomposition:
+    """The thin SVD ``u diag(s) vh`` (float64) of one layer's scheme matrix, its singular vectors kept for the
+    first ``len(vh)`` ranks only (the most any useful rank needs); ``s`` is the whole spectrum."""
 
-    m = weight_matrix(weight.detach().double(), scheme)
-    u, s, vh = svd(m)
+    scheme: Scheme
+    u: torch.Tensor  # rows x kept
+    s: torch.Tensor  # every singular value, descending
+    vh: torch.Tensor  # kept x cols
+
+    @property
+    def kept(self) -> int:
+        return int(self.vh.shape[0])
+
+
+def decompose(weight: torch.Tensor, scheme: Scheme, keep: int | None = None) -> Decomposition:
+    """The SVD of ``weight``'s scheme matrix, singular vectors for the first ``keep`` ranks (default: all).
+    Slices are copied out, so the full factors are not kept alive."""
+    with torch.no_grad():
+        u, s, vh = svd(weight_matrix(weight.detach().double(), scheme))
+    k = s.shape[0] if keep is None else max(0, min(keep, s.shape[0]))
+    return Decomposition(scheme, u[:, :k].contiguous().clone(), s.clone(), vh[:k].contiguous().clone())
+
+
+def _factors(weight: torch.Tensor, scheme: Scheme, rank: int, dec: Decomposition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first, second)`` with ``second @ first`` the best rank-``rank`` approximation of the scheme's matrix
+    (from ``dec`` when given: the same numbers as computing it here, without the SVD)."""
+    if dec is None or dec.kept < rank:
+        dec = decompose(weight, scheme, rank)
+    u, s, vh = dec.u, dec.s, dec.vh
     root = s[:rank].sqrt()
     left = u[:, :rank] * root  # rows x r
     right = root[:, None] * vh[:rank]  # r x cols
@@ -121,21 +145,22 @@ def _factors(weight: torch.Tensor, scheme: Scheme, rank: int) -> tuple[torch.Ten
     return right, left
 
 
-def factorize(layer: nn.Module, scheme: Scheme, rank: int) -> nn.Module:
+def factorize(layer: nn.Module, scheme: Scheme, rank: int, dec: Decomposition | None = None) -> nn.Module:
     """A two-layer replacement for ``layer`` (``nn.Linear`` or an ungrouped, zero-padded ``nn.Conv2d``) of rank
-    ``rank``; ``ValueError`` for another layer, scheme or a rank outside ``[1, full rank]``."""
-    import torch.nn as nn
-
+    ``rank``, from ``dec`` (``decompose(layer.weight, scheme)``, computed once for many ranks) when given;
+    ``ValueError`` for another layer, scheme or a rank outside ``[1, full rank]``."""
+    if dec is not None and dec.scheme != scheme:
+        raise ValueError(f"the decomposition is of scheme {dec.scheme!r}, not {scheme!r}")
     if isinstance(layer, nn.Linear):
         if scheme != "linear":
             raise ValueError(f"a Linear layer factorizes with scheme 'linear', not {scheme!r}")
-        return _factorize_linear(layer, rank)
+        return _factorize_linear(layer, rank, dec)
     if isinstance(layer, nn.Conv2d):
         if scheme not in ("channel", "spatial"):
             raise ValueError(f"a Conv2d factorizes with scheme 'channel' or 'spatial', not {scheme!r}")
         if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
             raise ValueError("only ungrouped Conv2d layers with numeric zero padding are factorized")
-        return _factorize_conv(layer, scheme, rank)
+        return _factorize_conv(layer, scheme, rank, dec)
     raise ValueError(f"cannot factorize a {type(layer).__name__}")
 
 
@@ -166,11 +191,9 @@ class Factorized(nn.Sequential):
         return a.reshape(r, -1).T @ b.permute(1, 0, 2, 3).reshape(r, -1)
 
 
-def _factorize_linear(layer: nn.Linear, rank: int) -> nn.Module:
-    import torch.nn as nn
-
+def _factorize_linear(layer: nn.Linear, rank: int, dec: Decomposition | None) -> nn.Module:
     _check_rank(rank, min(layer.in_features, layer.out_features))
-    first_w, second_w = _factors(layer.weight, "linear", rank)
+    first_w, second_w = _factors(layer.weight, "linear", rank, dec)
     first = nn.Linear(layer.in_features, rank, bias=False)
     second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
     _load(first, first_w, None, layer.weight)
@@ -178,13 +201,11 @@ def _factorize_linear(layer: nn.Linear, rank: int) -> nn.Module:
     return Factorized(first, second, "linear", rank)
 
 
-def _factorize_conv(layer: nn.Conv2d, scheme: Scheme, rank: int) -> nn.Module:
-    import torch.nn as nn
-
+def _factorize_conv(layer: nn.Conv2d, scheme: Scheme, rank: int, dec: Decomposition | None) -> nn.Module:
     cout, cin, kh, kw = layer.weight.shape
     full = min(cin * kh, cout * kw) if scheme == "spatial" else min(cout, cin * kh * kw)
     _check_rank(rank, full)
-    first_w, second_w = _factors(layer.weight, scheme, rank)
+    first_w, second_w = _factors(layer.weight, scheme, rank, dec)
     (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
     has_bias = layer.bias is not None
     if scheme == "channel":
@@ -202,8 +223,6 @@ def _factorize_conv(layer: nn.Conv2d, scheme: Scheme, rank: int) -> nn.Module:
 
 
 def _load(layer: nn.Module, weight: torch.Tensor, bias: "torch.Tensor | None", like: torch.Tensor) -> None:
-    import torch
-
     with torch.no_grad():
         layer.weight.copy_(weight.to(like.dtype))
         if bias is not None:

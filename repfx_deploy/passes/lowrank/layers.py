@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 import torch.nn as nn
 
 from repfx_deploy.passes.lowrank.factorize import LayerShape
-from repfx_deploy.passes.prune.graph import matches
+
+
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """``name`` matches a pattern exactly, as a glob, or as a prefix of a submodule path (``layer1`` covers
+    ``layer1.0.conv1``): the same rule as the prune pass's ``ignore``."""
+    return any(name == p or fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in patterns)
 
 
 def factorizable(module: nn.Module) -> bool:

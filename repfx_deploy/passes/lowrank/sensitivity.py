@@ -11,9 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from repfx_deploy.passes.lowrank.factorize import LayerShape, Scheme, factorize
+from typing import TYPE_CHECKING
+
+from repfx_deploy.passes.lowrank.factorize import factorize
 from repfx_deploy.passes.lowrank.layers import set_submodule
 from repfx_deploy.passes.lowrank.ranks import Option, candidate_ranks, dense_option
+
+if TYPE_CHECKING:
+    from repfx_deploy.passes.lowrank.core import Candidate
 
 
 def spread(ranks: list[int], points: int) -> list[int]:
@@ -43,24 +48,26 @@ def _relative_error(ys: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
 
 def measured_options(
     model: nn.Module,
-    layers: dict[str, tuple[LayerShape, tuple[Scheme, ...]]],
+    layers: dict[str, "Candidate"],
     batches: list[torch.Tensor],
     *,
     round_to: int,
     points: int,
 ) -> dict[str, list[Option]]:
-    """Per layer: dense plus up to ``points`` measured ranks per scheme. ``model`` is restored afterwards."""
+    """Per layer: dense plus up to ``points`` measured ranks per scheme (each pair built from the layer's cached
+    SVD). ``model`` is restored afterwards."""
     was_training = model.training
     model.eval()
     reference = _outputs(model, batches)
     out: dict[str, list[Option]] = {}
     try:
-        for name, (shape, schemes) in layers.items():
+        for name, cand in layers.items():
+            shape = cand.shape
             layer = model.get_submodule(name)
             options = [dense_option(shape)]
-            for scheme in schemes:
+            for scheme in cand.schemes:
                 for r in spread(candidate_ranks(shape, scheme, round_to), points):
-                    set_submodule(model, name, factorize(layer, scheme, r))
+                    set_submodule(model, name, factorize(layer, scheme, r, cand.svds[scheme]))
                     try:
                         loss = _relative_error(_outputs(model, batches), reference)
                     finally:

@@ -81,3 +81,24 @@ def test_layer_shape_costs_match_the_built_pair():
 def test_max_useful_rank_is_zero_when_no_rank_is_cheaper():
     assert LayerShape("linear", 16, 4).max_useful_rank("linear") == 3  # 3 * 20 < 64, 4 * 20 > 64
     assert LayerShape("linear", 2, 2).max_useful_rank("linear") == 0
+
+
+@pytest.mark.parametrize(("layer", "scheme"), [(nn.Linear(24, 40), "linear"), (nn.Conv2d(6, 10, 3, padding=1), "channel"),
+                                               (nn.Conv2d(6, 10, 3, padding=1), "spatial")])
+def test_factorize_from_a_cached_decomposition_equals_factorizing_afresh(layer, scheme):
+    from repfx_deploy.passes.lowrank.factorize import decompose
+
+    dec = decompose(layer.weight, scheme, keep=5)
+    assert dec.kept == 5 and dec.u.shape[1] == 5  # vectors kept for 5 ranks, the whole spectrum in s
+    assert dec.s.shape[0] == min(weight_matrix(layer.weight, scheme).shape)
+    for rank in (1, 3, 5):
+        cached, fresh = factorize(layer, scheme, rank, dec), factorize(layer, scheme, rank)
+        assert all(torch.equal(a, b) for a, b in zip(cached.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_factorize_refuses_a_decomposition_of_another_scheme():
+    from repfx_deploy.passes.lowrank.factorize import decompose
+
+    layer = nn.Conv2d(4, 6, 3)
+    with pytest.raises(ValueError, match="decomposition"):
+        factorize(layer, "spatial", 2, decompose(layer.weight, "channel"))
