@@ -58,6 +58,15 @@ def _check_data(config: SnnConfig, context: PassContext):
     return train
 
 
+def _space(config: SnnConfig) -> SearchSpace:
+    """With IIR, the T of each stage (the networks ``prepare`` keeps); without, powers of two and the default."""
+    if config.iir:
+        choices = tuple(sorted(config.stages()))
+    else:
+        choices = tuple(sorted({*(t for t in PLAIN_TIMESTEPS if t <= MAX_TIMESTEPS), config.timesteps}))
+    return SearchSpace("snn", (Site(TIMESTEPS_SITE, "timesteps", choices, config.timesteps),))
+
+
 @register_pass
 class SnnPass(Pass[SnnConfig]):
     kind = "snn"
@@ -83,13 +92,15 @@ class SnnPass(Pass[SnnConfig]):
                 return {}
 
             records = iir_train(snn, module, train, config, after_stage=keep)
-            choices: tuple[int, ...] = tuple(sorted(networks))
         else:
             networks[0] = snn  # one converted network serves every T
-            choices = tuple(sorted({*PLAIN_TIMESTEPS, config.timesteps} - {t for t in PLAIN_TIMESTEPS if t > MAX_TIMESTEPS}))
-        site = Site(TIMESTEPS_SITE, "timesteps", choices, config.timesteps)
-        return SnnPrepared(module, config, context, SearchSpace("snn", (site,)), count(module, context),
+        return SnnPrepared(module, config, context, _space(config), count(module, context),
                            networks=networks, conversion=report.to_dict(), stage_records=records)
+
+    def space(self, module: "nn.Module", config: SnnConfig, context: PassContext) -> SearchSpace:
+        """The same space ``prepare`` gives, without converting or training."""
+        _check_data(config, context)
+        return _space(config)
 
     def apply_assignment(self, prepared: Prepared[SnnConfig], assignment: Assignment) -> PassResult:
         from repfx_deploy.passes.snn.stats import spike_stats
