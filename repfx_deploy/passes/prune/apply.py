@@ -4,28 +4,44 @@ exports. The result is a plain dense module: no masks, no hooks.
 
 Literals baked into a forward (a zero-pad amount, ``view(-1, 400)``) are updated where the module keeps them in
 an ``int`` attribute (``self.pad``); the module keeps its own class when its output then matches the traced
-graph's. Otherwise the traced ``torch.fx.GraphModule`` (with the new literals) is returned, and the stats say so.
+graph's. Otherwise the traced ``torch.fx.GraphModule`` (with the new literals) is returned, and the record says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from repfx_deploy.errors import PassError
 
 if TYPE_CHECKING:
     import torch
+    import torch.fx as fx
     import torch.nn as nn
 
     from repfx_deploy.passes.prune.graph import DependencyGraph
 
 
-def apply_plan(module: "nn.Module", graph: "DependencyGraph", keep: dict[int, bool], example: tuple["torch.Tensor", ...]) -> tuple["nn.Module", dict]:
-    """Prune ``module`` (the module ``graph`` was traced from) in place; returns the module to use (itself, or
-    the traced GraphModule when a forward literal could not be updated through an attribute) and a record."""
+def apply_plan(
+    module: "nn.Module",
+    graph: "DependencyGraph",
+    keep: dict[int, bool],
+    example: tuple["torch.Tensor", ...],
+    *,
+    gm: "fx.GraphModule | None" = None,
+    find: Callable[[int], int] | None = None,
+) -> tuple["nn.Module", dict]:
+    """Prune ``module`` (the module ``graph`` was traced from, or a copy of it) in place; returns the module to
+    use (itself, or ``gm`` when a forward literal could not be updated through an attribute) and a record.
+
+    ``gm``: the traced graph module to edit alongside, sharing ``module``'s parameters (``graph.gm``, or a copy
+    made together with ``module``); needed only when ``literals_change(graph, keep)``, else None skips it.
+    ``find``: element -> class root (default: ``graph.classes.find``; a precomputed table is faster)."""
     import torch
 
-    find = graph.classes.find
+    find = find or graph.classes.find
+    if gm is None and literals_change(graph, keep, find):
+        raise ValueError("apply_plan: this plan changes literals of the traced forward, so it needs the graph module (gm)")
 
     def kept(elems) -> list[int]:
         return [i for i, e in enumerate(elems) if keep.get(find(e), True)]
@@ -35,7 +51,7 @@ def apply_plan(module: "nn.Module", graph: "DependencyGraph", keep: dict[int, bo
             idx = kept(cut.elems)
             if len(idx) == len(cut.elems):
                 continue
-            for root in (module, graph.gm):
+            for root in (module, gm) if gm is not None else (module,):
                 owner = _owner(root, cut.module)
                 if owner is None:
                     continue
@@ -49,8 +65,15 @@ def apply_plan(module: "nn.Module", graph: "DependencyGraph", keep: dict[int, bo
                     setattr(owner, cut.name, new)
     for layer in graph.layers.values():
         update_module(module, layer, kept)
-    changed = _update_literals(module, graph, kept)
-    return _choose(module, graph, example, changed)
+    changed = _update_literals(gm, graph, kept) if gm is not None else []
+    return _choose(module, gm, example, changed)
+
+
+def literals_change(graph: "DependencyGraph", keep: dict[int, bool], find: Callable[[int], int] | None = None) -> bool:
+    """Whether ``keep`` changes a literal of the traced forward (a pad amount, a reshape size): only then does
+    applying it need (a copy of) the traced graph module."""
+    find = find or graph.classes.find
+    return any(sum(1 for e in edit.elems if keep.get(find(e), True)) // edit.per != edit.old for edit in graph.edits)
 
 
 def _owner(root: "nn.Module", name: str):
@@ -93,9 +116,9 @@ def update_module(root: "nn.Module", layer, kept) -> None:
                 setattr(m, attr, new_inner)
 
 
-def _update_literals(module: "nn.Module", graph: "DependencyGraph", kept) -> list[dict]:
-    """Write the new literals into the traced graph, and into the owning modules' int attributes."""
-    nodes = {n.name: n for n in graph.gm.graph.nodes}
+def _update_literals(gm: "fx.GraphModule", graph: "DependencyGraph", kept) -> list[dict]:
+    """Write the new literals into the traced graph ``gm`` (the owning modules' int attributes: ``_choose``)."""
+    nodes = {n.name: n for n in gm.graph.nodes}
     changed = []
     for edit in graph.edits:
         new = len(kept(edit.elems)) // edit.per
@@ -111,15 +134,31 @@ def _update_literals(module: "nn.Module", graph: "DependencyGraph", kept) -> lis
             args[edit.path[0]] = type(args[edit.path[0]])(inner)
         node.args = tuple(args)
         changed.append({"node": edit.node, "owner": edit.owner, "old": edit.old, "new": new})
-    graph.gm.recompile()
+    if changed:
+        gm.recompile()
     return changed
 
 
-def _choose(module: "nn.Module", graph: "DependencyGraph", example, changed: list[dict]) -> tuple["nn.Module", dict]:
-    """Keep the module's own class when its forward agrees with the traced graph after attribute updates."""
+def _choose(module: "nn.Module", gm: "fx.GraphModule | None", example, changed: list[dict]) -> tuple["nn.Module", dict]:
+    """Keep the module's own class when its forward agrees with the traced graph after attribute updates.
+
+    With no literal changed, the traced graph computes what the module's own forward does on the same weights,
+    so only the module is run (it must still run)."""
     import torch
 
     record = {"literals": changed, "module_type": type(module).__name__, "graph_module": False}
+    module.eval()
+    if not changed:
+        with torch.no_grad():
+            try:
+                module(*example)
+            except Exception as e:
+                raise PassError(
+                    f"The pruned {type(module).__name__} no longer runs its own forward: {type(e).__name__}: {e}.",
+                    "A layer's forward depends on a channel count it does not read from its weights; add that layer to ignore.",
+                ) from e
+        return module, record
+    assert gm is not None
     updates: dict[tuple[str, int], set[int]] = {}
     for c in changed:
         updates.setdefault((c["owner"], c["old"]), set()).add(c["new"])
@@ -132,11 +171,10 @@ def _choose(module: "nn.Module", graph: "DependencyGraph", example, changed: lis
             continue
         for a in attrs:
             setattr(m, a, next(iter(new)))
-    module.eval()
-    graph.gm.eval()
+    gm.eval()
     with torch.no_grad():
         try:
-            reference = graph.gm(*example)
+            reference = gm(*example)
         except Exception as e:
             raise PassError(f"The pruned graph does not run: {type(e).__name__}: {e}", "Report this model; add the failing layer to ignore.") from e
         try:
@@ -146,15 +184,10 @@ def _choose(module: "nn.Module", graph: "DependencyGraph", example, changed: lis
             record["own_class_error"] = f"{type(e).__name__}: {e}"
     if ok:
         return module, record
-    if not changed:
-        raise PassError(
-            f"The pruned {type(module).__name__} no longer runs its own forward: {record.get('own_class_error', 'its output changed')}.",
-            "A layer's forward depends on a channel count it does not read from its weights; add that layer to ignore.",
-        )
     record["graph_module"] = True
     record["module_type"] = "GraphModule"
     record["why"] = "a channel count is a literal in forward() with no attribute holding it"
-    return graph.gm, record
+    return gm, record
 
 
 def _same(a, b) -> bool:

@@ -8,9 +8,14 @@ tensor width ends up ``(1 - ratio) * width`` rounded to ``round_to``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from repfx_deploy.passes.prune.graph import DependencyGraph, matches
+from repfx_deploy.passes.prune.channels import DependencyGraph, matches
+
+if TYPE_CHECKING:
+    from repfx_deploy.passes.prune.config import PruneConfig
 
 
 @dataclass
@@ -65,7 +70,7 @@ def make_plan(
     layer_ratios: tuple[tuple[str, float], ...],
     round_to: int,
     max_ratio: float = 0.9,
-    widths: dict[int, int] | None = None,
+    widths: Mapping[int, int] | None = None,
 ) -> Plan:
     """Decide every class: pinned ones stay; each group keeps its best classes up to its rounded target.
     ``widths`` (group index -> channels kept) overrides the target the ratios give for those groups."""
@@ -100,6 +105,36 @@ def make_plan(
         after = sum(g.positions[c] for c in g.classes if keep[c])
         report.append({"group": g.name, "layers": list(g.producers), "channels_before": g.width, "channels_after": after, "ratio": round(r, 4)})
     return Plan(keep, ratio, report)
+
+
+def config_plan(
+    graph: DependencyGraph,
+    groups: list[Group],
+    scores: dict[int, float],
+    config: "PruneConfig",
+    round_to: int,
+    *,
+    fixed: Mapping[int, int],
+    sites: Collection[int],
+) -> Plan:
+    """The plan ``config`` asks for. ``fixed`` (group index -> channels kept: the config's ``channels``) always
+    holds; the other groups follow ``layer_ratios``, then ``ratio``, or the global ratio found by bisection to
+    reach ``macs_ratio`` (then refined, leaving ``fixed`` and ``layer_ratios`` groups as they are). ``sites``:
+    the groups a choice can change; when ``fixed`` covers them all, no search runs (nothing is left to search)."""
+
+    def plan_for(ratio: float, widths: Mapping[int, int] | None = None) -> Plan:
+        return make_plan(graph, groups, scores, ratio=ratio, layer_ratios=config.layer_ratios, round_to=round_to,
+                         max_ratio=config.max_ratio, widths={**(widths or {}), **fixed})
+
+    if config.macs_ratio is None or set(sites) <= set(fixed):
+        return plan_for(config.ratio)
+    plan = search_ratio(plan_for, graph, config.macs_ratio, config.max_ratio)
+    if config.refine:
+        by_ratio = {i for i, g in enumerate(groups) if any(matches(n, (p,)) for p, _ in config.layer_ratios for n in g.producers)}
+        found = plan
+        plan = refine_to_target(plan, lambda widths: plan_for(found.ratio, widths), graph, groups, scores,
+                                config.macs_ratio, round_to, frozen=frozenset(by_ratio | set(fixed)))
+    return plan
 
 
 def _rounded(channels: float, width: int, round_to: int) -> int:
@@ -152,7 +187,7 @@ def estimate_macs(graph: DependencyGraph, keep: dict[int, bool] | None) -> int:
     return total
 
 
-def search_ratio(plan_for, graph: DependencyGraph, macs_ratio: float, max_ratio: float, *, iterations: int = 20) -> Plan:
+def search_ratio(plan_for: Callable[[float], Plan], graph: DependencyGraph, macs_ratio: float, max_ratio: float, *, iterations: int = 20) -> Plan:
     """The smallest global ratio whose plan keeps at most ``macs_ratio`` of the (estimated) MACs, by bisection
     (MACs fall in steps as widths cross ``round_to`` multiples, so the result is the first step below target).
     ``plan_for(ratio) -> Plan``. When even ``max_ratio`` cannot reach the target, its plan is returned."""
@@ -173,7 +208,7 @@ def search_ratio(plan_for, graph: DependencyGraph, macs_ratio: float, max_ratio:
 
 def refine_to_target(
     plan: Plan,
-    plan_with,
+    plan_with: Callable[[dict[int, int]], Plan],
     graph: DependencyGraph,
     groups: list[Group],
     scores: dict[int, float],
