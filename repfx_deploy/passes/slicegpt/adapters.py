@@ -1,9 +1,10 @@
 """Adapters: turn a Hugging Face model into folded sliceable form, and rotate its embeddings and head.
 
-An adapter knows where a model family keeps its embeddings, layers, norms and linears. ``prepare`` folds every
+An adapter knows where a model family keeps its embeddings, layers, norms and linears. ``fold`` folds every
 norm's scale (and LayerNorm's bias and mean subtraction) into the linears around it, replaces each layer with a
-``SlicedLayer`` that computes the same function, and returns a ``Prepared`` handle; the model's outputs do not
-change. Rotation and slicing (``rotate.py``) then only touch what ``Prepared`` lists.
+``SlicedLayer`` that computes the same function, and returns a ``Folded`` handle; the model's outputs do not
+change. Rotation and slicing (``rotate.py``) then only touch what ``Folded`` lists. A ``Folded`` refers to
+modules of its model: copy the two together (``copy.deepcopy((model, folded))``) to keep them matched.
 
 Supported: Llama-style decoders (``*ForCausalLM`` with ``model.layers[i].self_attn.{q,k,v,o}_proj``,
 ``mlp.{gate,up,down}_proj``, ``input_layernorm``/``post_attention_layernorm`` RMSNorms, ``model.norm``,
@@ -33,7 +34,7 @@ Family = Literal["llama", "bert"]
 
 
 @dataclass
-class Prepared:
+class Folded:
     """A folded model's sliceable parts. ``shortcut_maps[i]`` is sublayer ``i``'s residual map ``S`` (D x D,
     float64; None for the identity) and ``shortcut_biases[i]`` its bias (None for none), in the order
     ``[layer0.attn, layer0.mlp, layer1.attn, ...]``."""
@@ -71,13 +72,13 @@ def find_family(model: nn.Module) -> tuple[Family, nn.Module]:
     )
 
 
-def prepare(model: nn.Module) -> Prepared:
+def fold(model: nn.Module) -> Folded:
     """Fold ``model``'s norms and install ``SlicedLayer``s in place; outputs are unchanged."""
     family, inner = find_family(model)
     if getattr(inner.config, "is_decoder", False) and family == "bert":
         raise PassError("SliceGPT's BERT adapter takes encoders only; this BERT is configured as a decoder.", "Load it as an encoder (is_decoder = false).")
     with torch.no_grad():
-        return _prepare_llama(inner) if family == "llama" else _prepare_bert(inner)
+        return _fold_llama(inner) if family == "llama" else _fold_bert(inner)
 
 
 def set_weight(linear: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -103,7 +104,7 @@ def _scale_inputs(linears: list[nn.Linear], scale: torch.Tensor, shift: torch.Te
         set_weight(lin, w * scale[None, :], bias)
 
 
-def _prepare_llama(model: nn.Module) -> Prepared:
+def _fold_llama(model: nn.Module) -> Folded:
     body = model.model
     hidden = int(model.config.hidden_size)
     # The head gets its own rotation, so a head tied to the embedding table is untied first.
@@ -130,7 +131,7 @@ def _prepare_llama(model: nn.Module) -> Prepared:
     _scale_inputs([model.lm_head], g_final, None)
     body.norm = UnitRMSNorm(hidden, eps_final)
     n = 2 * len(layers)
-    return Prepared("llama", hidden, layers, [body.embed_tokens], [model.lm_head], [None] * n, [None] * n)
+    return Folded("llama", hidden, layers, [body.embed_tokens], [model.lm_head], [None] * n, [None] * n)
 
 
 class _BertMLPInner(nn.Module):
@@ -144,7 +145,7 @@ class _BertMLPInner(nn.Module):
         return self.intermediate(h)
 
 
-def _prepare_bert(bert: nn.Module) -> Prepared:
+def _fold_bert(bert: nn.Module) -> Folded:
     hidden = int(bert.config.hidden_size)
     center = centering(hidden)
     emb = bert.embeddings
@@ -185,4 +186,4 @@ def _prepare_bert(bert: nn.Module) -> Prepared:
     unrotate = nn.Linear(hidden, hidden, bias=True).to(layers[0].attn.shortcut.weight.dtype)
     set_weight(unrotate, torch.diag(g), b)
     layers[-1].unrotate = unrotate
-    return Prepared("bert", hidden, layers, tables, [unrotate], maps, biases)
+    return Folded("bert", hidden, layers, tables, [unrotate], maps, biases)

@@ -3,7 +3,9 @@ layer by layer, and delete the directions of least energy.
 
     result = slice_model(hf_model, batches, SliceGPTConfig(slicing=0.25))
 
-``batches`` are keyword arguments for the model (``input_ids``, optional ``attention_mask``); padded tokens
+or in two steps, the first once and the second for as many width choices as wanted (on copies):
+``folded, calibration = calibrate(model, batches, ...)``, then ``rotate_and_slice(model, folded, calibration,
+widths, ...)``. ``batches`` are keyword arguments for the model (``input_ids``, optional ``attention_mask``); padded tokens
 (mask 0) are left out of the PCA. The model is changed in place and stays a Hugging Face model: same call, same
 outputs' meaning, a smaller embedding dimension.
 """
@@ -20,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from repfx_deploy.errors import PassError
-from repfx_deploy.passes.slicegpt.adapters import Prepared, prepare
+from repfx_deploy.passes.slicegpt.adapters import Folded, fold
 from repfx_deploy.passes.slicegpt.config import SliceGPTConfig
 from repfx_deploy.passes.slicegpt.layers import SlicedLayer
 from repfx_deploy.passes.slicegpt.pca import covariance, energy_kept, principal_axes
@@ -121,45 +123,83 @@ def _axes(streams: list[torch.Tensor], calls: list[_Call], kept: int, energies: 
     return vectors[:, :kept]
 
 
-def slice_model(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], config: SliceGPTConfig) -> SliceResult:
-    """Fold, rotate and slice ``model`` in place (see the module docstring); returns what was done."""
+@dataclass
+class Calibration:
+    """What slicing needs that no width changes: the calibration batches, the token count, and the principal
+    axes (columns, by decreasing eigenvalue) and eigenvalues of the first stream, the folded model's embedding
+    output. Every later stream's PCA runs on the output of the already sliced layers before it, so it depends on
+    the widths chosen before it and is computed in ``rotate_and_slice``."""
+
+    batches: list[Mapping[str, torch.Tensor]]
+    tokens: int
+    embed_axes: torch.Tensor
+    embed_values: torch.Tensor
+
+
+def calibrate(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], *, unit_tokens: bool) -> tuple[Folded, Calibration]:
+    """Fold ``model``'s norms in place (its outputs do not change) and compute what ``Calibration`` holds."""
     if not batches:
         raise PassError("SliceGPT needs calibration data and got none.", "Pass calibration batches (token ids).")
-    start = time.perf_counter()
-    was_training = model.training
     model.eval()
     with torch.no_grad():
-        prepared = prepare(model)
-        result = _rotate_and_slice(model, prepared, batches, config)
+        folded = fold(model)
+        calls = _capture(model, folded.layers[0], batches)
+        vectors, values = principal_axes(covariance([c.hidden for c in calls], (c.mask for c in calls), unit_tokens=unit_tokens))
+    tokens = int(sum(int(c.mask.sum()) for c in calls))
+    return folded, Calibration(list(batches), tokens, vectors, values)
+
+
+def planned_widths(config: SliceGPTConfig, folded: Folded, multiple: int) -> list[int]:
+    """Every stream's width as ``config`` says for this model; ``PassError`` when explicit widths do not fit."""
+    try:
+        return config.stream_widths(folded.hidden, len(folded.sublayers()), multiple)
+    except ValueError as e:
+        raise PassError(f"SliceGPT cannot use these widths: {e}.", "Give one width per stream, none above the model's hidden size.") from e
+
+
+def slice_model(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], config: SliceGPTConfig, *, multiple: int = 8) -> SliceResult:
+    """Fold, rotate and slice ``model`` in place (see the module docstring); returns what was done. ``multiple``
+    is what widths are rounded to when ``config.round_to`` is unset (8: the SliceGPT reference code's)."""
+    start = time.perf_counter()
+    was_training = model.training
+    folded, calibration = calibrate(model, batches, unit_tokens=config.token_weighting == "unit")
+    widths = planned_widths(config, folded, config.multiple(multiple))
+    result = rotate_and_slice(model, folded, calibration, widths, unit_tokens=config.token_weighting == "unit")
     model.train(was_training)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Mapping[str, torch.Tensor]], config: SliceGPTConfig) -> SliceResult:
-    hidden = prepared.hidden
-    try:
-        planned = config.stream_widths(hidden, len(prepared.sublayers()))
-    except ValueError as e:
-        raise PassError(f"SliceGPT cannot use these widths: {e}.", "Give one width per stream, none above the model's hidden size.") from e
+def rotate_and_slice(model: nn.Module, folded: Folded, calibration: Calibration, widths: Sequence[int], *, unit_tokens: bool) -> SliceResult:
+    """Rotate and slice the folded ``model`` in place to ``widths`` (one per stream, in stream order), layer by
+    layer: each stream's rotation is the PCA of what the already sliced layers before it write."""
+    hidden = folded.hidden
+    if len(widths) != len(folded.sublayers()) + 1 or not all(1 <= w <= hidden for w in widths):
+        raise PassError(f"SliceGPT got widths {list(widths)} for {len(folded.sublayers()) + 1} streams of width {hidden}.",
+                        "Give one width per stream, each from 1 to the model's hidden size.")
+    with torch.no_grad():
+        return _rotate_and_slice(model, folded, calibration, list(widths), unit_tokens)
+
+
+def _rotate_and_slice(model: nn.Module, folded: Folded, calibration: Calibration, planned: list[int], unit: bool) -> SliceResult:
+    hidden = folded.hidden
     widths = iter(planned)
     sliced = [w for w in planned if w < hidden]
-    dtype = prepared.embeddings[0].weight.dtype
-    energies: list[float] = []
-    unit = config.token_weighting == "unit"
-    first = prepared.layers[0]
-    calls = _capture(model, first, batches)
+    dtype = folded.embeddings[0].weight.dtype
     mean_sliced = round(sum(sliced) / len(sliced)) if sliced else hidden
-    result = SliceResult(prepared.family, hidden, mean_sliced, len(prepared.layers), int(sum(int(c.mask.sum()) for c in calls)), stream_widths=planned)
-    q = _axes([c.hidden for c in calls], calls, next(widths), energies, unit)
-    for table in prepared.embeddings:
+    result = SliceResult(folded.family, hidden, mean_sliced, len(folded.layers), calibration.tokens, stream_widths=list(planned))
+    kept = next(widths)
+    energies = [energy_kept(calibration.embed_values, kept)]
+    q = calibration.embed_axes[:, :kept]
+    for table in folded.embeddings:
         rotate_reader(table, q)
-    calls = _capture(model, first, batches)  # the embeddings' output, now rotated and sliced
+    first = folded.layers[0]
+    calls = _capture(model, first, calibration.batches)  # the embeddings' output, now rotated and sliced
     streams = [c.hidden for c in calls]
     index = 0
-    for layer in prepared.layers:
+    for layer in folded.layers:
         for which, sub in zip(("attn", "mlp"), layer.sublayers()):
-            rotate_sublayer_inputs(sub, q, prepared.shortcut_maps[index], prepared.shortcut_biases[index], dtype)
+            rotate_sublayer_inputs(sub, q, folded.shortcut_maps[index], folded.shortcut_biases[index], dtype)
             kwargs = [c.kwargs if which == "attn" else {} for c in calls]
             outputs = [sub(x, **kw) for x, kw in zip(streams, kwargs)]
             q = _axes(outputs, calls, next(widths), energies, unit)
@@ -169,8 +209,8 @@ def _rotate_and_slice(model: nn.Module, prepared: Prepared, batches: Sequence[Ma
             else:  # post-norm: the norm now sees the sliced vector, not the full one, so run it again
                 streams = [sub(x, **kw) for x, kw in zip(streams, kwargs)]
             index += 1
-        log.debug("slicegpt: layer %d of %d done", index // 2, len(prepared.layers))
-    for linear in prepared.head_inputs:
+        log.debug("slicegpt: layer %d of %d done", index // 2, len(folded.layers))
+    for linear in folded.head_inputs:
         rotate_reader(linear, q)
     result.head_width = q.shape[1]
     result.energy_kept = energies

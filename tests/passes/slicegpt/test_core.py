@@ -130,9 +130,9 @@ def test_bert_padded_tokens_are_left_out_of_the_pca(tiny_bert, token_batches, pr
 
 def test_slice_model_refuses_unknown_architecture_with_a_fix(token_batches):
     with pytest.raises(PassError, match="Llama-style"):
-        slice_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), token_batches, SliceGPTConfig())
+        slice_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), token_batches, SliceGPTConfig(slicing=0.25))
 
 
 def test_slice_model_refuses_empty_calibration(tiny_llama):
     with pytest.raises(PassError, match="calibration"):
-        slice_model(tiny_llama, [], SliceGPTConfig())
+        slice_model(tiny_llama, [], SliceGPTConfig(slicing=0.25))
