@@ -1,9 +1,14 @@
-"""How many tokens each transformer block keeps, and how the others are chosen and removed."""
+"""The recipe's ``kind = "tokens"`` config: how many tokens each transformer block keeps, and how the others are
+chosen and removed. Parsed by the generic recipe parser (``repfx_deploy.options``) from its annotations."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Literal
+
+from repfx_deploy.errors import RecipeError
+from repfx_deploy.passes.protocol import Assignment, PassConfig
 
 Method = Literal["zero-tprune", "merge"]
 METHODS = ("zero-tprune", "merge")
@@ -13,25 +18,33 @@ HeadAggregation = Literal["mean", "rms"]
 PagerankStart = Literal["uniform", "cls"]
 Reduction = Literal["drop", "merge"]
 ClsOnlyLast = Literal["auto", "on", "off"]
+# tokens kept per block: by block name ({"blocks.3" = 33}, what with_assignment writes) or one count per block
+Keep = tuple[tuple[str, int], ...] | tuple[int, ...]
 
 
 @dataclass(frozen=True)
-class TokensConfig:
+class TokensConfig(PassConfig):
     """Token reduction inside the transformer blocks of a ViT; static shapes throughout.
 
-    Exactly one of ``flops_reduction`` and ``keep`` sets how many tokens survive:
-      ``keep``: tokens (class token included) that leave each block, one count per block in model order; a
-        block whose count equals its input count is left as it was. A count of 1 in the last block computes
-        only the class token after attention (exact for models that read only the class token).
+    Every count is of the tokens that *leave* a block, the class token included (a count of 17 on a 16-patch
+    model keeps every token). Exactly one of ``flops_reduction`` and ``keep`` sets the counts:
+      ``keep``: exact counts, either one per block in model order (``keep = [58, 51, 44, 37, 30, 1]``) or a
+        table by block name (``keep = {"blocks.3" = 33, "blocks.5" = 1}``), where a block left out keeps every
+        token it receives. A block whose count equals its input count is left as it was. Counts must not grow
+        along depth (tokens removed stay removed). A count of 1 in the last block computes only the class token
+        after attention (exact for models that read only the class token).
       ``flops_reduction``: the fraction of MACs to remove (0.35 = -35 %), counted on the patched model
         itself (``schedule.py``). The schedule removes tokens at ``layers`` (block indices; default: every
         block but the last) by the same count (``schedule = "constant"``, ToMe's) or keeps the same fraction
         (``"ratio"``) at each of them. ``tolerance`` is how far the reached reduction may be from the target.
-    ``token_multiple``: searched schedules round every reduced count (class token included) to the nearest
-      multiple of this; 8 or 16 keeps compiled attention kernels on whole vectors (TVM 0.27 ran the q k^T
-      kernel 5-8x slower at 45, 51 or 58 tokens than at 48 or 65 on the CIFAR ViT). 1: no rounding.
+    ``token_multiple``: the searched schedule rounds every reduced count to the nearest multiple of this, and
+      the search space's choices are multiples of it; 8 or 16 keeps compiled attention kernels on whole vectors
+      (TVM 0.27 ran the q k^T kernel 5-8x slower at 45, 51 or 58 tokens than at 48 or 65 on the CIFAR ViT).
+      Unset: the search does not round, and the space's choices are multiples of the target's
+      ``channel_multiple``. 1: no rounding, choices in steps of one token (thinned).
     ``cls_only_last``: "auto" lets the last block compute only the class token when that leaves the model's
-      output unchanged on a random input (a class-token classifier); "on" forces it, "off" never does it.
+      output unchanged on a random input (a class-token classifier); "on" forces it, "off" never does it in a
+      searched schedule (and the space's last site offers 1 only under "auto" on such a model, or "on").
 
     Zero-TPrune (``method = "zero-tprune"``): token importance is a weighted PageRank over each head's attention
     graph (``pagerank_iterations``), aggregated over heads by ``head_aggregation`` ("mean", or "rms", which
@@ -45,13 +58,15 @@ class TokensConfig:
     The class token is never removed by either method.
     """
 
+    kind = "tokens"
+
     method: Method = "zero-tprune"
     flops_reduction: float | None = None
-    keep: tuple[int, ...] | None = None
+    keep: Keep | None = None
     layers: tuple[int, ...] | None = None
     schedule: Schedule = "constant"
     tolerance: float = 0.02
-    token_multiple: int = 1
+    token_multiple: int | None = None
     cls_only_last: ClsOnlyLast = "auto"
     pagerank_iterations: int = 5
     head_aggregation: HeadAggregation = "mean"
@@ -67,19 +82,13 @@ class TokensConfig:
         if self.flops_reduction is not None and not 0.0 < float(self.flops_reduction) < 1.0:
             raise ValueError(f"flops_reduction is the fraction of MACs removed, in (0, 1); got {self.flops_reduction!r}")
         if self.keep is not None:
-            object.__setattr__(self, "keep", tuple(self.keep))
-            if not self.keep or not all(isinstance(k, int) and k >= 1 for k in self.keep):
-                raise ValueError(f"keep holds one positive token count per block; got {self.keep!r}")
-            if any(b > a for a, b in zip(self.keep, self.keep[1:])):
-                raise ValueError(f"keep must not grow from one block to the next (tokens removed stay removed); got {self.keep!r}")
+            self._check_keep(self.keep)
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
             if not self.layers or not all(isinstance(i, int) and i >= 0 for i in self.layers):
                 raise ValueError(f"layers holds block indices (0 = first block); got {self.layers!r}")
-        if not isinstance(self.token_multiple, int) or not 1 <= self.token_multiple <= 64:
+        if self.token_multiple is not None and (not isinstance(self.token_multiple, int) or not 1 <= self.token_multiple <= 64):
             raise ValueError(f"token_multiple must be an integer in [1, 64]; got {self.token_multiple!r}")
-        if self.token_multiple > 1 and self.keep is not None:
-            raise ValueError("token_multiple rounds a searched schedule (flops_reduction); with keep, give the rounded counts yourself")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         if not 0.0 < self.tolerance < 0.5:
@@ -96,3 +105,47 @@ class TokensConfig:
             raise ValueError(f"candidate_factor must be in [1, 8]; got {self.candidate_factor!r}")
         if self.reduction not in ("drop", "merge"):
             raise ValueError(f"reduction must be drop or merge; got {self.reduction!r}")
+
+    def _check_keep(self, keep: object) -> None:
+        # a dict (a caller in Python) is accepted as the by-name form and stored as pairs, so the config hashes
+        if isinstance(keep, Mapping):
+            keep = tuple(keep.items())
+        keep = tuple(keep)  # type: ignore[call-overload]
+        object.__setattr__(self, "keep", keep)
+        if not keep:
+            raise ValueError("keep holds tokens kept per block (a list, one per block, or a table by block name); got an empty one")
+        if all(isinstance(k, tuple) for k in keep):
+            names = [k[0] for k in keep]
+            bad = [k for k in keep if len(k) != 2 or not isinstance(k[0], str) or not _count(k[1])]
+            if bad:
+                raise ValueError(f"keep by block name maps each name to a positive token count; got {dict(keep)!r}")
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"keep names block(s) {dupes} more than once")
+            return
+        if not all(_count(k) for k in keep):
+            raise ValueError(f"keep holds one positive token count per block (or a table by block name); got {list(keep)!r}")
+        if any(b > a for a, b in zip(keep, keep[1:])):
+            raise ValueError(f"keep must not grow from one block to the next (tokens removed stay removed); got {list(keep)!r}")
+
+    @property
+    def keep_by_name(self) -> dict[str, int] | None:
+        """``keep`` as a table by block name, or None when it is positional (or unset)."""
+        if self.keep and all(isinstance(k, tuple) for k in self.keep):
+            return {name: count for name, count in self.keep}  # type: ignore[misc]
+        return None
+
+    def with_assignment(self, assignment: Assignment) -> "TokensConfig":
+        """This config with ``keep`` set to ``assignment`` (tokens kept by block name: the complete assignment
+        ``SearchSpace.complete`` gives) and no FLOPs target; the method's options are kept as they are."""
+        bad = {name: count for name, count in assignment.items() if not _count(count)}
+        if bad:
+            raise RecipeError(f"The tokens pass counts tokens kept per block (positive integers); got {bad}.",
+                              "Use choices of the pass's space.")
+        if not assignment:
+            raise RecipeError("The tokens pass needs an assignment of every block.", "Pass SearchSpace.complete(assignment).")
+        return replace(self, keep=tuple((name, int(count)) for name, count in assignment.items()), flops_reduction=None)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -1,32 +1,25 @@
-"""``reduce_tokens(model, input_specs, TokensConfig(...))``: patch the blocks, fix the schedule, check it."""
+"""The tokens pass's work: ``prepare_tokens`` patches the blocks and fixes the default schedule once;
+``build`` makes a copy with given counts. ``handler.py`` speaks the pass protocol on top of these."""
 
 from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from repfx_deploy.errors import PassError
+from repfx_deploy.errors import PassError, RecipeError
+from repfx_deploy.passes.protocol import PassContext, Prepared, SearchSpace, Site, count
 from repfx_deploy.passes.tokens.adapters import patch_blocks
 from repfx_deploy.passes.tokens.config import TokensConfig
-from repfx_deploy.passes.tokens.schedule import check_keep, search_keep
+from repfx_deploy.passes.tokens.schedule import check_keep, search_keep, site_choices
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from repfx_deploy.passes.tokens.block import TokenReducedBlock
-    from repfx_deploy.spec import InputSpec
 
 log = logging.getLogger("repfx_deploy.passes.tokens")
-
-
-@dataclass
-class TokensResult:
-    """The token-reducing copy of the model and what was done (JSON-ready)."""
-
-    module: "nn.Module"
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _shapes_in(model: "nn.Module", blocks: list["TokenReducedBlock"], inputs: list) -> list[tuple[int, ...]]:
@@ -95,86 +88,151 @@ def _outputs_match(a, b) -> bool:
     return len(fa) == len(fb) and all(x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(fa, fb))
 
 
-def _set_keep(blocks: list["TokenReducedBlock"], keep: tuple[int, ...] | None) -> None:
+def _set_keep(blocks: list["TokenReducedBlock"], keep: tuple[int | None, ...] | None) -> None:
     for i, block in enumerate(blocks):
         block.keep = None if keep is None else keep[i]
 
 
-def reduce_tokens(model: "nn.Module", input_specs: tuple["InputSpec", ...], config: TokensConfig) -> TokensResult:
-    """A copy of ``model`` whose transformer blocks remove tokens as ``config`` says; ``model`` is untouched.
+@dataclass
+class TokensPrepared(Prepared[TokensConfig]):
+    """What ``prepare_tokens`` computed once: ``template``, a copy of the model with every supported block
+    patched (``paths``, in model order) and every token kept, never changed afterwards; the tokens entering the
+    first block; whether the last block may compute the class token alone; the default counts and, when they
+    were searched, the MACs reduction they reach."""
 
-    Raises ``PassError`` for a block it cannot patch (naming it), for an explicit ``keep`` that does not fit
-    the model, and for a FLOPs target no schedule reaches within ``config.tolerance``.
+    template: "nn.Module"
+    paths: tuple[str, ...]
+    family: str
+    tokens_in: int
+    cls_last: bool
+    default_keep: tuple[int, ...]
+    searched_reduction: float | None
+
+    def counts(self, assignment: dict[str, Any]) -> tuple[int, ...]:
+        """A complete assignment (by block name) as counts in model order, checked to be a feasible schedule:
+        ``RecipeError`` naming the blocks when a count grows along depth, exceeds what the first block receives,
+        is 1 before the last block, or removes more than the method can in one block."""
+        keep = tuple(int(assignment[p]) for p in self.paths)
+        try:
+            check_keep(keep, self.tokens_in, self.config.method, self.paths)
+        except ValueError as e:
+            raise RecipeError(f"tokens: keep {dict(zip(self.paths, keep))} is not a feasible schedule: {e}.",
+                              "Give counts that do not grow from one block to the next, each one a block can reach.") from e
+        return keep
+
+
+def _explicit_keep(config: TokensConfig, paths: tuple[str, ...], tokens: int) -> tuple[int, ...]:
+    """``config.keep`` as counts in model order: positional (one per block) or by name, where a block left out
+    keeps every token it receives."""
+    by_name = config.keep_by_name
+    if by_name is None:
+        keep = tuple(int(k) for k in config.keep or ())  # type: ignore[arg-type]
+        if len(keep) != len(paths):
+            raise RecipeError(f"keep has {len(keep)} counts but the model has {len(paths)} transformer blocks ({', '.join(paths)}).",
+                              f"Give one count per block, {len(paths)} in all, or a table by block name.")
+        return keep
+    unknown = sorted(set(by_name) - set(paths))
+    if unknown:
+        raise RecipeError(f"keep names {unknown}, which are not transformer blocks of this model.", f"Use block names: {', '.join(paths)}.")
+    out, n = [], tokens
+    for path in paths:
+        n = by_name.get(path, n)
+        out.append(n)
+    return tuple(out)
+
+
+def prepare_tokens(module: "nn.Module", config: TokensConfig, context: PassContext) -> TokensPrepared:
+    """Patch a copy of ``module`` once and fix its default schedule; ``module`` is not changed.
+
+    Done here, once: the copy and its block discovery and adapters (``patch_blocks``), the check that the
+    patched blocks reproduce the model's output with every token kept, the test whether the model reads only
+    the class token (``cls_only_last = "auto"``), the per-block MACs and the schedule search for a
+    ``flops_reduction``, and the space. The tokens each block removes are chosen per input at run time (the
+    scores come from that input's attention), so there are no token scores to cache: the pass is zero-shot.
+
+    ``PassError`` for a block it cannot patch (naming it), a model whose blocks are not one chain, or a FLOPs
+    target no schedule reaches within ``config.tolerance``; ``RecipeError`` for a ``keep`` that does not fit.
     """
     import torch
 
-    from repfx_deploy.analyze.torch_stats import torch_stats
     from repfx_deploy.data.tensors import random_inputs, to_torch
     from repfx_deploy.modules import inference_mode
 
-    original = inference_mode(model)
-    dense_macs = torch_stats(original, input_specs).macs
-    patched = copy.deepcopy(original).eval()
-    found = patch_blocks(patched)
-    paths, blocks = [p for p, _ in found], [b for _, b in found]
+    before = count(module, context)
+    original = inference_mode(copy.deepcopy(module))
+    template = inference_mode(copy.deepcopy(original))
+    found = patch_blocks(template)
+    paths, blocks = tuple(p for p, _ in found), [b for _, b in found]
     for block in blocks:
         block.configure(config)
-    inputs = to_torch(random_inputs(input_specs, seed=0))
-    batch, tokens, width = _shapes_in(patched, blocks, inputs)[0]
-    block_macs = _BlockMacs(blocks, batch, width)
+    inputs = to_torch(random_inputs(context.input_specs, seed=0))
+    batch, tokens, width = _shapes_in(template, blocks, inputs)[0]
     with torch.no_grad():
         reference = original(*inputs)
-        if not _outputs_match(reference, patched(*inputs)):
+        if not _outputs_match(reference, template(*inputs)):
             raise PassError("The patched blocks do not reproduce the model's output with every token kept.", "Report this model: its blocks compute something the adapter does not.")
         _set_keep(blocks, (None,) * (len(blocks) - 1) + (1,))
-        cls_only_ok = _outputs_match(reference, patched(*inputs))
+        cls_only_ok = _outputs_match(reference, template(*inputs))
+        _set_keep(blocks, None)
+    del original
     cls_last = config.cls_only_last == "on" or (config.cls_only_last == "auto" and cls_only_ok)
     if config.cls_only_last == "on" and not cls_only_ok:
         log.warning("tokens: cls_only_last = on changes this model's output: it reads more than the class token")
+
+    reached: float | None = None
+    if config.keep is not None:
+        keep = _explicit_keep(config, paths, tokens)
+    else:
+        keep, reached = _search(config, blocks, before.macs, batch, tokens, width, cls_last)
+    multiple = config.token_multiple or context.channel_multiple
+    space = SearchSpace("tokens", tuple(
+        Site(name=path, knob="tokens_kept", choices=choices, default=default, unchanged=tokens)
+        for path, choices, default in zip(paths, site_choices(tokens, keep, multiple, config.method, cls_only_last=cls_last), keep)
+    ))
+    prepared = TokensPrepared(module, config, context, space, before, template=template, paths=paths, family=blocks[0].family,
+                              tokens_in=tokens, cls_last=cls_last, default_keep=keep, searched_reduction=reached)
+    prepared.counts(space.defaults())  # an explicit keep that does not fit fails here, before any search runs on it
+    # the blocks must form one chain: with every site at its first (smallest) choice, each block receives what the
+    # one before it kept
+    floor = tuple(s.choices[0] for s in space.sites)
+    _set_keep(blocks, floor)
+    try:
+        entering = [shape[1] for shape in _shapes_in(template, blocks, inputs)]
+    finally:
+        _set_keep(blocks, None)
+    expected = [tokens, *floor[:-1]]
+    if entering != expected:
+        raise PassError(f"Tokens entering the blocks were {entering}, expected {expected}: the blocks are not one chain.", "Use the tokens pass on a ViT whose blocks run one after another.")
+    return prepared
+
+
+def _search(config: TokensConfig, blocks: list["TokenReducedBlock"], dense_macs: int, batch: int, tokens: int, width: int,
+            cls_last: bool) -> tuple[tuple[int, ...], float]:
+    """The counts reaching ``config.flops_reduction`` (``schedule.search_keep``), and the reduction reached."""
+    block_macs = _BlockMacs(blocks, batch, width)
+    dense_blocks = sum(block_macs(i, tokens, None) for i in range(len(blocks)))
 
     def macs_of(keep: tuple[int, ...]) -> int:
         patched_blocks, n = 0, tokens
         for i, k in enumerate(keep):
             patched_blocks += block_macs(i, n, k)
             n = k
-        return dense_macs - sum(block_macs(i, tokens, None) for i in range(len(blocks))) + patched_blocks
+        return dense_macs - dense_blocks + patched_blocks
 
-    if config.keep is not None:
-        keep = config.keep
-        if len(keep) != len(blocks):
-            raise PassError(f"keep has {len(keep)} counts but the model has {len(blocks)} transformer blocks ({', '.join(paths)}).", f"Give one count per block, {len(blocks)} in all.")
-        try:
-            check_keep(keep, tokens, config.method)
-        except ValueError as e:
-            raise PassError(f"keep = {list(keep)} does not fit this model ({tokens} tokens enter the first block): {e}.", "Give non-increasing counts, each at most the tokens entering that block.") from e
-    else:
-        layers = config.layers if config.layers is not None else tuple(range(len(blocks) - 1))
-        bad = [i for i in layers if i >= len(blocks)]
-        if bad:
-            raise PassError(f"layers names block(s) {bad}, but the model has {len(blocks)} blocks (0-{len(blocks) - 1}).", "Use block indices that exist.")
-        keep, _ = search_keep(macs_of, dense_macs, float(config.flops_reduction), config.tolerance, tokens=tokens, blocks=len(blocks),
-                              layers=layers, schedule=config.schedule, method=config.method, cls_only_last=cls_last,
-                              multiple=config.token_multiple)
-    _set_keep(blocks, keep)
-    entering = [shape[1] for shape in _shapes_in(patched, blocks, inputs)]
-    expected = [tokens, *[k for k in keep[:-1]]]
-    if entering != expected:
-        raise PassError(f"Tokens entering the blocks were {entering}, expected {expected}: the blocks are not one chain.", "Use the tokens pass on a ViT whose blocks run one after another.")
-    after_macs = torch_stats(patched, input_specs).macs
-    if after_macs != macs_of(keep):  # the per-block sum the search used must be the whole-model count
-        log.warning("tokens: per-block MACs %d differ from the model's %d; the reported figure is the model's", macs_of(keep), after_macs)
-    stats = {
-        "method": config.method,
-        "blocks": paths,
-        "family": blocks[0].family,
-        "tokens_in": tokens,
-        "keep": list(keep),
-        "cls_only_last": bool(keep[-1] == 1),
-        "macs_before": dense_macs,
-        "macs_after": after_macs,
-        "flops_reduction": round(1.0 - after_macs / dense_macs, 4),
-        "flops_reduction_target": config.flops_reduction,
-    }
-    log.info("tokens: %s keep %s, MACs %d -> %d (-%.1f %%)", config.method, list(keep), dense_macs, after_macs, 100 * (1 - after_macs / dense_macs))
-    return TokensResult(patched, stats)
+    layers = config.layers if config.layers is not None else tuple(range(len(blocks) - 1))
+    bad = [i for i in layers if i >= len(blocks)]
+    if bad:
+        raise RecipeError(f"layers names block(s) {bad}, but the model has {len(blocks)} blocks (0-{len(blocks) - 1}).", "Use block indices that exist.")
+    return search_keep(macs_of, dense_macs, float(config.flops_reduction or 0.0), config.tolerance, tokens=tokens, blocks=len(blocks),
+                       layers=layers, schedule=config.schedule, method=config.method, cls_only_last=cls_last,
+                       multiple=config.token_multiple or 1)
 
+
+def build(prepared: TokensPrepared, keep: tuple[int, ...]) -> "nn.Module":
+    """A copy of the prepared template whose blocks keep ``keep`` tokens (model order; checked by the caller);
+    the template is not changed."""
+    model = copy.deepcopy(prepared.template)
+    for path, k in zip(prepared.paths, keep):
+        block = model.get_submodule(path)
+        block.keep = k  # type: ignore[assignment]
+    return model

@@ -1,12 +1,14 @@
-"""The recipe's ``kind = "tokens"``: validate the options, reduce the tokens, report the schedule and MACs.
+"""The recipe's ``kind = "tokens"``: token reduction in a ViT's transformer blocks, zero-shot.
 
     [[passes]]
     kind = "tokens"
     method = "zero-tprune"       # or "merge" (ToMe bipartite matching)
-    flops_reduction = 0.35       # remove 35 % of the MACs (or keep = [58, 51, 44, 37, 30, 1], one count per block)
-    layers = [0, 1, 2, 3, 4]     # blocks that remove tokens (default: all but the last)
+    flops_reduction = 0.35       # remove 35 % of the MACs, or give the counts:
+    # keep = [58, 51, 44, 37, 30, 1]                           one count per block, or by block name:
+    # keep = {"encoder.layers.2" = 33, "encoder.layers.5" = 1}   (a block left out keeps what it receives)
+    layers = [0, 1, 2, 3, 4]     # blocks the search removes tokens at (default: all but the last)
     schedule = "constant"        # same count removed at each of them, or "ratio" (same fraction)
-    token_multiple = 1           # round searched counts to a multiple (16: whole vectors in TVM's attention kernels)
+    token_multiple = 16          # round searched counts to a multiple (whole vectors in TVM's attention kernels)
     cls_only_last = "auto"       # last block computes the class token alone when the output reads only it
     pagerank_iterations = 5
     head_aggregation = "mean"    # or "rms"
@@ -14,50 +16,74 @@
     candidate_factor = 2.0       # least important 2 x R tokens compete; the R most redundant go
     reduction = "merge"          # the removed tokens into their most similar kept token, or "drop" them
 
-No fine-tuning is involved: the pass is zero-shot.
+The space: one site per patched block, named by the block's module name (``"blocks.3"``), knob
+``tokens_kept``: the tokens leaving that block, class token included. Choices are the counts from a floor up to
+the tokens every block receives in the unreduced model (the unchanged choice), in multiples of
+``token_multiple`` or, when it is unset, of the target's ``channel_multiple``, thinned to about 12, plus the
+default (the recipe's own counts) and, on the last block, 1 (the class token alone) when the model allows it.
+Counts must not grow along depth: an assignment where a block keeps more tokens than the block before it (or
+more than that block can remove, for ``merge``) is a ``RecipeError`` naming both blocks, not clamped. The
+default and the assignment of every site's first choice are feasible.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
-from repfx_deploy.errors import RecipeError
-from repfx_deploy.passes.registry import PassContext, PassResult, register_pass
+from repfx_deploy.passes.protocol import Assignment, Pass, PassContext, PassResult, Prepared, finish
+from repfx_deploy.passes.registry import register_pass
+from repfx_deploy.passes.tokens.config import TokensConfig
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from repfx_deploy.passes.tokens.config import TokensConfig
-
-TOKENS_KEYS = (
-    "method", "flops_reduction", "keep", "layers", "schedule", "tolerance", "token_multiple", "cls_only_last",
-    "pagerank_iterations", "head_aggregation", "pagerank_start", "candidate_factor", "reduction",
-)
+log = logging.getLogger("repfx_deploy.passes.tokens")
 
 
-def parse_options(options: Mapping[str, Any]) -> "TokensConfig":
-    """Recipe table -> ``TokensConfig``; ``RecipeError`` on unknown keys or bad values."""
-    from repfx_deploy.passes.tokens.config import TokensConfig
+@register_pass
+class TokensPass(Pass[TokensConfig]):
+    kind = "tokens"
+    config_type = TokensConfig
 
-    unknown = sorted(set(options) - set(TOKENS_KEYS))
-    if unknown:
-        raise RecipeError(f"Unknown option(s) {', '.join(map(repr, unknown))} in the tokens pass.", f"Use only: {', '.join(TOKENS_KEYS)}.")
-    opts = dict(options)
-    for key in ("keep", "layers"):
-        if key in opts and not isinstance(opts[key], (list, tuple)):
-            raise RecipeError(f"{key} must be a list of integers; got {opts[key]!r}.", f"Write {key} = [58, 51, 44].")
-    try:
-        return TokensConfig(**opts)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"Bad tokens pass option: {e}", "Fix the value in the recipe's [[passes]] table.") from e
+    def prepare(self, module: "nn.Module", config: TokensConfig, context: PassContext) -> Prepared[TokensConfig]:
+        """Once per model and config (``core.prepare_tokens``): copy the model and patch its blocks (the
+        adapters), check the patched copy is exact with every token kept, test whether the last block may keep
+        the class token alone, count per-block MACs and search the schedule for a ``flops_reduction`` (the
+        default), and build the space. Token scores are not cached: they are computed per input at run time."""
+        from repfx_deploy.passes.tokens.core import prepare_tokens
 
+        return prepare_tokens(module, config, context)
 
-@register_pass("tokens")
-def tokens_handler(module: "nn.Module", options: Mapping[str, Any], context: PassContext) -> PassResult:
-    """Patch ``module``'s transformer blocks to remove tokens as the options say (zero-shot)."""
-    from repfx_deploy.passes.tokens.core import reduce_tokens
+    def apply_assignment(self, prepared: Prepared[TokensConfig], assignment: Assignment) -> PassResult:
+        """A copy of the prepared template with each block keeping its assigned count (``RecipeError`` for an
+        unknown site, a choice a site does not offer, or counts that grow along depth); cheap: a deep copy and
+        one attribute per block, then ``finish`` counts the result."""
+        from repfx_deploy.passes.tokens.core import TokensPrepared, build
 
-    config = parse_options(options)
-    result = reduce_tokens(module, context.input_specs, config)
-    return PassResult(result.module, result.stats)
+        started = time.perf_counter()
+        if not isinstance(prepared, TokensPrepared):
+            raise TypeError("the tokens pass applies assignments to what TokensPass.prepare returned")
+        decisions = prepared.space.complete(assignment)
+        keep = prepared.counts(decisions)
+        module = build(prepared, keep)
+        config = prepared.config
+        extras: dict[str, Any] = {
+            "method": config.method,
+            "blocks": list(prepared.paths),
+            "family": prepared.family,
+            "tokens_in": prepared.tokens_in,
+            "keep": list(keep),
+            "cls_only_last": bool(keep[-1] == 1),
+            "flops_reduction_target": config.flops_reduction,
+        }
+        result = finish(prepared, module, decisions, started, extras)
+        reached = 1.0 - result.macs_after / max(result.macs_before, 1)
+        result.extras["flops_reduction"] = round(reached, 4)
+        if keep == prepared.default_keep and prepared.searched_reduction is not None and abs(reached - prepared.searched_reduction) > 1e-9:
+            # the search summed per-block MACs; the whole-model count must agree, or the target was not what it seemed
+            log.warning("tokens: the searched schedule reaches %.4f by its per-block MACs but %.4f counted on the model; "
+                        "the reported figure is the model's", prepared.searched_reduction, reached)
+        log.info("tokens: %s keep %s, MACs %d -> %d (-%.1f %%)", config.method, list(keep), result.macs_before, result.macs_after, 100 * reached)
+        return result

@@ -1,4 +1,5 @@
-"""Tokens kept per block: from explicit counts, or searched to remove a fraction of the model's MACs.
+"""Tokens kept per block: from explicit counts, or searched to remove a fraction of the model's MACs; and the
+counts each block's site offers a search.
 
 The MACs are counted on the patched model itself (``analyze.torch_stats``: linears, matmuls, attention,
 the PageRank and similarity products included; elementwise ops, softmax and top-k are not MACs), so the
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from repfx_deploy.errors import PassError
+from repfx_deploy.passes.protocol import kept_choices
 
 
 def max_remove(tokens: int, method: str) -> int:
@@ -47,17 +49,45 @@ def keep_counts(tokens: int, blocks: int, layers: tuple[int, ...], step: float, 
     return tuple(keep)
 
 
-def check_keep(keep: tuple[int, ...], tokens: int, method: str) -> None:
-    """``ValueError`` unless ``keep`` is a feasible schedule for blocks receiving ``tokens`` tokens."""
+def check_keep(keep: tuple[int, ...], tokens: int, method: str, names: tuple[str, ...] | None = None) -> None:
+    """``ValueError`` unless ``keep`` is a feasible schedule for blocks receiving ``tokens`` tokens: counts that
+    do not grow along depth, 1 (the class token alone) only in the last block, and no block removing more than
+    ``max_remove``. The message names the blocks (``names``, default "block i") involved."""
+    names = names or tuple(f"block {i}" for i in range(len(keep)))
     n = tokens
     for i, k in enumerate(keep):
         if k > n:
-            raise ValueError(f"keep[{i}] = {k} but block {i} receives only {n} tokens")
+            if i == 0:
+                raise ValueError(f"{names[0]} keeps {k} tokens but receives only {tokens}")
+            raise ValueError(f"{names[i]} keeps {k} tokens but {names[i - 1]} before it keeps only {n}: counts must not grow along depth")
         if k == 1 and i != len(keep) - 1:
-            raise ValueError(f"keep[{i}] = 1 (the class token alone) is allowed only in the last block")
+            raise ValueError(f"{names[i]} keeps 1 token (the class token alone), which is allowed only in the last block ({names[-1]})")
         if k > 1 and n - k > max_remove(n, method):
-            raise ValueError(f"block {i} cannot go from {n} to {k} tokens with method {method!r} (at most {max_remove(n, method)} removed per block)")
+            came = f"{names[i - 1]}'s {n}" if i else f"the {n} it receives"
+            raise ValueError(f"{names[i]} cannot go from {came} to {k} tokens with method {method!r} (at most {max_remove(n, method)} removed per block)")
         n = k
+
+
+def site_choices(tokens: int, defaults: tuple[int, ...], multiple: int, method: str, *, cls_only_last: bool,
+                 steps: int = 12) -> tuple[tuple[int, ...], ...]:
+    """The counts each block's site offers (ascending, class token included): multiples of ``multiple`` from a
+    floor up to ``tokens`` (the count every block receives in the unreduced model), thinned to about ``steps``,
+    plus ``tokens`` itself (unchanged), the block's default, and 1 on the last block when ``cls_only_last``.
+
+    A block's floor is the fewest tokens it can be left with when every block before it took its own smallest
+    choice (``max_remove``), so the assignment of every site's first choice is a feasible schedule (as the
+    default is, and ``check_keep`` holds for both)."""
+    out: list[tuple[int, ...]] = []
+    previous = tokens  # the smallest choice of the block before
+    for i, default in enumerate(defaults):
+        floor = max(2, previous - max_remove(previous, method))
+        values = set(kept_choices(tokens, multiple, minimum=floor, steps=steps)) | {default}
+        if cls_only_last and i == len(defaults) - 1:
+            values.add(1)
+        choices = tuple(sorted(values))
+        out.append(choices)
+        previous = choices[0]
+    return tuple(out)
 
 
 def search_keep(

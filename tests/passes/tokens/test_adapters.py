@@ -7,7 +7,7 @@ import torch
 import vit_zoo
 
 from repfx_deploy.errors import PassError
-from repfx_deploy.passes.tokens import TokensConfig, reduce_tokens
+from repfx_deploy.passes.tokens import TokensConfig
 from repfx_deploy.passes.tokens.adapters import patch_blocks
 from repfx_deploy.spec import InputSpec
 
@@ -40,28 +40,28 @@ def _outputs(out) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_keep_all_matches_original_outputs(name):
+def test_keep_all_matches_original_outputs(name, apply_tokens):
     builder, family = FAMILIES[name]
     torch.manual_seed(0)
     model = builder().eval()
-    result = reduce_tokens(model, SPECS, ALL)
-    assert result.stats["family"] == family
-    assert result.stats["macs_after"] >= result.stats["macs_before"] * 0.99
+    result = apply_tokens(model, ALL, SPECS)
+    assert result.extras["family"] == family
+    assert result.macs_after >= result.macs_before * 0.99
     with torch.no_grad():
         for a, b in zip(_outputs(model(_image())), _outputs(result.module(_image()))):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
-def test_patched_model_keeps_state_dict_keys():
+def test_patched_model_keeps_state_dict_keys(apply_tokens):
     torch.manual_seed(0)
     model = vit_zoo.PostNormTorchViT().eval()
-    result = reduce_tokens(model, SPECS, TokensConfig(flops_reduction=0.3, method="merge"))
+    result = apply_tokens(model, TokensConfig(flops_reduction=0.3, method="merge"), SPECS)
     assert result.module.state_dict().keys() == model.state_dict().keys()
 
 
-def test_original_model_left_untouched():
+def test_original_model_left_untouched(apply_tokens):
     model = vit_zoo.TimmStyleViT().eval()
-    reduce_tokens(model, SPECS, TokensConfig(keep=(15, 13, 1)))
+    apply_tokens(model, TokensConfig(keep=(15, 13, 1)), SPECS)
     assert type(model.blocks[0]) is vit_zoo.Block
 
 
@@ -75,8 +75,8 @@ def test_model_without_attention_error_names_model(tiny_conv):
         patch_blocks(tiny_conv)
 
 
-def test_attention_mask_refused_at_run_time():
+def test_attention_mask_refused_at_run_time(apply_tokens):
     model = vit_zoo.PostNormTorchViT().eval()
-    result = reduce_tokens(model, SPECS, TokensConfig(keep=(15, 13, 1)))
+    result = apply_tokens(model, TokensConfig(keep=(15, 13, 1)), SPECS)
     with pytest.raises(ValueError, match="masks are not supported"):
         result.module.encoder.layers[0](torch.zeros(1, 17, 32), src_mask=torch.zeros(17, 17))

@@ -7,10 +7,12 @@ import onnx
 import pytest
 import torch
 import vit_zoo
+from protocol_checks import make_context
 
 from repfx_deploy.lower.onnx_export import export_onnx
 from repfx_deploy.measure.runtimes import OrtRunner
-from repfx_deploy.passes.tokens import TokensConfig, reduce_tokens
+from repfx_deploy.passes.registry import apply
+from repfx_deploy.passes.tokens import TokensConfig
 from repfx_deploy.spec import InputSpec
 
 SPECS = (InputSpec("input", (1, 3, 16, 16)),)
@@ -23,7 +25,7 @@ CASES = {
 
 def _reduced(config: TokensConfig) -> torch.nn.Module:
     torch.manual_seed(0)
-    return reduce_tokens(vit_zoo.PostNormTorchViT().eval(), SPECS, config).module
+    return apply(vit_zoo.PostNormTorchViT().eval(), config, make_context(SPECS)).module
 
 
 @pytest.mark.parametrize("case", list(CASES))
