@@ -89,17 +89,21 @@ def main() -> None:
     args = parser.parse_args()
 
     from repfx_deploy.measure.environment import environment
-    from repfx_deploy.passes.tokens import TokensConfig, reduce_tokens
+    from repfx_deploy.passes.protocol import PassContext
+    from repfx_deploy.passes.registry import apply
+    from repfx_deploy.passes.tokens import TokensConfig
     from repfx_deploy.spec import InputSpec
+    from repfx_deploy.targets import get_profile
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     base = DeiT().eval()
     specs = (InputSpec("input", SHAPE),)
+    context = PassContext(input_specs=specs, profile=get_profile("host"))
     rows: dict = {"dense": {"keep": "all 197", "flops_reduction": 0.0}}
     models: dict = {"dense": base}
-    result = reduce_tokens(base, specs, TokensConfig(keep=(197,) * 11 + (1,)))
-    rows["class token alone in last block"] = {"keep": result.stats["keep"], "flops_reduction": result.stats["flops_reduction"]}
+    result = apply(base, TokensConfig(keep=(197,) * 11 + (1,)), context)
+    rows["class token alone in last block"] = {"keep": result.extras["keep"], "flops_reduction": result.extras["flops_reduction"]}
     models["class token alone in last block"] = result.module
     fast = tuple(int(i) for i in args.fast_layers.split(",")) if args.fast_layers else None
     for level in (float(v) for v in args.levels.split(",")):
@@ -109,8 +113,8 @@ def main() -> None:
                 if method == "zero-tprune" and layers:
                     extra["pagerank_iterations"] = 1
                 name = f"{method}@{level:.0%}" + (f" layers {args.fast_layers}, x16" if layers else "")
-                result = reduce_tokens(base, specs, TokensConfig(method=method, flops_reduction=level, **extra))
-                rows[name] = {"keep": result.stats["keep"], "flops_reduction": result.stats["flops_reduction"]}
+                result = apply(base, TokensConfig(method=method, flops_reduction=level, **extra), context)
+                rows[name] = {"keep": result.extras["keep"], "flops_reduction": result.extras["flops_reduction"]}
                 models[name] = result.module
                 print(json.dumps({name: rows[name]}, default=str), file=sys.stderr, flush=True)
     timing = TimingConfig(warmup=5, repeats=20, min_time_s=1.0)

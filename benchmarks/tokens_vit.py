@@ -79,14 +79,18 @@ def main() -> None:
 
     from repfx_deploy.measure.environment import environment
     from repfx_deploy.measure.runtimes import default_threads
-    from repfx_deploy.passes.tokens import TokensConfig, reduce_tokens
+    from repfx_deploy.passes.protocol import PassContext
+    from repfx_deploy.passes.registry import apply
+    from repfx_deploy.passes.tokens import TokensConfig
     from repfx_deploy.spec import InputSpec
+    from repfx_deploy.targets import get_profile
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
     base = load_zoo().cifar10_vit().eval()
     test = _load_test(args.eval_samples)
     specs = (InputSpec("input", SPECS_SHAPE),)
+    context = PassContext(input_specs=specs, profile=get_profile("host"))
     layers = tuple(int(i) for i in args.layers.split(",")) if args.layers else None
     rows = {"dense": {"method": "-", "target": 0.0, "keep": [], "flops_reduction": 0.0, "acc": _accuracy(base, test)}}
     print(json.dumps({"dense": rows["dense"]}), file=sys.stderr, flush=True)
@@ -94,8 +98,8 @@ def main() -> None:
     # controls: the patched blocks with every token kept (explicit attention instead of the exporter's MHA), and
     # the last block computing the class token alone (exact): what part of any speedup is not token removal
     for name, keep in (("patched, all kept", (65,) * 6), ("class token alone in last block", (65,) * 5 + (1,))):
-        result = reduce_tokens(base, specs, TokensConfig(keep=keep))
-        rows[name] = {"method": "-", "target": 0.0, "keep": list(keep), "flops_reduction": result.stats["flops_reduction"], "acc": _accuracy(result.module, test)}
+        result = apply(base, TokensConfig(keep=keep), context)
+        rows[name] = {"method": "-", "target": 0.0, "keep": list(keep), "flops_reduction": result.extras["flops_reduction"], "acc": _accuracy(result.module, test)}
         models[name] = result.module
         print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
     fast_layers = tuple(int(i) for i in args.fast_layers.split(",")) if args.fast_layers else None
@@ -106,7 +110,7 @@ def main() -> None:
         for method, run_layers, fast in runs:
             suffix = f" layers {args.fast_layers}, x{args.fast_token_multiple} tokens" if fast else ""
             common = {"method": method, "flops_reduction": level, "layers": run_layers, "schedule": args.schedule, "cls_only_last": args.cls_only_last,
-                      "token_multiple": args.fast_token_multiple if fast else 1}
+                      "token_multiple": args.fast_token_multiple if fast else None}
             if method == "zero-tprune":
                 iterations = args.fast_pagerank_iterations if fast else args.pagerank_iterations
                 suffix += f", {iterations} PageRank it." if fast else ""
@@ -117,13 +121,13 @@ def main() -> None:
             name = f"{method}@{level:.0%}{suffix}"
             t0 = time.perf_counter()
             try:
-                result = reduce_tokens(base, specs, config)
+                result = apply(base, config, context)
             except Exception as e:  # an unreachable target is a result, not a crash
                 rows[name] = {"method": method, "target": level, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
                 print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
                 continue
-            s = result.stats
-            rows[name] = {"method": method, "target": level, "keep": s["keep"], "macs": s["macs_after"], "flops_reduction": s["flops_reduction"],
+            s = result.extras
+            rows[name] = {"method": method, "target": level, "keep": s["keep"], "macs": result.macs_after, "flops_reduction": s["flops_reduction"],
                           "pass_s": round(time.perf_counter() - t0, 1), "acc": _accuracy(result.module, test)}
             models[name] = result.module
             print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)
