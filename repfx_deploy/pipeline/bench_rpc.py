@@ -44,7 +44,7 @@ def bench_on_device(request, profile: TargetProfile) -> dict:
     samples = [random_inputs(specs, seed=s) for s in range(VERIFY_SAMPLES)]
     result = evaluate(model, profile, data=EvalData(inputs=samples), runtimes=("tvm",), timing=request.timing, rpc=config,
                       tune_trials=request.tune_trials)
-    record = result.latency["tvm"].to_dict()
+    record = {**result.latency["tvm"].to_dict(), "runtime": RUNTIME}  # bench names the device's runtime as it always has
     doc = {
         "source": str(source),
         "target": profile.name,

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["Deployable", "EvalData", "Evaluation", "evaluate", "fidelity", "predictions", "run_all", "top1_accuracy"]
 
 RUNTIMES = ("torch", "onnxruntime", "tvm")
+# Samples whose outputs are fetched back from a device to check them (each is a network round trip).
+DEVICE_CHECK_SAMPLES = 4
 
 
 def predictions(runner: Any, dataset: Dataset, batch_size: int) -> list[list[np.ndarray]]:
@@ -247,7 +249,7 @@ def _evaluate_all(models: dict[str, Deployable], profile, data: EvalData, runtim
                     plan.latency[rt] = lat.measured_local(rt, records[f"{name}/{rt}"])
                 elif source == "measured-rpc":
                     assert plan.model.tvm_dir is not None and rpc is not None
-                    result = lat.measure_rpc({name: plan.model.tvm_dir}, samples, timing_inputs, rpc, timing)[name]
+                    result = lat.measure_rpc({name: plan.model.tvm_dir}, samples[:DEVICE_CHECK_SAMPLES], timing_inputs, rpc, timing)[name]
                     plan.latency[rt] = lat.measured_rpc(rt, result)
                     plan.device_outputs = result.outputs
                 else:
@@ -274,7 +276,7 @@ def _finish(name: str, plan: _Plan, profile, data: EvalData, threads: int, tvm_t
             fid = fidelity([list(r) for r in data.reference], run_all(runner, [list(s) for s in data.inputs]),
                            reference_name=data.reference_name, candidate_name=f"{name} ({plan.quality})")
             fid["data"] = data.inputs_source
-    verification = _verify(plan, samples, threads) if verify else []
+    verification = (_verify(plan, samples) if verify else []) + _verify_device(plan, samples)
     return Evaluation(
         target=profile.name, threads=threads, latency=dict(plan.latency), accuracy=accuracy, loss=loss,
         quality_runtime=plan.quality, fidelity=fid, verification=tuple(verification), builds=plan.built,
@@ -282,23 +284,25 @@ def _finish(name: str, plan: _Plan, profile, data: EvalData, threads: int, tvm_t
     )
 
 
-def _verify(plan: _Plan, samples: list[list[np.ndarray]], threads: int) -> list[dict]:
-    """Each timed runtime's outputs on ``samples`` against the first's; the device's against ONNX Runtime here."""
+def _verify(plan: _Plan, samples: list[list[np.ndarray]]) -> list[dict]:
+    """Each timed local runtime's outputs on ``samples`` against the first's."""
     outputs = {rt: run_all(plan.runners[rt], samples) for rt in plan.runtimes if rt in plan.runners}
     names = list(outputs)
-    checks = [compare(outputs[names[0]], outputs[n], reference_name=names[0], candidate_name=n).to_dict() for n in names[1:]]
+    return [compare(outputs[names[0]], outputs[n], reference_name=names[0], candidate_name=n).to_dict() for n in names[1:]]
 
-    if plan.device_outputs is not None:
-        from repfx_deploy.measure.rpc.remote import RUNTIME
-        from repfx_deploy.measure.runtimes import OrtRunner, default_threads
 
-        if plan.model.onnx_path is not None:
-            reference = run_all(OrtRunner(plan.model.onnx_path, default_threads()), samples)
-            checks.append(compare(reference, plan.device_outputs, reference_name="onnxruntime (this machine)",
-                                  candidate_name=RUNTIME).to_dict())
-        else:
-            plan.notes.append("a compiled artifact folder has no ONNX model beside it: outputs not checked against ONNX Runtime")
-    return checks
+def _verify_device(plan: _Plan, samples: list[list[np.ndarray]]) -> list[dict]:
+    """The outputs fetched back from the device against ONNX Runtime's here (always: nothing else checks them)."""
+    if plan.device_outputs is None:
+        return []
+    if plan.model.onnx_path is None:
+        plan.notes.append("a compiled artifact folder has no ONNX model beside it: outputs not checked against ONNX Runtime")
+        return []
+    from repfx_deploy.measure.rpc.remote import RUNTIME
+    from repfx_deploy.measure.runtimes import OrtRunner, default_threads
+
+    reference = run_all(OrtRunner(plan.model.onnx_path, default_threads()), samples[: len(plan.device_outputs)])
+    return [compare(reference, plan.device_outputs, reference_name="onnxruntime (this machine)", candidate_name=RUNTIME).to_dict()]
 
 
 def _runtimes_for(model: Deployable, asked: Sequence[str] | None, profile) -> tuple[str, ...]:

@@ -71,7 +71,7 @@ class Latency:
         return SOURCE_WORDS[self.source]
 
     def to_dict(self) -> dict[str, Any]:
-        d = {**self.details, "runtime": self.runtime, "source": self.source, "latency_ms": round(self.latency_ms, 6)}
+        d = {**self.details, "runtime": self.runtime, "source": self.source, "latency_ms": self.latency_ms}
         if self.source == "estimated":
             d["error_pct"] = self.error_pct
             d["accuracy"] = self.accuracy
@@ -159,5 +159,5 @@ def estimated(
     details = {k: v for k, v in estimate.to_dict().items() if k not in ("layers", "runtime", "accuracy", "accuracy_pct")}
     details["predicts"] = estimate.runtime  # what the estimator was fitted to (pixel1: TF-Lite on one core)
     details["layers_estimated"] = len(estimate.layers)
-    return Latency(runtime, "estimated", estimate.latency_ms, details=details, error_pct=float(estimate.accuracy_pct),
+    return Latency(runtime, "estimated", round(estimate.latency_ms, 6), details=details, error_pct=float(estimate.accuracy_pct),
                    accuracy=estimate.accuracy)

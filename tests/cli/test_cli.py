@@ -91,3 +91,28 @@ def test_console_script_error_has_no_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "repfx_deploy.cli", "inspect", str(junk)], capture_output=True, text=True)
     assert out.returncode == 2
     assert "error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_compress_with_target_file_and_prune_pass_uses_the_profile_from_the_file(tmp_path, tiny_state_dict, fixtures_dir):
+    import numpy as np
+
+    board = tmp_path / "my.toml"  # a profile no built-in name refers to: the passes must use this object
+    board.write_text(
+        'name = "my-board"\ndescription = "this machine, described in a file"\nruntimes = ["torch", "onnxruntime"]\n'
+        'channel_multiple = 4\n[tvm_target]\nkind = "llvm"\nmtriple = "detect"\nmcpu = "detect"\nnum-cores = "detect"\n'
+    )
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32), y=np.arange(16) % 4)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'input_shape = "1,3,8,8"\n[data]\ncalibration = "{data}"\neval = "{data}"\n'
+                      '[[passes]]\nkind = "prune"\nratio = 0.5\n')
+    out = tmp_path / "res"
+    result = _invoke("compress", tiny_state_dict, "--arch", "tiny_models:TinyConvNet", "--python-path", fixtures_dir,
+                     "--recipe", recipe, "--target-file", board, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["target"]["name"] == "my-board" and doc["passes"][0]["kind"] == "prune"
+    assert doc["compressed"]["params"] < doc["baseline"]["params"]
+    for side in ("baseline", "compressed"):
+        assert set(doc[side]["latency"]) == {"torch", "onnxruntime"}
+        assert all(e["source"] == "measured-local" and e["latency_ms"] > 0 for e in doc[side]["latency"].values())

@@ -95,3 +95,27 @@ def test_serve_emulated_without_emulator_root_exits_2_naming_the_setup_script(tm
     assert result.exit_code == 2 and "setup_aarch64_emulator.sh" in result.output
     result = _invoke("device", "serve", "--tracker", "127.0.0.1:9", "--key", "bad key")
     assert result.exit_code == 2 and "is not valid" in result.output
+
+
+def test_compress_rpc_measures_tvm_on_the_device_and_the_rest_here(tracker_with_device, tmp_path, tiny_state_dict, fixtures_dir):
+    out = tmp_path / "res"
+    result = _invoke("compress", tiny_state_dict, "--arch", "tiny_models:TinyConvNet", "--python-path", fixtures_dir,
+                     "--input-shape", "1,3,8,8", "--target", "host", "--rpc", tracker_with_device, "--key", KEY,
+                     "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    for side in ("baseline", "compressed"):
+        sources = {rt: e["source"] for rt, e in doc[side]["latency"].items()}
+        assert sources == {"torch": "measured-local", "onnxruntime": "measured-local", "tvm": "measured-rpc"}
+        assert doc[side]["latency"]["tvm"]["device"]["key"] == KEY and doc[side]["latency_ms"]["tvm"] > 0
+    device_check = [v for v in doc["verification"] if v["candidate"] == "tvm-rpc"]
+    assert device_check and device_check[0]["max_abs_error"] < 1e-4
+    assert "measured on device over RPC" in (out / "report.md").read_text()
+
+
+def test_compress_rpc_with_unknown_key_exits_2_before_any_work(tracker_with_device, tmp_path, tiny_state_dict, fixtures_dir):
+    started = time.monotonic()
+    result = _invoke("compress", tiny_state_dict, "--arch", "tiny_models:TinyConvNet", "--python-path", fixtures_dir,
+                     "--input-shape", "1,3,8,8", "--rpc", tracker_with_device, "--key", "no-such-board", "-o", tmp_path / "o", "--json")
+    assert result.exit_code == 2 and json.loads(result.stdout)["error"]["type"] == "MeasureError"
+    assert time.monotonic() - started < 30 and not (tmp_path / "o").exists()

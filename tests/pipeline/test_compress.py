@@ -1,5 +1,6 @@
 """End to end: compress a tiny model into a result folder, and the failure modes around it."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -133,3 +134,38 @@ def test_not_faster_warnings_name_runtime_when_compressed_is_slower():
     after = {"onnxruntime": {"latency_ms": 0.5}, "tvm": {"latency_ms": 1.01}}
     warnings = _not_faster_warnings(before, after)
     assert len(warnings) == 1 and "tvm" in warnings[0] and "not faster" in warnings[0]
+
+
+def test_compress_outputs_name_paths_relative_to_the_folder_never_the_temporary_one(tmp_path, tiny_state_dict, fixtures_dir, tiny_data):
+    request = _request(tmp_path, tiny_state_dict, fixtures_dir, tiny_data)
+    compress(request)
+    out = tmp_path / "out"
+    texts = {p: p.read_text() for p in out.rglob("*") if p.suffix in (".json", ".md", ".toml")}
+    assert out / "tvm" / "manifest.json" in texts and out / "report.json" in texts
+    for path, text in texts.items():
+        assert ".tmp" not in text, path  # the atomic_dir sibling it was assembled in
+        assert str(out) not in text and str(out.resolve()) not in text, path  # nor where the folder is now
+    report = json.loads(texts[out / "report.json"])
+    assert report["artifacts"]["onnx"] == "model.onnx" and report["artifacts"]["tvm_manifest"] == "tvm/manifest.json"
+    assert all((out / p).exists() for p in report["artifacts"].values() if p)
+    assert report["export"]["path"] == "model.onnx" and report["compile"]["library_path"] == "tvm/model.so"
+    manifest = json.loads(texts[out / "tvm" / "manifest.json"])
+    assert (out / "tvm" / manifest["library"]).exists() and manifest["source_onnx"]["file"] == "model.onnx"
+
+
+def test_compress_for_a_foreign_target_estimates_latency_with_its_error_in_json_and_markdown(tmp_path, tiny_state_dict, fixtures_dir, tiny_data):
+    request = _request(tmp_path, tiny_state_dict, fixtures_dir, tiny_data)
+    report = compress(dataclasses.replace(request, recipe=request.recipe.with_overrides(target="pixel1")))
+    for side in ("baseline", "compressed"):
+        (entry,) = report[side]["latency"].values()
+        assert entry["source"] == "estimated" and entry["error_pct"] == 14.4 and entry["latency_ms"] > 0
+        assert report[side]["latency_ms"] == {"tvm": entry["latency_ms"]}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| latency tvm (ms, estimated, ±14.4 %) |" in md and "Estimated, not measured" in md
+
+
+def test_not_faster_warning_phrases_the_ratio_as_slower_never_a_fraction_faster():
+    from repfx_deploy.pipeline.compress import _not_faster_warnings
+
+    (warning,) = _not_faster_warnings({"tvm": {"latency_ms": 1.0}}, {"tvm": {"latency_ms": 2.9}})
+    assert "2.90x slower" in warning and "0.34x" not in warning
