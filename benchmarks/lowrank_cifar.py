@@ -57,17 +57,23 @@ def _load(split: str, model: str, limit: int | None):
 
 
 def _svd(model, params_ratio: float, criterion: str, round_to: int, calib, ranks: dict | None = None, points: int = 8, batches: int = 2):
-    """The lowrank pass; with ``ranks`` (saved by an earlier run) exactly those layers at those ranks."""
-    from repfx_deploy.passes.lowrank import LowRankConfig, lowrank
+    """The lowrank pass; with ``ranks`` (saved by an earlier run) exactly those layers at those ranks. BatchNorm
+    is re-calibrated by the caller, the same way for every method."""
+    from repfx_deploy.passes.lowrank import LowRankConfig
+    from repfx_deploy.passes.protocol import PassContext
+    from repfx_deploy.passes.registry import apply
     from repfx_deploy.spec import InputSpec
+    from repfx_deploy.targets import get_profile
 
-    if ranks is not None:
-        config = LowRankConfig(layer_ranks=tuple((name, rank) for name, (_, rank) in ranks.items()), round_to=1)
+    if ranks is not None:  # saved as [scheme, rank]: "<scheme>:<rank>" pins exactly that pair
+        config = LowRankConfig(ranks=tuple((name, f"{scheme}:{rank}") for name, (scheme, rank) in ranks.items()), round_to=1, bn_recalibrate=False)
     else:
-        config = LowRankConfig(params_ratio=params_ratio, criterion=criterion, round_to=round_to, sensitivity_points=points, sensitivity_batches=batches, sensitivity_batch_size=32)
-    result = lowrank(model, (InputSpec("input", (1, 3, 32, 32)),), config, calibration=calib)
-    ranks = {r["layer"]: [r["scheme"], r["rank"]] for r in result.stats["layers"] if r["scheme"] != "dense"}
-    return result.module, {"factorized": result.stats["factorized"], "candidates": result.stats["candidates"], "ranks": ranks}
+        config = LowRankConfig(params_ratio=params_ratio, criterion=criterion, round_to=round_to, sensitivity_points=points,
+                               sensitivity_batches=batches, sensitivity_batch_size=32, bn_recalibrate=False)
+    context = PassContext(input_specs=(InputSpec("input", (1, 3, 32, 32)),), profile=get_profile("host"), calibration=calib)
+    result = apply(model, config, context)
+    ranks = {r["layer"]: [r["scheme"], r["rank"]] for r in result.extras["layers"] if r["scheme"] != "dense"}
+    return result.module, {"factorized": result.extras["factorized"], "candidates": result.extras["candidates"], "ranks": ranks}
 
 
 def _prune(model, macs_ratio: float, classifier: str):
@@ -75,8 +81,9 @@ def _prune(model, macs_ratio: float, classifier: str):
 
     from repfx_deploy.passes.prune import PruneConfig, prune
 
-    result = prune(model, (torch.zeros(1, 3, 32, 32),), PruneConfig(macs_ratio=macs_ratio, round_to=8, importance="l2", ignore=(classifier,)))
-    return result.module, {"ratio": result.stats["ratio"], "module_type": result.stats["module_type"]}
+    config = PruneConfig(macs_ratio=macs_ratio, round_to=8, importance="l2", ignore=(classifier,), bn_recalibrate=False)
+    result = prune(model, (torch.zeros(1, 3, 32, 32),), config)
+    return result.module, {"ratio": result.extras["ratio"], "module_type": result.extras["module_type"]}
 
 
 def run_model(name: str, args, zoo, threads: int) -> dict:

@@ -66,8 +66,10 @@ def _ours(model, macs_ratio: float, ignore: tuple[str, ...], round_to: int = 8):
 
     from repfx_deploy.passes.prune import PruneConfig, prune
 
-    result = prune(model, (torch.zeros(1, 3, 32, 32),), PruneConfig(macs_ratio=macs_ratio, round_to=round_to, importance="l2", ignore=ignore))
-    return result.module, {"ratio": result.stats["ratio"], "module_type": result.stats["module_type"]}
+    # BatchNorm is re-calibrated below, on the training images, the same way for every method
+    config = PruneConfig(macs_ratio=macs_ratio, round_to=round_to, importance="l2", ignore=ignore, bn_recalibrate=False)
+    result = prune(model, (torch.zeros(1, 3, 32, 32),), config)
+    return result.module, {"ratio": result.extras["ratio"], "module_type": result.extras["module_type"]}
 
 
 def _tp_prune(model, ratio: float, ignore_internal: bool):

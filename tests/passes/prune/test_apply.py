@@ -19,15 +19,15 @@ def test_apply_updates_head_counts_of_attention_layers():
 
 def test_apply_updates_pad_attribute_and_keeps_the_class():
     result = prune(OptionANet().eval(), (torch.zeros(1, 3, 16, 16),), PruneConfig(ratio=0.5, round_to=4))
-    assert type(result.module) is OptionANet and not result.stats["graph_module"]
+    assert type(result.module) is OptionANet and not result.extras["graph_module"]
     assert result.module.layers[1].pad == 4
-    assert {e["old"] for e in result.stats["literals"]} == {8}
+    assert {e["old"] for e in result.extras["literals"]} == {8}
 
 
 def test_apply_returns_graph_module_when_channel_count_is_a_bare_literal():
     model = LiteralFlattenNet().eval()
     x = torch.randn(1, 1, 8, 8)
     result = prune(model, (x,), PruneConfig(ratio=0.5, round_to=4))
-    assert result.stats["graph_module"] and result.stats["module_type"] == "GraphModule"
+    assert result.extras["graph_module"] and result.extras["module_type"] == "GraphModule"
     assert result.module.fc.in_features == 8 * 4 * 4
     assert result.module(x).shape == (1, 10)

@@ -1,4 +1,4 @@
-"""The recipe's prune pass: option validation, recovery wiring, and one run through compress."""
+"""The recipe's prune pass: registration, the target's rounding, a prune + recover chain, and one run through compress."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import torch
 from prune_zoo import OptionANet
+from protocol_checks import make_context
 
 from repfx_deploy.data.datasets import Dataset
 from repfx_deploy.errors import RecipeError
-from repfx_deploy.passes.prune.handler import parse_options, prune_handler
-from repfx_deploy.passes.registry import PassContext, apply_passes, get_handler
+from repfx_deploy.passes import registry
+from repfx_deploy.passes.prune import PruneConfig
+from repfx_deploy.passes.prune.handler import PrunePass
+from repfx_deploy.passes.registry import parse_pass, pass_for, pass_for_kind, run_passes
 from repfx_deploy.spec import InputSpec
+from repfx_deploy.targets import get_profile
 
 SPECS = (InputSpec("input", (1, 3, 16, 16)),)
 
@@ -24,51 +28,46 @@ def _images(n: int, labeled: bool) -> Dataset:
     return Dataset(x=rng.standard_normal((n, 3, 16, 16)).astype(np.float32), y=rng.integers(0, 10, n) if labeled else None, source="random")
 
 
-def test_prune_kind_is_registered():
-    assert get_handler("prune") is prune_handler
+def test_prune_kind_is_registered_for_its_config_type():
+    assert isinstance(pass_for_kind("prune"), PrunePass)
+    assert pass_for(PruneConfig()) is pass_for_kind("prune")
 
 
-@pytest.mark.parametrize(
-    ("options", "match"),
-    [
-        ({"ratioo": 0.5}, "ratioo"),
-        ({"importance": "l3"}, "importance"),
-        ({"macs_ratio": 1.5}, "macs_ratio"),
-        ({"layer_ratios": [0.5]}, "layer_ratios"),
-        ({"lr": 0.1}, "no fine-tuning budget"),
-        ({"finetune_steps": 10, "augment": "mixup"}, "augment"),
-    ],
-)
-def test_parse_options_raises_recipe_error_when_option_is_bad(options, match):
-    with pytest.raises(RecipeError, match=match):
-        parse_options(options, "host")
+def test_parse_pass_reads_tables_and_leaves_round_to_to_the_target():
+    config = parse_pass({"kind": "prune", "macs_ratio": 0.5, "layer_ratios": {"layer1.*": 0.2}, "ignore": ["fc"]}, 0)
+    assert config.round_to is None and config.layer_ratios == (("layer1.*", 0.2),) and config.ignore == ("fc",)
+    assert config.bn_recalibrate and config.bn_batches == 32
 
 
-def test_parse_options_takes_round_to_from_target_profile():
-    config, bn, finetune = parse_options({"macs_ratio": 0.5, "layer_ratios": {"layer1.*": 0.2}, "ignore": "fc"}, "rpi4")
-    assert config.round_to == 8 and config.layer_ratios == (("layer1.*", 0.2),) and config.ignore == ("fc",)
-    assert bn["enabled"] and finetune is None
-    assert parse_options({}, "host")[0].round_to == 16
-
-
-def test_handler_recalibrates_and_finetunes_on_calibration_with_warning(caplog):
+@pytest.mark.parametrize(("target", "multiple"), [("rpi4", 8), ("host", 16)])
+def test_prune_rounds_to_the_target_profiles_channel_multiple_when_round_to_is_unset(target, multiple):
     model = OptionANet().eval()
-    context = PassContext(input_specs=SPECS, calibration=_images(64, labeled=False))
-    with caplog.at_level(logging.WARNING, logger="repfx_deploy.passes.prune"):
-        pruned, records = apply_passes(model, (("prune", {"ratio": 0.5, "round_to": 4, "finetune_steps": 3, "batch_size": 16}),), context)
-    stats = records[0]["stats"]
-    assert stats["bn_recalibrated"] == 7 and stats["finetune"]["steps"] == 3 and stats["finetune_data"] == "calibration"
-    assert "overfits" in caplog.text
-    assert stats["macs_after"] < 0.5 * stats["macs_before"] and stats["params_after"] < stats["params_before"]
-    assert {"layer": "conv1", "before": [16, 3, 3, 3], "after": [8, 3, 3, 3]} in stats["layers"]
-    json.dumps(stats)  # report-ready
-    assert not pruned.training and pruned(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+    result = registry.apply(model, PruneConfig(ratio=0.5), make_context(SPECS, profile=get_profile(target)))
+    assert result.extras["round_to"] == multiple
+    assert result.module.layers[1].conv1.out_channels == 16  # 32 * 0.5, a multiple of both
 
 
-def test_handler_raises_recipe_error_when_finetuning_has_no_data():
-    context = PassContext(input_specs=SPECS)
-    with pytest.raises(RecipeError, match="train"):
-        prune_handler(OptionANet().eval(), {"ratio": 0.5, "round_to": 4, "finetune_steps": 3}, context)
+def test_prune_then_recover_recalibrates_and_finetunes_on_calibration_with_warning(caplog):
+    model = OptionANet().eval()
+    context = make_context(SPECS, calibration=_images(64, labeled=False))
+    configs = (parse_pass({"kind": "prune", "ratio": 0.5, "round_to": 4}, 0),
+               parse_pass({"kind": "recover", "finetune_steps": 3, "batch_size": 16}, 1))
+    with caplog.at_level(logging.WARNING, logger="repfx_deploy.passes"):
+        run = run_passes(model, configs, context)
+    prune, recover = run.records
+    assert prune["extras"]["bn_recalibrated"] == 7 and recover["extras"]["finetune"]["steps"] == 3
+    assert recover["extras"]["finetune"]["data"] == "calibration" and "overfits" in caplog.text
+    assert prune["macs_after"] < 0.5 * prune["macs_before"] and prune["params_after"] < prune["params_before"]
+    assert {"layer": "conv1", "before": [16, 3, 3, 3], "after": [8, 3, 3, 3]} in prune["extras"]["layers"]
+    assert prune["config"] == PruneConfig(ratio=0.5, round_to=4).to_table() and prune["decisions"]["conv1"] == 8
+    json.dumps(run.records)  # report-ready
+    assert not run.module.training and run.module(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_prune_then_recover_raises_recipe_error_when_finetuning_has_no_data():
+    configs = (PruneConfig(ratio=0.5, round_to=4), parse_pass({"kind": "recover", "finetune_steps": 3}, 1))
+    with pytest.raises(RecipeError, match="training"):
+        run_passes(OptionANet().eval(), configs, make_context(SPECS))
 
 
 @pytest.mark.tvm
@@ -98,6 +97,8 @@ layout = "NCHW"
 kind = "prune"
 macs_ratio = 0.5
 round_to = 8
+[[passes]]
+kind = "recover"
 finetune_steps = 20
 batch_size = 32
 ''')
@@ -105,8 +106,8 @@ batch_size = 32
         model_path=root / "examples/fashion-mnist/model.pt", out_dir=tmp_path / "out", recipe=load_recipe(recipe),
         load=LoadOptions(), timing=TimingConfig(warmup=2, repeats=5, min_time_s=0.0, remeasure=0),
     ))
-    stats = report["passes"][0]["stats"]
+    prune, recover = report["passes"]
     assert report["compressed"]["macs"] <= 0.55 * report["baseline"]["macs"]
-    assert stats["bn_recalibrated"] > 0 and stats["finetune"]["steps"] == 20
+    assert prune["extras"]["bn_recalibrated"] > 0 and recover["extras"]["finetune"]["steps"] == 20
     assert report["compressed"]["accuracy"] > 0.5  # a 10-class problem: far above chance after 20 steps
     assert (tmp_path / "out" / "tvm" / "model.so").exists()

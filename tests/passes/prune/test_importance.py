@@ -8,7 +8,7 @@ import torch
 from tiny_models import TinyConvNet
 
 from repfx_deploy.data.datasets import Dataset
-from repfx_deploy.errors import DataError
+from repfx_deploy.errors import DataError, RecipeError
 from repfx_deploy.passes.prune import PruneConfig, prune
 
 X = (torch.zeros(1, 3, 8, 8),)
@@ -46,6 +46,15 @@ def test_taylor_importance_removes_channels_the_loss_does_not_use():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_taylor_importance_raises_data_error_without_calibration():
-    with pytest.raises(DataError, match="calibration"):
+def test_taylor_importance_raises_recipe_error_without_calibration():
+    with pytest.raises(RecipeError, match="calibration"):
         prune(TinyConvNet().eval(), X, PruneConfig(importance="taylor"))
+
+
+def test_taylor_scores_raise_data_error_without_calibration():
+    from repfx_deploy.passes.prune.graph import analyze
+    from repfx_deploy.passes.prune.importance import class_scores
+
+    model = TinyConvNet().eval()
+    with pytest.raises(DataError, match="calibration"):
+        class_scores(model, analyze(model, X), "taylor")

@@ -56,4 +56,4 @@ def test_prune_removes_heads_of_torch_encoder_layers():
     attn = result.module.encoder.layers[0].self_attn
     assert attn.num_heads == 2 and attn.q_proj.out_features == 16 and attn.out_proj.in_features == 16
     assert result.module.encoder.layers[0].linear1.out_features == 32
-    assert any("replaced by an equivalent traceable module" in n for n in result.stats["notes"])
+    assert any("replaced by an equivalent traceable module" in n for n in result.extras["notes"])

@@ -35,7 +35,7 @@ def test_zoo_model_pruned_by_half_is_smaller_dense_and_runs(pruned):
     assert type(module) is type(model), f"{name} came back as {type(module).__name__}"
     before, after = torch_stats(model, specs), torch_stats(module, specs)
     assert after.params < 0.6 * before.params and after.macs < 0.6 * before.macs
-    assert all(g["channels_after"] <= g["channels_before"] // 2 + 2 for g in result.stats["groups"])
+    assert all(g["channels_after"] <= g["channels_before"] // 2 + 2 for g in result.extras["groups"])
     # dense: no masks, hooks or parametrizations left behind
     assert not any("mask" in n for n, _ in module.named_buffers())
     for m in module.modules():
