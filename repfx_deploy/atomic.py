@@ -25,7 +25,9 @@ def check_output(path: Path, *, force: bool) -> None:
         )
     parent = path.resolve().parent
     if parent.exists() and not parent.is_dir():
-        raise InputError(f"Cannot write {str(path)!r}: {str(parent)!r} is not a folder.", "Pick an output under a folder.")
+        raise InputError(
+            f"Cannot write {str(path)!r}: {str(parent)!r} is not a folder.", "Pick an output under a folder."
+        )
 
 
 @contextlib.contextmanager

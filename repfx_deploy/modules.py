@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 
-def inference_mode(module: "nn.Module") -> "nn.Module":
+def inference_mode(module: nn.Module) -> nn.Module:
     """``module`` in eval mode. A module from ``ExportedProgram.module()`` refuses ``eval()`` (its graph was
     captured in the mode it was exported in), so it is returned as it is."""
     try:

@@ -128,7 +128,9 @@ def parse_config(cls: type[T], table: Any, where: str, *, fix: str | None = None
     config's ``__post_init__`` refuses.
     """
     if not isinstance(table, Mapping):
-        raise RecipeError(f"{where} must be a table, got {type(table).__name__} {table!r}.", fix or f"Write {where} as a TOML table.")
+        raise RecipeError(
+            f"{where} must be a table, got {type(table).__name__} {table!r}.", fix or f"Write {where} as a TOML table."
+        )
     fields = _fields(cls)
     unknown = sorted(set(table) - set(fields))
     if unknown:
@@ -141,8 +143,10 @@ def parse_config(cls: type[T], table: Any, where: str, *, fix: str | None = None
         try:
             kwargs[key] = coerce(value, fields[key])
         except _Mismatch as e:
-            raise RecipeError(f"{where}.{key} must be {e.expected}; got {value!r} ({type(value).__name__}).",
-                              f"Fix {where}.{key} in the recipe.") from None
+            raise RecipeError(
+                f"{where}.{key} must be {e.expected}; got {value!r} ({type(value).__name__}).",
+                f"Fix {where}.{key} in the recipe.",
+            ) from None
     try:
         return cls(**kwargs)
     except RecipeError as e:
@@ -175,5 +179,3 @@ def config_table(config: Any) -> dict[str, Any]:
 
 def is_optional(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
-
-

@@ -36,14 +36,16 @@ class InputSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
+    def from_dict(cls, d: dict) -> InputSpec:
         return cls(name=str(d["name"]), shape=tuple(int(x) for x in d["shape"]), dtype=str(d.get("dtype", "float32")))
 
     def __str__(self) -> str:
         return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
 
 
-_SHAPE_RE = re.compile(r"^\s*(?:(?P<name>[A-Za-z_][\w.]*)=)?(?P<dims>\d+(?:\s*[,x]\s*\d+)*)\s*(?::\s*(?P<dtype>\w+))?\s*$")
+_SHAPE_RE = re.compile(
+    r"^\s*(?:(?P<name>[A-Za-z_][\w.]*)=)?(?P<dims>\d+(?:\s*[,x]\s*\d+)*)\s*(?::\s*(?P<dtype>\w+))?\s*$"
+)
 
 
 def parse_input_shape(text: str, index: int = 0) -> InputSpec:

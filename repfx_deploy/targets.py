@@ -26,7 +26,15 @@ EstimatorMethod = Literal["lookup table", "analytic model"]
 _ESTIMATOR_METHODS = ("lookup table", "analytic model")
 _ESTIMATOR_TEXT = ("method", "runtime", "calibrated_on", "accuracy")
 _ESTIMATOR_RATES = ("conv_gmacs", "depthwise_gmacs", "pointwise_gmacs", "gemm_gmacs", "bandwidth_gbs")
-_ESTIMATOR_NUMBERS = (*_ESTIMATOR_RATES, "overhead_us", "accuracy_pct", "lut_scale", "lut_node_offset_us", "lut_run_overhead_us", "lut_weight_gbs")
+_ESTIMATOR_NUMBERS = (
+    *_ESTIMATOR_RATES,
+    "overhead_us",
+    "accuracy_pct",
+    "lut_scale",
+    "lut_node_offset_us",
+    "lut_run_overhead_us",
+    "lut_weight_gbs",
+)
 
 
 @dataclass(frozen=True)
@@ -67,11 +75,15 @@ class EstimatorParams:
 
     def __post_init__(self) -> None:
         if self.method not in _ESTIMATOR_METHODS:
-            raise TargetError(f"estimator.method must be one of {_ESTIMATOR_METHODS}, got {self.method!r}.", "Fix the profile.")
+            raise TargetError(
+                f"estimator.method must be one of {_ESTIMATOR_METHODS}, got {self.method!r}.", "Fix the profile."
+            )
         for key in _ESTIMATOR_RATES:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and 0 < value < 1e6):
-                raise TargetError(f"estimator.{key} must be a positive number (GMAC/s or GB/s), got {value!r}.", "Fix the profile.")
+                raise TargetError(
+                    f"estimator.{key} must be a positive number (GMAC/s or GB/s), got {value!r}.", "Fix the profile."
+                )
         for key in ("overhead_us", "accuracy_pct", "lut_run_overhead_us", "lut_weight_gbs"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and 0 <= value < 1e6):
@@ -79,7 +91,9 @@ class EstimatorParams:
         if not 0 < self.lut_scale < 100:
             raise TargetError(f"estimator.lut_scale must be in (0, 100), got {self.lut_scale!r}.", "Fix the profile.")
         if not -1e4 < self.lut_node_offset_us < 1e4:
-            raise TargetError(f"estimator.lut_node_offset_us is out of range: {self.lut_node_offset_us!r}.", "Fix the profile.")
+            raise TargetError(
+                f"estimator.lut_node_offset_us is out of range: {self.lut_node_offset_us!r}.", "Fix the profile."
+            )
         for key in _ESTIMATOR_TEXT[1:]:
             if not getattr(self, key).strip():
                 raise TargetError(f"estimator.{key} must not be empty.", "Say what the estimate predicts and how well.")
@@ -91,11 +105,15 @@ class EstimatorParams:
 def _estimator_from_toml(value: Any, path: Path) -> EstimatorParams:
     """Validate the ``[estimator]`` table: unknown keys and wrong types are refused."""
     if not isinstance(value, dict):
-        raise TargetError(f"{str(path)!r}: estimator must be a table.", "Write it as [estimator] with method, runtime, ....")
+        raise TargetError(
+            f"{str(path)!r}: estimator must be a table.", "Write it as [estimator] with method, runtime, ...."
+        )
     allowed = set(EstimatorParams.__dataclass_fields__)
     unknown = set(value) - allowed
     if unknown:
-        raise TargetError(f"{str(path)!r}: [estimator] has unknown keys {sorted(unknown)}.", f"Allowed keys: {sorted(allowed)}.")
+        raise TargetError(
+            f"{str(path)!r}: [estimator] has unknown keys {sorted(unknown)}.", f"Allowed keys: {sorted(allowed)}."
+        )
     for key, v in value.items():
         wrong = (
             (key in _ESTIMATOR_TEXT and not isinstance(v, str))
@@ -103,7 +121,10 @@ def _estimator_from_toml(value: Any, path: Path) -> EstimatorParams:
             or (key == "fuse_elementwise" and not isinstance(v, bool))
         )
         if wrong:
-            raise TargetError(f"{str(path)!r}: estimator.{key} has the wrong type ({type(v).__name__}).", "See targets/host.toml for the types.")
+            raise TargetError(
+                f"{str(path)!r}: estimator.{key} has the wrong type ({type(v).__name__}).",
+                "See targets/host.toml for the types.",
+            )
     return EstimatorParams(**{k: (float(v) if k in _ESTIMATOR_NUMBERS else v) for k, v in value.items()})
 
 
@@ -135,18 +156,26 @@ class TargetProfile:
         if self.os not in _OSES:
             raise TargetError(f"Target {self.name!r}: os must be one of {_OSES}, got {self.os!r}.", "Fix the profile.")
         if self.link not in _LINKS:
-            raise TargetError(f"Target {self.name!r}: link must be one of {_LINKS}, got {self.link!r}.", "Fix the profile.")
+            raise TargetError(
+                f"Target {self.name!r}: link must be one of {_LINKS}, got {self.link!r}.", "Fix the profile."
+            )
         if self.channel_multiple < 1:
             raise TargetError(f"Target {self.name!r}: channel_multiple must be >= 1.", "Use e.g. 8.")
         if not self.name.replace("-", "").replace("_", "").isalnum():
             raise TargetError(f"Target name {self.name!r} must be letters, digits, - and _.", "Rename the profile.")
         if self.threads < 0:
-            raise TargetError(f"Target {self.name!r}: threads must be >= 0, got {self.threads}.", "Use 0 for all cores.")
+            raise TargetError(
+                f"Target {self.name!r}: threads must be >= 0, got {self.threads}.", "Use 0 for all cores."
+            )
         unknown = [r for r in self.runtimes if r not in _KNOWN_RUNTIMES]
         if unknown:
-            raise TargetError(f"Target {self.name!r} lists unknown runtimes {unknown}.", f"Use {list(_KNOWN_RUNTIMES)}.")
+            raise TargetError(
+                f"Target {self.name!r} lists unknown runtimes {unknown}.", f"Use {list(_KNOWN_RUNTIMES)}."
+            )
         if dict(self.tvm_target).get("kind") != "llvm":
-            raise TargetError(f"Target {self.name!r}: tvm_target.kind must be 'llvm' (CPU targets only).", "Set kind = \"llvm\".")
+            raise TargetError(
+                f"Target {self.name!r}: tvm_target.kind must be 'llvm' (CPU targets only).", 'Set kind = "llvm".'
+            )
 
     @property
     def target_dict(self) -> dict[str, Any]:
@@ -187,17 +216,23 @@ def load_profile_file(path: Path) -> TargetProfile:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise TargetError(f"The target file {str(path)!r} does not exist.", "Check the path given to --target-file.") from e
+        raise TargetError(
+            f"The target file {str(path)!r} does not exist.", "Check the path given to --target-file."
+        ) from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise TargetError(f"The target file {str(path)!r} is not valid TOML: {e}", "Fix the syntax.") from e
     unknown = set(data) - _REQUIRED - _OPTIONAL
     if unknown:
-        raise TargetError(f"{str(path)!r} has unknown keys {sorted(unknown)}.", f"Allowed keys: {sorted(_REQUIRED | _OPTIONAL)}.")
+        raise TargetError(
+            f"{str(path)!r} has unknown keys {sorted(unknown)}.", f"Allowed keys: {sorted(_REQUIRED | _OPTIONAL)}."
+        )
     missing = _REQUIRED - set(data)
     if missing:
         raise TargetError(f"{str(path)!r} lacks required keys {sorted(missing)}.", "Add them; see targets/host.toml.")
     if not isinstance(data["tvm_target"], dict):
-        raise TargetError(f"{str(path)!r}: tvm_target must be a table.", "Write it as [tvm_target] with kind, mtriple, mcpu.")
+        raise TargetError(
+            f"{str(path)!r}: tvm_target must be a table.", "Write it as [tvm_target] with kind, mtriple, mcpu."
+        )
     tvm_target = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in data["tvm_target"].items())
     try:
         return TargetProfile(
@@ -215,7 +250,9 @@ def load_profile_file(path: Path) -> TargetProfile:
             source=str(path),
         )
     except (TypeError, ValueError) as e:
-        raise TargetError(f"{str(path)!r} has a value of the wrong type: {e}", "See targets/host.toml for the types.") from e
+        raise TargetError(
+            f"{str(path)!r} has a value of the wrong type: {e}", "See targets/host.toml for the types."
+        ) from e
 
 
 def list_profiles() -> dict[str, TargetProfile]:

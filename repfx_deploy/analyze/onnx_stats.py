@@ -69,7 +69,9 @@ def onnx_stats(path: Path) -> ModelStats:
         return tuple(
             {
                 "name": v.name,
-                "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in v.type.tensor_type.shape.dim],
+                "shape": [
+                    d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in v.type.tensor_type.shape.dim
+                ],
                 "dtype": _DTYPE_NAMES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
             }
             for v in values

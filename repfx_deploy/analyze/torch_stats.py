@@ -50,12 +50,12 @@ class ModelStats:
         return d
 
 
-def param_count(module: "nn.Module", recurse: bool = True) -> int:
+def param_count(module: nn.Module, recurse: bool = True) -> int:
     """How many parameters ``module`` holds (with ``recurse=False``: only its own, not its children's)."""
     return sum(p.numel() for p in module.parameters(recurse=recurse))
 
 
-def _own_params(module: "nn.Module") -> int:
+def _own_params(module: nn.Module) -> int:
     return param_count(module, recurse=False)
 
 
@@ -84,7 +84,7 @@ def _nearest_counted_descendants(name: str, counted: dict[str, int]) -> list[str
     return [k for k in below if not any(k.startswith(j + ".") for j in below if j != k)]
 
 
-def torch_stats(module: "nn.Module", specs: tuple[InputSpec, ...]) -> ModelStats:
+def torch_stats(module: nn.Module, specs: tuple[InputSpec, ...]) -> ModelStats:
     """Count parameters, bytes of parameters and buffers, and MACs for one call on inputs of ``specs``."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode

@@ -57,7 +57,9 @@ def _cross_compiler(target_dict: dict) -> tuple[object | None, str]:
 def ndk_link_command(target_dict: dict) -> str:
     """The shell command that links the objects of ``model.tar`` into ``model.so`` with the Android NDK."""
     arch = _arch(str(target_dict["mtriple"]))
-    clang = {"aarch64": "aarch64-linux-android", "arm": "armv7a-linux-androideabi", "x86_64": "x86_64-linux-android"}[arch]
+    clang = {"aarch64": "aarch64-linux-android", "arm": "armv7a-linux-androideabi", "x86_64": "x86_64-linux-android"}[
+        arch
+    ]
     return (
         "mkdir -p objs && tar -xf model.tar -C objs && "
         f"$ANDROID_NDK_HOME/toolchains/llvm/prebuilt/linux-x86_64/bin/{clang}{ANDROID_API}-clang++ "
@@ -74,8 +76,11 @@ def export_artifact(executable, out_dir: Path, target_dict: dict, link: str) -> 
     if link == "objects":
         path = out_dir / OBJECTS_NAME
         executable.export_library(str(path))  # a .tar needs no toolchain, for any triple
-        return path, {"kind": "objects", "command": ndk_link_command(target_dict),
-                      "runtime": "link the result with libtvm_runtime.so built for the device"}
+        return path, {
+            "kind": "objects",
+            "command": ndk_link_command(target_dict),
+            "runtime": "link the result with libtvm_runtime.so built for the device",
+        }
     if link != "shared":
         raise CompileError(f"Unknown link kind {link!r}.", "Use 'shared' or 'objects' in the target profile.")
     fcompile, linker = _cross_compiler(target_dict)

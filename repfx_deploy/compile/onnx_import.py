@@ -17,7 +17,9 @@ def load_onnx(onnx_path: Path):
 
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
-        raise ModelLoadError(f"ONNX file {str(onnx_path)!r} does not exist.", "Check the path, or lower the model first.")
+        raise ModelLoadError(
+            f"ONNX file {str(onnx_path)!r} does not exist.", "Check the path, or lower the model first."
+        )
     try:
         return onnx.load(str(onnx_path))
     except Exception as e:  # protobuf raises several unrelated types for a bad file

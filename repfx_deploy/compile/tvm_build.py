@@ -50,7 +50,11 @@ class CompiledArtifact:
     manifest: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"library_path": str(self.library_path), "manifest_path": str(self.manifest_path), "manifest": self.manifest}
+        return {
+            "library_path": str(self.library_path),
+            "manifest_path": str(self.manifest_path),
+            "manifest": self.manifest,
+        }
 
 
 @dataclass
@@ -88,7 +92,12 @@ def _normalize_squeeze_axes(mod):
 
 
 def lower_to_kernels(
-    mod, target, conv_layout: str = "NHWC", fast_math: bool = True, pad_channels: bool = True, wide_convs_nchw: bool = True
+    mod,
+    target,
+    conv_layout: str = "NHWC",
+    fast_math: bool = True,
+    pad_channels: bool = True,
+    wide_convs_nchw: bool = True,
 ):
     """Relax graph -> Relax calling one fused PrimFunc per kernel (legalized, not yet scheduled).
 
@@ -128,7 +137,9 @@ def lower_to_kernels(
 
                 mod = legalize_wide_convs(mod, lanes)
             try:
-                converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(_normalize_squeeze_axes(mod))
+                converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(
+                    _normalize_squeeze_axes(mod)
+                )
                 # folding turns the weight transposes into HWIO constants: prepacked at compile time
                 mod = relax.transform.FoldConstant()(converted)
                 layout = "NHWC"
@@ -247,9 +258,13 @@ def compile_onnx(
     log.info("importing %s (opset %d)", onnx_path.name, onnx_opset(model))
     relax_mod = import_onnx(model, inputs)
     try:
-        kernels_mod, layout = lower_to_kernels(relax_mod, target, config.conv_layout, config.fast_math, config.pad_channels, config.wide_convs_nchw)
+        kernels_mod, layout = lower_to_kernels(
+            relax_mod, target, config.conv_layout, config.fast_math, config.pad_channels, config.wide_convs_nchw
+        )
     except Exception as e:
-        raise CompileError(f"TVM could not legalize this model: {type(e).__name__}: {e}", "Report the model; try conv_layout='NCHW'.") from e
+        raise CompileError(
+            f"TVM could not legalize this model: {type(e).__name__}: {e}", "Report the model; try conv_layout='NCHW'."
+        ) from e
 
     from repfx_deploy.compile import tvm_tune
 
@@ -270,7 +285,10 @@ def compile_onnx(
     except CompileError:
         raise
     except Exception as e:
-        raise CompileError(f"TVM failed to build the model: {type(e).__name__}: {e}", "Try conv_layout='NCHW' or default_schedule=False, and report the model.") from e
+        raise CompileError(
+            f"TVM failed to build the model: {type(e).__name__}: {e}",
+            "Try conv_layout='NCHW' or default_schedule=False, and report the model.",
+        ) from e
 
     manifest = {
         "format": MANIFEST_FORMAT,

@@ -56,12 +56,17 @@ class TvmRunner:
             self._vm = tvm.runtime.vm.VirtualMachine(lib, tvm.cpu())
             self._main = self._vm["main"]
         except Exception as e:  # a missing, foreign or truncated .so surfaces as several TVM errors
-            raise ModelLoadError(f"Cannot load {str(library)!r} with the TVM runtime: {e}", "Recompile the model for this machine.") from e
+            raise ModelLoadError(
+                f"Cannot load {str(library)!r} with the TVM runtime: {e}", "Recompile the model for this machine."
+            ) from e
         self._device = tvm.cpu()
 
     def _check(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.inputs):
-            raise InputShapeError(f"The model takes {len(self.inputs)} inputs, got {len(inputs)}.", f"Pass {[str(s) for s in self.inputs]}.")
+            raise InputShapeError(
+                f"The model takes {len(self.inputs)} inputs, got {len(inputs)}.",
+                f"Pass {[str(s) for s in self.inputs]}.",
+            )
         arrays = []
         for spec, x in zip(self.inputs, inputs):
             x = np.asarray(x)
@@ -97,7 +102,9 @@ class TvmRunner:
         except InputShapeError:
             raise
         except Exception as e:
-            raise MeasureError(f"The TVM artifact failed to run: {e}", "Recompile the model; check the input shapes.") from e
+            raise MeasureError(
+                f"The TVM artifact failed to run: {e}", "Recompile the model; check the input shapes."
+            ) from e
         return to_numpy(out)
 
 

@@ -180,7 +180,9 @@ def _row_candidates(stmt, s_idx: list[int], exts: list) -> list[int]:
     vector_reads = [used(r) for r in stmt.reads if any(v.same_as(v_var) for v in used(r))]
     candidates = [i for i in s_idx[:-1] if exts[i] > 1]
     if vector_reads:
-        sharing = [i for i in candidates if not any(any(v.same_as(stmt.iter_vars[i].var) for v in vs) for vs in vector_reads)]
+        sharing = [
+            i for i in candidates if not any(any(v.same_as(stmt.iter_vars[i].var) for v in vs) for vs in vector_reads)
+        ]
         if sharing:
             return sharing
     return candidates

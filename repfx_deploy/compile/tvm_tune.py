@@ -254,7 +254,11 @@ def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
             plan.append((task, fl, trials))
     log.info(
         "tuning: %d kernels; %d planned kernels already in %s; tuning %d with %d trials",
-        len(tasks), report.tasks_reused, config.tuning_db, len(plan), sum(n for _, _, n in plan),
+        len(tasks),
+        report.tasks_reused,
+        config.tuning_db,
+        len(plan),
+        sum(n for _, _, n in plan),
     )
     if not plan:
         report.tune_s = time.perf_counter() - started
@@ -278,7 +282,9 @@ def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
         else:
             from repfx_deploy.compile import tvm_tune_rpc
 
-            builder = ms.builder.LocalBuilder(**build, f_export=functools.partial(tvm_tune_rpc.export_for_device, config.target))
+            builder = ms.builder.LocalBuilder(
+                **build, f_export=functools.partial(tvm_tune_rpc.export_for_device, config.target)
+            )
             runner = tvm_tune_rpc.rpc_runner(rpc)
             compare = functools.partial(tvm_tune_rpc.ab_compare_on_device, rpc=rpc, target_dict=config.target_dict)
             log.info("tuning: candidates timed on %r via the tracker %s", rpc.key, rpc.tracker)
@@ -286,9 +292,25 @@ def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
             for i, (task, fl, trials) in enumerate(plan):
                 if config.tune_max_s is not None and time.perf_counter() - started > config.tune_max_s:
                     report.stopped_by_time = True
-                    log.info("tuning: time limit %.0f s reached; %d kernels left untuned", config.tune_max_s, len(plan) - i)
+                    log.info(
+                        "tuning: time limit %.0f s reached; %d kernels left untuned", config.tune_max_s, len(plan) - i
+                    )
                     break
-                report.tasks.append(_tune_one(task, fl / total_flops, trials, target, db, builder, runner, work_dir, num_cores, config, compare))
+                report.tasks.append(
+                    _tune_one(
+                        task,
+                        fl / total_flops,
+                        trials,
+                        target,
+                        db,
+                        builder,
+                        runner,
+                        work_dir,
+                        num_cores,
+                        config,
+                        compare,
+                    )
+                )
                 report.trials_run += trials
                 report.tasks_tuned += 1
         finally:
@@ -297,7 +319,9 @@ def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
     return report
 
 
-def _tune_one(task, share, trials, target, db, builder, runner, work_dir, num_cores, config, compare=ab_compare) -> TaskResult:
+def _tune_one(
+    task, share, trials, target, db, builder, runner, work_dir, num_cores, config, compare=ab_compare
+) -> TaskResult:
     from tvm.s_tir import meta_schedule as ms
 
     mod = task.dispatched[0]
@@ -312,19 +336,40 @@ def _tune_one(task, share, trials, target, db, builder, runner, work_dir, num_co
         num_threads=num_cores,
     ).clone()
     ms.tune_tasks(
-        tasks=[ctx], task_weights=[1.0], work_dir=work_dir, max_trials_global=trials, max_trials_per_task=trials,
-        num_trials_per_iter=min(TRIALS_PER_ROUND, trials), builder=builder, runner=runner, database=db,
+        tasks=[ctx],
+        task_weights=[1.0],
+        work_dir=work_dir,
+        max_trials_global=trials,
+        max_trials_per_task=trials,
+        num_trials_per_iter=min(TRIALS_PER_ROUND, trials),
+        builder=builder,
+        runner=runner,
+        database=db,
         task_scheduler="round-robin",
     )
     choice, default_us, tuned_us = compare(mod, target, db)
     result = TaskResult(task.task_name, round(share, 4), trials, choice, _round(default_us), _round(tuned_us))
-    _record_choice(config.tuning_db, workload_key(mod), {
-        "name": task.task_name, "choice": choice, "trials": trials,
-        "default_us": result.default_us, "tuned_us": result.tuned_us, "unix_time": int(time.time()),
-    })
+    _record_choice(
+        config.tuning_db,
+        workload_key(mod),
+        {
+            "name": task.task_name,
+            "choice": choice,
+            "trials": trials,
+            "default_us": result.default_us,
+            "tuned_us": result.tuned_us,
+            "unix_time": int(time.time()),
+        },
+    )
     log.info(
         "tuned %s (%.0f%% of FLOPs): %d trials in %.0f s; default %s us vs best record %s us -> %s",
-        task.task_name, 100 * share, trials, time.perf_counter() - t0, result.default_us, result.tuned_us, choice,
+        task.task_name,
+        100 * share,
+        trials,
+        time.perf_counter() - t0,
+        result.default_us,
+        result.tuned_us,
+        choice,
     )
     return result
 

@@ -12,8 +12,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG
 from repfx_deploy.compile.tvm_ab import ab_args, ab_choose, ab_schedules
+from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG
 
 
 def export_for_device(target_json: str, mod) -> str:
@@ -36,7 +36,9 @@ def rpc_runner(rpc):
     endpoint = RpcEndpoint.parse(rpc.tracker)
     return ms.runner.RPCRunner(
         rpc_config=ms.runner.RPCConfig(
-            tracker_host=endpoint.host, tracker_port=endpoint.port, tracker_key=rpc.key,
+            tracker_host=endpoint.host,
+            tracker_port=endpoint.port,
+            tracker_key=rpc.key,
             session_timeout_sec=int(rpc.session_timeout_s),
         ),
         evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=3, min_repeat_ms=40),
@@ -59,12 +61,18 @@ def ab_compare_on_device(task_mod, target, db, rpc, target_dict: dict) -> tuple[
         libraries = []
         for i, sch in enumerate((default, tuned)):
             (Path(tmp) / str(i)).mkdir()
-            libraries.append(export_artifact(tvm.compile(sch.mod, target=target), Path(tmp) / str(i), target_dict, "shared")[0])
-        device = request_session(RpcEndpoint.parse(rpc.tracker), rpc.key, wait_s=60, session_timeout_s=rpc.session_timeout_s)
+            libraries.append(
+                export_artifact(tvm.compile(sch.mod, target=target), Path(tmp) / str(i), target_dict, "shared")[0]
+            )
+        device = request_session(
+            RpcEndpoint.parse(rpc.tracker), rpc.key, wait_s=60, session_timeout_s=rpc.session_timeout_s
+        )
         remote, dev = device.session, device.session.cpu()
         remote.get_function("runtime.config_threadpool")(AFFINITY_BIG, int(target_dict.get("num-cores", 1)))
         timers = []
         for i, library in enumerate(libraries):
             remote.upload(str(library), f"repfx-ab-{i}.so")
-            timers.append(remote.load_module(f"repfx-ab-{i}.so").time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=20))
+            timers.append(
+                remote.load_module(f"repfx-ab-{i}.so").time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=20)
+            )
         return ab_choose(timers, ab_args(task_mod, dev))

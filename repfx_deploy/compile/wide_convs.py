@@ -55,7 +55,9 @@ def legalize_wide_convs(mod, lanes: int):
 
     legalize = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
     # the builder receives the legalized NCHW kernels
-    mod, count = rewrite_calls(mod, "relax.nn.conv2d", lambda builder, call: legalize(builder, call) if stays_nchw(call, lanes) else None)
+    mod, count = rewrite_calls(
+        mod, "relax.nn.conv2d", lambda builder, call: legalize(builder, call) if stays_nchw(call, lanes) else None
+    )
     if count:
         log.info("kept %d wide convolutions in NCHW (rows of whole %d-lane vectors)", count, lanes)
     return mod

@@ -41,14 +41,19 @@ class Dataset:
         return [self.x[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def load_dataset(path: Path, spec: InputSpec, preprocess: Preprocess, *, limit: int | None = None, seed: int = 0) -> Dataset:
+def load_dataset(
+    path: Path, spec: InputSpec, preprocess: Preprocess, *, limit: int | None = None, seed: int = 0
+) -> Dataset:
     """Load ``path`` and shape it for an input of ``spec`` (batch dimension excluded).
 
     ``limit`` keeps a random subset (seeded), since data sets are often stored ordered by class.
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"The data path {str(path)!r} does not exist.", "Check the --calibration/--eval-data path or the recipe's [data] table.")
+        raise DataError(
+            f"The data path {str(path)!r} does not exist.",
+            "Check the --calibration/--eval-data path or the recipe's [data] table.",
+        )
     if path.is_dir() or path.suffix == ".zip":
         # images are chosen before they are decoded: a 50,000-image archive need not be read for 256 samples
         pixels, y = _read_images(path, spec, preprocess.size, limit=limit, seed=seed)
@@ -62,7 +67,10 @@ def load_dataset(path: Path, spec: InputSpec, preprocess: Preprocess, *, limit: 
                 x = preprocess.apply(x)
             x = x.astype(np.float32, copy=False)
     else:
-        raise DataError(f"Cannot read data from {str(path)!r}.", "Use a .npz/.npy file (array x, optional y), an image folder or a .zip of class folders.")
+        raise DataError(
+            f"Cannot read data from {str(path)!r}.",
+            "Use a .npz/.npy file (array x, optional y), an image folder or a .zip of class folders.",
+        )
     expected = tuple(spec.shape[1:])
     if tuple(x.shape[1:]) != expected:
         raise DataError(
@@ -84,13 +92,18 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             return np.load(path, allow_pickle=False), None
         with np.load(path, allow_pickle=False) as d:
             if "x" not in d:
-                raise DataError(f"{str(path)!r} has arrays {sorted(d.files)} but no 'x'.", "Save the samples as x (and labels as y): np.savez(path, x=..., y=...).")
+                raise DataError(
+                    f"{str(path)!r} has arrays {sorted(d.files)} but no 'x'.",
+                    "Save the samples as x (and labels as y): np.savez(path, x=..., y=...).",
+                )
             y = d["y"].astype(np.int64) if "y" in d else None
             return d["x"], y
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"Cannot read {str(path)!r} as numpy data: {e}", "Check the file; object arrays are refused for safety.") from e
+        raise DataError(
+            f"Cannot read {str(path)!r} as numpy data: {e}", "Check the file; object arrays are refused for safety."
+        ) from e
 
 
 def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
@@ -100,7 +113,9 @@ def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def _read_images(path: Path, spec: InputSpec, size: int, *, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_images(
+    path: Path, spec: InputSpec, size: int, *, limit: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Decode images from a folder or zip of class folders to uint8 arrays (gray or RGB as the model input
     needs), resized to ``size`` when given. Labels index the sorted class names of the whole set."""
     from PIL import Image, UnidentifiedImageError
@@ -114,7 +129,9 @@ def _read_images(path: Path, spec: InputSpec, size: int, *, limit: int | None, s
             archive = zipfile.ZipFile(path)
             names = sorted(n for n in archive.namelist() if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
         if not names:
-            raise DataError(f"No images found in {source!r}.", f"Put images ({', '.join(_IMAGE_SUFFIXES)}) in one folder per class.")
+            raise DataError(
+                f"No images found in {source!r}.", f"Put images ({', '.join(_IMAGE_SUFFIXES)}) in one folder per class."
+            )
         classes = sorted({Path(n).parent.name for n in names})
         channels = spec.shape[1] if len(spec.shape) == 4 and spec.shape[1] in (1, 3) else spec.shape[-1]
         mode = "L" if channels == 1 else "RGB"
@@ -129,7 +146,9 @@ def _read_images(path: Path, spec: InputSpec, size: int, *, limit: int | None, s
                         im = im.resize((size, size), Image.Resampling.BILINEAR)
                     pixels.append(np.asarray(im, dtype=np.uint8))
             except (UnidentifiedImageError, OSError) as e:
-                raise DataError(f"Cannot decode the image {name!r} in {source!r}: {e}", "Remove or re-save that file.") from e
+                raise DataError(
+                    f"Cannot decode the image {name!r} in {source!r}: {e}", "Remove or re-save that file."
+                ) from e
             labels.append(classes.index(Path(name).parent.name))
     except zipfile.BadZipFile as e:
         raise DataError(f"{source!r} is not a readable zip archive: {e}", "Re-create the archive.") from e
@@ -138,5 +157,8 @@ def _read_images(path: Path, spec: InputSpec, size: int, *, limit: int | None, s
             archive.close()
     shapes = {p.shape for p in pixels}
     if len(shapes) != 1:
-        raise DataError(f"Images in {source!r} have different sizes {sorted(shapes)[:3]}.", "Set [data.preprocess] size so they are resized to one size.")
+        raise DataError(
+            f"Images in {source!r} have different sizes {sorted(shapes)[:3]}.",
+            "Set [data.preprocess] size so they are resized to one size.",
+        )
     return np.stack(pixels), np.asarray(labels, dtype=np.int64)

@@ -30,14 +30,24 @@ class Preprocess:
         if self.size < 0:
             raise DataError(f"preprocess.size must be >= 0, got {self.size}.", "Use 0 to keep the stored size.")
         if not self.mean or not self.std or len(self.mean) != len(self.std):
-            raise DataError("preprocess.mean and preprocess.std must be non-empty and equally long.", "Give one value per channel.")
+            raise DataError(
+                "preprocess.mean and preprocess.std must be non-empty and equally long.", "Give one value per channel."
+            )
         if any(s <= 0 for s in self.std):
             raise DataError(f"preprocess.std must be positive, got {self.std}.", "Use the training std (e.g. 0.229).")
         if self.layout not in ("NCHW", "NHWC"):
-            raise DataError(f"preprocess.layout must be NCHW or NHWC, got {self.layout!r}.", "Use NCHW for PyTorch models.")
+            raise DataError(
+                f"preprocess.layout must be NCHW or NHWC, got {self.layout!r}.", "Use NCHW for PyTorch models."
+            )
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "layout": self.layout, "scale": self.scale}
+        return {
+            "size": self.size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "layout": self.layout,
+            "scale": self.scale,
+        }
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """``pixels``: uint8 N x H x W (gray) or N x H x W x C. Returns float32 in ``layout``."""
@@ -47,7 +57,10 @@ class Preprocess:
         if pixels.ndim == 3:
             pixels = pixels[..., None]
         if pixels.ndim != 4:
-            raise DataError(f"Image arrays must be N x H x W or N x H x W x C; got shape {pixels.shape}.", "Store images in one of those layouts.")
+            raise DataError(
+                f"Image arrays must be N x H x W or N x H x W x C; got shape {pixels.shape}.",
+                "Store images in one of those layouts.",
+            )
         x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() * self.scale
         if self.size and tuple(x.shape[2:]) != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)

@@ -26,13 +26,13 @@ def random_inputs(specs: tuple[InputSpec, ...], seed: int = 0) -> list[np.ndarra
     return out
 
 
-def zeros_for(specs: tuple[InputSpec, ...]) -> list["torch.Tensor"]:
+def zeros_for(specs: tuple[InputSpec, ...]) -> list[torch.Tensor]:
     import torch
 
     return [torch.from_numpy(np.zeros(s.shape, dtype=s.dtype)) for s in specs]
 
 
-def to_torch(arrays: list[np.ndarray]) -> list["torch.Tensor"]:
+def to_torch(arrays: list[np.ndarray]) -> list[torch.Tensor]:
     import torch
 
     return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]

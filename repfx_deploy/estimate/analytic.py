@@ -28,8 +28,20 @@ if TYPE_CHECKING:
 OpClass = Literal["conv", "depthwise", "pointwise", "gemm", "view", "other"]
 _VIEW = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Constant", "Dropout"}
 _FUSIBLE = {
-    "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Erf", "Gelu", "Mul", "Add", "Sub",
-    "Div", "BatchNormalization",
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Tanh",
+    "Erf",
+    "Gelu",
+    "Mul",
+    "Add",
+    "Sub",
+    "Div",
+    "BatchNormalization",
 }
 _MAC_CLASSES = ("conv", "depthwise", "pointwise", "gemm")
 
@@ -73,7 +85,7 @@ def op_class(node, shapes: dict[str, list[int]]) -> OpClass:
     return "other"
 
 
-def layer_costs(model: "onnx.ModelProto", fuse_elementwise: bool = True) -> list[LayerCost]:
+def layer_costs(model: onnx.ModelProto, fuse_elementwise: bool = True) -> list[LayerCost]:
     """Class, MACs and bytes of every node of ``model`` (shapes must already be inferred)."""
     shapes = _shapes(model)
     dtypes = _dtypes(model)
@@ -114,7 +126,7 @@ def _dtypes(model) -> dict[str, int]:
     return out
 
 
-def layer_latency_ms(cost: LayerCost, params: "EstimatorParams") -> float:
+def layer_latency_ms(cost: LayerCost, params: EstimatorParams) -> float:
     """Predicted latency of one layer under ``params`` (0 for views and fused ops)."""
     if cost.fused_into or cost.op_class == "view":
         return 0.0

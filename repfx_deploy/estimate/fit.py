@@ -18,7 +18,12 @@ from repfx_deploy.targets import EstimatorParams
 
 
 def lut_prediction_ms(
-    raw_ms: Sequence[float], scale: float, offset_us: float, run_us: float = 0.0, weight_bytes: float = 0.0, weight_gbs: float = 0.0
+    raw_ms: Sequence[float],
+    scale: float,
+    offset_us: float,
+    run_us: float = 0.0,
+    weight_bytes: float = 0.0,
+    weight_gbs: float = 0.0,
 ) -> float:
     """Whole-model prediction from standalone per-layer latencies (the formula ``model.py`` applies);
     ``weight_bytes`` is the model's total over its layers."""

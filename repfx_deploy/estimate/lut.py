@@ -70,7 +70,7 @@ class LatencyTable:
     _unsaved: int = 0
 
     @classmethod
-    def open(cls, threads: int, root: Path | None = None, timing: TimingConfig = LAYER_TIMING) -> "LatencyTable":
+    def open(cls, threads: int, root: Path | None = None, timing: TimingConfig = LAYER_TIMING) -> LatencyTable:
         version = runtime_version()
         path = table_path(threads, version, root)
         return cls(path=path, threads=threads, version=version, timing=timing, entries=_read(path))
@@ -121,7 +121,13 @@ class LatencyTable:
         if not self._unsaved:
             return
         merged = {**_read(self.path), **self.entries}
-        doc = {"format": _FORMAT, "runtime": RUNTIME, "runtime_version": self.version, "threads": self.threads, "entries": merged}
+        doc = {
+            "format": _FORMAT,
+            "runtime": RUNTIME,
+            "runtime_version": self.version,
+            "threads": self.threads,
+            "entries": merged,
+        }
         with atomic_file(self.path) as tmp:
             tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
         self.entries = merged
@@ -166,7 +172,9 @@ def layer_callable(graph: OrtGraph, layer: OrtLayer, threads: int) -> Callable[[
 
     model_bytes, feed = graph.standalone(layer)
     # The node is already ORT's optimised kernel; optimising again would only re-insert layout reorders.
-    session = ort.InferenceSession(model_bytes, session_options(threads, optimize=False), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model_bytes, session_options(threads, optimize=False), providers=["CPUExecutionProvider"]
+    )
     binding = session.io_binding()
     for name, value in feed.items():
         binding.bind_cpu_input(name, np.ascontiguousarray(value))

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 ModelSource = Union["nn.Module", Path, str, "onnx.ModelProto"]
 
 # Open tables by (threads, cache root): a search calling estimate_latency in a loop reads the file once.
-_TABLES: dict[tuple[int, str], "LatencyTable"] = {}
+_TABLES: dict[tuple[int, str], LatencyTable] = {}
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def estimate_latency(
     return _analytic_estimate(onnx_model, profile, params, tuple(notes))
 
 
-def prepare_onnx(model: ModelSource, specs: tuple[InputSpec, ...]) -> tuple["onnx.ModelProto", tuple[InputSpec, ...]]:
+def prepare_onnx(model: ModelSource, specs: tuple[InputSpec, ...]) -> tuple[onnx.ModelProto, tuple[InputSpec, ...]]:
     """The model as an ONNX graph with static input shapes and inferred tensor shapes, and its input specs."""
     import onnx
 
@@ -156,7 +156,9 @@ def prepare_onnx(model: ModelSource, specs: tuple[InputSpec, ...]) -> tuple["onn
         try:
             proto = onnx.load(str(model))
         except Exception as e:
-            raise ModelLoadError(f"Cannot read {str(model)!r} as ONNX: {e}", "Give an .onnx file or a PyTorch model.") from e
+            raise ModelLoadError(
+                f"Cannot read {str(model)!r} as ONNX: {e}", "Give an .onnx file or a PyTorch model."
+            ) from e
     elif isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
@@ -173,20 +175,22 @@ def prepare_onnx(model: ModelSource, specs: tuple[InputSpec, ...]) -> tuple["onn
     return onnx.shape_inference.infer_shapes(proto), specs
 
 
-def _export(module: "nn.Module", specs: tuple[InputSpec, ...]) -> "onnx.ModelProto":
+def _export(module: nn.Module, specs: tuple[InputSpec, ...]) -> onnx.ModelProto:
     import onnx
 
     from repfx_deploy.errors import InputShapeError
     from repfx_deploy.lower.onnx_export import export_onnx
 
     if not specs:
-        raise InputShapeError("Estimating a PyTorch module needs its input shapes.", "Pass input_specs (--input-shape 1,3,32,32).")
+        raise InputShapeError(
+            "Estimating a PyTorch module needs its input shapes.", "Pass input_specs (--input-shape 1,3,32,32)."
+        )
     with tempfile.TemporaryDirectory(prefix="repfx-estimate-") as tmp:
         path = export_onnx(module, specs, Path(tmp) / "model.onnx").path
         return onnx.load(str(path))
 
 
-def _table(threads: int, cache_root: Path | None) -> "LatencyTable":
+def _table(threads: int, cache_root: Path | None) -> LatencyTable:
     from repfx_deploy.estimate.lut import LatencyTable
     from repfx_deploy.estimate.lut import cache_root as default_root
 
@@ -216,10 +220,15 @@ def _lookup_estimate(onnx_model, specs, profile, params: EstimatorParams, thread
         layers = []
         for layer, cold_bytes in zip(graph.layers, cold):
             raw = table.latency_ms(graph, layer)
-            layers.append(LayerEstimate(
-                name=layer.name, op_type=f"{layer.domain + '.' if layer.domain else ''}{layer.op_type}",
-                latency_ms=corrected_ms(raw, params, cold_bytes), signature=layer.signature, measured_ms=raw,
-            ))
+            layers.append(
+                LayerEstimate(
+                    name=layer.name,
+                    op_type=f"{layer.domain + '.' if layer.domain else ''}{layer.op_type}",
+                    latency_ms=corrected_ms(raw, params, cold_bytes),
+                    signature=layer.signature,
+                    measured_ms=raw,
+                )
+            )
     finally:
         table.save()  # what was measured before a failure is kept
     return Estimate(
@@ -250,8 +259,13 @@ def _analytic_estimate(onnx_model, profile: TargetProfile, params: EstimatorPara
 
     layers = tuple(
         LayerEstimate(
-            name=c.name, op_type=c.op_type, latency_ms=layer_latency_ms(c, params), op_class=c.op_class,
-            macs=c.macs, bytes_moved=c.bytes_moved, fused_into=c.fused_into,
+            name=c.name,
+            op_type=c.op_type,
+            latency_ms=layer_latency_ms(c, params),
+            op_class=c.op_class,
+            macs=c.macs,
+            bytes_moved=c.bytes_moved,
+            fused_into=c.fused_into,
         )
         for c in layer_costs(onnx_model, params.fuse_elementwise)
     )

@@ -42,17 +42,19 @@ class OrtLayer:
     @property
     def weight_bytes(self) -> int:
         """Bytes of the constant inputs (weights, biases) this layer reads."""
-        return sum(int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize for t in self.inputs if t.constant)
+        return sum(
+            int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize for t in self.inputs if t.constant
+        )
 
 
 @dataclass
 class OrtGraph:
     """ORT's optimised graph, its layers, and every tensor value seen in one run (for standalone replays)."""
 
-    model: "onnx.ModelProto"
+    model: onnx.ModelProto
     layers: list[OrtLayer]
     values: dict[str, np.ndarray]
-    initializers: dict[str, "onnx.TensorProto"]
+    initializers: dict[str, onnx.TensorProto]
 
     def standalone(self, layer: OrtLayer) -> tuple[bytes, dict[str, np.ndarray]]:
         """A serialized one-node model running ``layer`` with its own weights, and the feed it ran on in-graph."""
@@ -65,18 +67,21 @@ class OrtGraph:
                 initializers.append(self.initializers[name])
                 continue
             value = self.values[name]
-            graph_inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape))
+            graph_inputs.append(
+                helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+            )
             feed[name] = value
         outputs = [
-            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(self.values[n].dtype), self.values[n].shape)
-            for n in node.output if n and n in self.values
+            helper.make_tensor_value_info(
+                n, helper.np_dtype_to_tensor_dtype(self.values[n].dtype), self.values[n].shape
+            )
+            for n in node.output
+            if n and n in self.values
         ]
         graph = helper.make_graph([node], f"layer_{layer.index}", graph_inputs, outputs, initializer=initializers)
         model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
         model.ir_version = self.model.ir_version
         return model.SerializeToString(), feed
-
-
 
 
 def _desc(value: np.ndarray, constant: bool = False) -> TensorDesc:
@@ -86,10 +91,12 @@ def _desc(value: np.ndarray, constant: bool = False) -> TensorDesc:
 def _init_desc(init) -> TensorDesc:
     from onnx import helper
 
-    return TensorDesc(tuple(int(d) for d in init.dims), str(np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))), True)
+    return TensorDesc(
+        tuple(int(d) for d in init.dims), str(np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))), True
+    )
 
 
-def ort_graph(model: "onnx.ModelProto", specs: tuple[InputSpec, ...], threads: int, seed: int = 0) -> OrtGraph:
+def ort_graph(model: onnx.ModelProto, specs: tuple[InputSpec, ...], threads: int, seed: int = 0) -> OrtGraph:
     """Optimise ``model`` with ORT (full level, ``threads`` threads) and describe the layers it will run.
 
     ``specs`` must give static shapes for every graph input. Raises ``MeasureError`` when ORT cannot load the
@@ -108,7 +115,10 @@ def ort_graph(model: "onnx.ModelProto", specs: tuple[InputSpec, ...], threads: i
         try:
             ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise MeasureError(f"ONNX Runtime cannot load the model: {e}", "Check it with `repfx-deploy inspect`, or use --method analytic.") from e
+            raise MeasureError(
+                f"ONNX Runtime cannot load the model: {e}",
+                "Check it with `repfx-deploy inspect`, or use --method analytic.",
+            ) from e
         optimized = onnx.load(str(dst))
     for node in optimized.graph.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
@@ -127,20 +137,26 @@ def ort_graph(model: "onnx.ModelProto", specs: tuple[InputSpec, ...], threads: i
             if name and name not in known:
                 probe.graph.output.append(onnx.ValueInfoProto(name=name))
                 known.add(name)
-    session = ort.InferenceSession(probe.SerializeToString(), session_options(threads, optimize=False), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        probe.SerializeToString(), session_options(threads, optimize=False), providers=["CPUExecutionProvider"]
+    )
     feed = dict(zip([i.name for i in session.get_inputs()], random_inputs(specs, seed=seed)))
     names = [o.name for o in session.get_outputs()]
     values = dict(feed)
     values.update(zip(names, session.run(names, feed)))
     layers = []
     for index, node in enumerate(optimized.graph.node):
-        ins = [
-            _init_desc(initializers[n]) if n in initializers else _desc(values[n])
-            for n in node.input if n
-        ]
+        ins = [_init_desc(initializers[n]) if n in initializers else _desc(values[n]) for n in node.input if n]
         outs = [_desc(values[n]) for n in node.output if n and n in values]
-        layers.append(OrtLayer(
-            index=index, name=node.name or f"{node.op_type}_{index}", op_type=node.op_type, domain=node.domain,
-            signature=node_signature(node, ins, outs), inputs=tuple(ins), outputs=tuple(outs),
-        ))
+        layers.append(
+            OrtLayer(
+                index=index,
+                name=node.name or f"{node.op_type}_{index}",
+                op_type=node.op_type,
+                domain=node.domain,
+                signature=node_signature(node, ins, outs),
+                inputs=tuple(ins),
+                outputs=tuple(outs),
+            )
+        )
     return OrtGraph(model=optimized, layers=layers, values=values, initializers=initializers)

@@ -67,7 +67,9 @@ def wrap_hf_model(hf_model: nn.Module, task: Literal["causal-lm", "encoder"]) ->
     return (CausalLMLogits if task == "causal-lm" else EncoderHiddenStates)(hf_model).eval()
 
 
-def load_hf_folder(path: Path, *, task: Task = "auto", attn_implementation: str = "eager") -> tuple[nn.Module, tuple[InputSpec, ...]]:
+def load_hf_folder(
+    path: Path, *, task: Task = "auto", attn_implementation: str = "eager"
+) -> tuple[nn.Module, tuple[InputSpec, ...]]:
     """Load the model in ``path`` offline; returns the wrapped module and a default ``input_ids`` signature of
     ``(1, 128)`` int64. ``attn_implementation`` ``eager`` (plain matmul + softmax) is what exports to an ONNX
     graph TVM 0.27 imports; ``sdpa`` is faster in torch."""
@@ -92,13 +94,22 @@ def load_hf_folder(path: Path, *, task: Task = "auto", attn_implementation: str 
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, **source)
         if task == "auto":
             archs = " ".join(getattr(config, "architectures", None) or [])
-            task = "causal-lm" if ("CausalLM" in archs or not has_config) and not getattr(config, "is_encoder_decoder", False) else "encoder"
+            task = (
+                "causal-lm"
+                if ("CausalLM" in archs or not has_config) and not getattr(config, "is_encoder_decoder", False)
+                else "encoder"
+            )
             if config.model_type in ("bert", "roberta", "distilbert", "xlm-roberta"):
                 task = "encoder"
         auto = transformers.AutoModelForCausalLM if task == "causal-lm" else transformers.AutoModel
-        model = auto.from_pretrained(str(path), local_files_only=True, attn_implementation=attn_implementation, dtype="float32", **source)
+        model = auto.from_pretrained(
+            str(path), local_files_only=True, attn_implementation=attn_implementation, dtype="float32", **source
+        )
     except ImportError as e:  # gguf is missing
-        raise ModelLoadError(f"Loading {str(path)!r} needs a package that is not installed: {e}", 'Install the hf extra: pip install "repfx-deploy[hf]".') from e
+        raise ModelLoadError(
+            f"Loading {str(path)!r} needs a package that is not installed: {e}",
+            'Install the hf extra: pip install "repfx-deploy[hf]".',
+        ) from e
     except Exception as e:  # transformers raises many types (OSError, ValueError, safetensors' own errors)
         if "accelerate" in str(e):  # transformers asks for accelerate to read GGUF files
             raise ModelLoadError(

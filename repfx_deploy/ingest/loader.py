@@ -59,7 +59,7 @@ class LoadedModel:
     format: Format
     sha256: str
     input_specs: tuple[InputSpec, ...]
-    module: "nn.Module | None" = None
+    module: nn.Module | None = None
     onnx_path: Path | None = None
     arch: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -103,7 +103,7 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     return LoadedModel(path=path, format=fmt, sha256=digest, input_specs=tuple(specs), module=module, arch=options.arch)
 
 
-def check_signature(module: "nn.Module", specs: tuple[InputSpec, ...]) -> None:
+def check_signature(module: nn.Module, specs: tuple[InputSpec, ...]) -> None:
     """Run the model once on zeros of the given signature; turn a failure into ``InputShapeError``."""
     import torch
 
@@ -120,13 +120,15 @@ def check_signature(module: "nn.Module", specs: tuple[InputSpec, ...]) -> None:
         ) from e
 
 
-def _load_export(path: Path) -> tuple["nn.Module", tuple[InputSpec, ...]]:
+def _load_export(path: Path) -> tuple[nn.Module, tuple[InputSpec, ...]]:
     import torch
 
     try:
         program = torch.export.load(str(path))
     except Exception as e:
-        raise ModelLoadError(f"Cannot read the torch.export archive {str(path)!r}: {e}", "Re-save it with torch.export.save.") from e
+        raise ModelLoadError(
+            f"Cannot read the torch.export archive {str(path)!r}: {e}", "Re-save it with torch.export.save."
+        ) from e
     specs: tuple[InputSpec, ...] = ()
     example = program.example_inputs
     if example is not None:
@@ -143,17 +145,19 @@ def _load_export(path: Path) -> tuple["nn.Module", tuple[InputSpec, ...]]:
     return program.module(), specs
 
 
-def _load_torchscript(path: Path) -> "nn.Module":
+def _load_torchscript(path: Path) -> nn.Module:
     import torch
 
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        raise ModelLoadError(f"Cannot read the TorchScript file {str(path)!r}: {e}", "Re-save it with torch.jit.save.") from e
+        raise ModelLoadError(
+            f"Cannot read the TorchScript file {str(path)!r}: {e}", "Re-save it with torch.jit.save."
+        ) from e
     return module.eval()
 
 
-def _load_torch_save(path: Path, options: LoadOptions) -> "nn.Module":
+def _load_torch_save(path: Path, options: LoadOptions) -> nn.Module:
     import torch
 
     try:
@@ -185,7 +189,7 @@ def _load_torch_save(path: Path, options: LoadOptions) -> "nn.Module":
     return module.eval()
 
 
-def _load_pickled_module(path: Path) -> "nn.Module":
+def _load_pickled_module(path: Path) -> nn.Module:
     import torch
     import torch.nn as nn
 
@@ -232,7 +236,7 @@ def _extend_sys_path(python_path: tuple[Path, ...]) -> None:
             sys.path.insert(0, folder_str)
 
 
-def build_arch(arch: str, python_path: tuple[Path, ...] = ()) -> "nn.Module":
+def build_arch(arch: str, python_path: tuple[Path, ...] = ()) -> nn.Module:
     """Import ``module:callable`` and call it with no arguments; it must return an ``nn.Module``."""
     import torch.nn as nn
 
@@ -248,7 +252,9 @@ def build_arch(arch: str, python_path: tuple[Path, ...] = ()) -> "nn.Module":
     target: Any = mod
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise ModelLoadError(f"{module_name!r} has no attribute {attr!r} (from --arch {arch!r}).", "Check the name after the colon.")
+            raise ModelLoadError(
+                f"{module_name!r} has no attribute {attr!r} (from --arch {arch!r}).", "Check the name after the colon."
+            )
         target = getattr(target, part)
     try:
         model = target()
@@ -258,11 +264,13 @@ def build_arch(arch: str, python_path: tuple[Path, ...] = ()) -> "nn.Module":
             "Point --arch at a callable that takes no arguments (wrap a constructor with its settings in a function).",
         ) from e
     if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"{arch} returned a {type(model).__name__}, not an nn.Module.", "Point --arch at a model class or factory.")
+        raise ModelLoadError(
+            f"{arch} returned a {type(model).__name__}, not an nn.Module.", "Point --arch at a model class or factory."
+        )
     return model
 
 
-def _load_state(module: "nn.Module", state: dict[str, Any], path: Path, arch: str) -> None:
+def _load_state(module: nn.Module, state: dict[str, Any], path: Path, arch: str) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -277,7 +285,9 @@ def _load_state(module: "nn.Module", state: dict[str, Any], path: Path, arch: st
             parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
         if mismatched:
             k = mismatched[0]
-            parts.append(f"{len(mismatched)} with other shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+            parts.append(
+                f"{len(mismatched)} with other shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+            )
         raise ModelLoadError(
             f"The weights in {str(path)!r} do not fit {arch}: {'; '.join(parts) or str(e).splitlines()[0]}.",
             "Point --arch at the architecture (and settings) these weights were trained with.",

@@ -71,7 +71,7 @@ class ExportResult:
 
 
 def export_onnx(
-    module: "nn.Module",
+    module: nn.Module,
     specs: tuple[InputSpec, ...],
     out_path: Path,
     *,
@@ -104,7 +104,9 @@ def export_onnx(
                 _run_exporter(exporter, module, example, names, tmp, config.opset)
                 break
             except Exception as e:  # the exporters raise many types; all mean "this exporter cannot"
-                log.warning("ONNX export with the %s exporter failed: %s", exporter, str(e).splitlines()[0] if str(e) else e)
+                log.warning(
+                    "ONNX export with the %s exporter failed: %s", exporter, str(e).splitlines()[0] if str(e) else e
+                )
                 errors.append(f"{exporter}: {_first_line(e)}")
         else:
             raise ExportError(
@@ -158,7 +160,13 @@ def _run_exporter(exporter: str, module, example, names, path: Path, opset: int)
                 program.save(str(path))
             else:
                 torch.onnx.export(
-                    module, example, str(path), dynamo=False, opset_version=opset, input_names=names, do_constant_folding=True
+                    module,
+                    example,
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=names,
+                    do_constant_folding=True,
                 )
     finally:
         torch_onnx_log.setLevel(level)
@@ -174,7 +182,9 @@ def _finish(path: Path, specs: tuple[InputSpec, ...], source_sha256: str, export
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
-        raise ExportError(f"The exported ONNX model fails onnx.checker: {_first_line(e)}", "Try --exporter torchscript.") from e
+        raise ExportError(
+            f"The exported ONNX model fails onnx.checker: {_first_line(e)}", "Try --exporter torchscript."
+        ) from e
     model.producer_name = "repfx-deploy"
     model.producer_version = __version__
     # the dynamo exporter annotates every node with its Python stack trace and FX text: debugging data that is
