@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from repfx_deploy.lower.onnx_export import export_onnx
-from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
 from repfx_deploy.measure.timing import TimingConfig, time_interleaved
 from repfx_deploy.spec import InputSpec
 
@@ -34,21 +31,20 @@ def count_params(module: torch.nn.Module) -> int:
 
 def time_models(models: dict[str, torch.nn.Module], seq_len: int, *, ort: bool, threads: int, rounds: int = 5, repeats: int = 20) -> dict[str, dict[str, float]]:
     """Median batch-1 latency (ms) of a forward over ``seq_len`` token ids, per model and runtime; torch models and
-    ONNX Runtime sessions each timed in one set of interleaved rounds."""
+    ONNX Runtime sessions each timed in one set of interleaved rounds (``pipeline.evaluate``)."""
+    from repfx_deploy.pipeline.evaluate import Deployable, EvalData, evaluate
+    from repfx_deploy.targets import get_profile
+
     ids = np.random.default_rng(0).integers(0, 1000, size=(1, seq_len)).astype(np.int64)
     config = TimingConfig(warmup=2, repeats=repeats, min_time_s=0.2)
+    specs = (InputSpec("input_ids", (1, seq_len), "int64"),)
     out: dict[str, dict[str, float]] = {name: {} for name in models}
-    torch_fns = {name: TorchRunner(m, threads).bind([ids]) for name, m in models.items()}
-    for name, stats in time_interleaved(torch_fns, config, rounds=rounds).items():
-        out[name]["torch"] = stats.median_ms
-    if ort:
-        with tempfile.TemporaryDirectory(prefix="slicegpt-bench-") as tmp:
-            fns = {}
-            for name, m in models.items():
-                path = export_onnx(m, (InputSpec("input_ids", (1, seq_len), "int64"),), Path(tmp) / f"{name}.onnx").path
-                fns[name] = OrtRunner(path, threads).bind([ids])
-            for name, stats in time_interleaved(fns, config, rounds=rounds).items():
-                out[name]["onnxruntime"] = stats.median_ms
+    for runtime in ("torch", "onnxruntime") if ort else ("torch",):
+        results = evaluate({name: Deployable(m, input_specs=specs) for name, m in models.items()}, get_profile("host"),
+                           runtimes=(runtime,), data=EvalData(timing_inputs=[ids]), threads=threads, timing=config, rounds=rounds,
+                           verify=False)
+        for name, result in results.items():
+            out[name][runtime] = result.latency[runtime].details["stats"]["median_ms"]
     return out
 
 

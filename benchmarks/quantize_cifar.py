@@ -37,11 +37,15 @@ CALIB, QAT_TRAIN, SEED = 512, 10_000, 0
 
 
 def ort_accuracy(path: Path, x: np.ndarray, y: np.ndarray, threads: int) -> float:
-    from repfx_deploy.measure.runtimes import OrtRunner
+    """Top-1 accuracy of an ONNX model on ONNX Runtime, one image at a time."""
+    from repfx_deploy.data.datasets import Dataset
+    from repfx_deploy.pipeline.evaluate import Deployable, EvalData, evaluate
+    from repfx_deploy.targets import get_profile
 
-    runner = OrtRunner(path, threads)
-    pred = np.array([runner.run([x[i : i + 1]])[0].argmax() for i in range(len(x))])
-    return float((pred == y).mean())
+    data = EvalData(eval=Dataset(x, y, "cifar10 test"), batch_size=1)
+    result = evaluate(Deployable(onnx_path=path), get_profile("host"), runtimes=(), data=data, quality_runtime="onnxruntime", threads=threads)
+    assert result.accuracy is not None
+    return result.accuracy
 
 
 def ort_quantize_static(float_path: Path, out: Path, calib: np.ndarray, input_name: str) -> float:
@@ -64,34 +68,31 @@ def ort_quantize_static(float_path: Path, out: Path, calib: np.ndarray, input_na
     return time.perf_counter() - t0
 
 
-def _latency(paths: dict, x1: list, x_test, y_test, threads: int, work: Path, args, first: bool) -> dict:
+def _latency(paths: dict, x1: list, x_test, y_test, threads: int, args, first: bool) -> dict:
     """Batch-1 latency at ``threads``: the ORT variants, and TVM for float vs ours (mse), all interleaved.
     Keys end in ``_t<threads>``; the TVM accuracy check (first 1,000 test images) runs once (``first``)."""
-    from repfx_deploy.measure.runtimes import OrtRunner
-    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
+    from repfx_deploy.data.datasets import Dataset
+    from repfx_deploy.measure.timing import TimingConfig
+    from repfx_deploy.pipeline.evaluate import Deployable, EvalData, evaluate
+    from repfx_deploy.targets import get_profile
 
+    host = get_profile("host")
+    timed = {k: p for k, p in paths.items() if k in ("float", "ort_qs", "ours_mse", "qat")}
+    with_tvm = not args.no_tvm and "ours_mse" in paths
+    runtimes = {k: ("onnxruntime", "tvm") if with_tvm and k in ("float", "ours_mse") else ("onnxruntime",) for k in timed}
+    results = evaluate({k: Deployable(onnx_path=p) for k, p in timed.items()}, host, runtimes=runtimes, data=EvalData(timing_inputs=x1),
+                       threads=threads, timing=TimingConfig(warmup=20, repeats=100, min_time_s=1.0), rounds=args.rounds, verify=False)
     out: dict = {}
-    runners = {k: OrtRunner(p, threads) for k, p in paths.items() if k in ("float", "ort_qs", "ours_mse", "qat")}
-    fns = {f"ort_{k}": r.bind(x1) for k, r in runners.items()}
-    if not args.no_tvm and "ours_mse" in paths:
-        from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
-        from repfx_deploy.compile.tvm_runtime import load_tvm_runner
-        from repfx_deploy.targets import get_profile, resolve_tvm_target
-
-        target = resolve_tvm_target(get_profile("host"), threads)
-        for key in ("float", "ours_mse"):
-            folder = work / f"tvm_{key}_t{threads}"
-            folder.mkdir()
-            compile_onnx(paths[key], folder, CompileConfig(target=target))
-            tvm_runner = load_tvm_runner(folder, threads)
-            fns[f"tvm_{key}"] = tvm_runner.bind(x1)
-            if first:
-                out[f"tvm_{key}_acc_first_1000"] = float(np.mean(
-                    [tvm_runner.run([x_test[i : i + 1]])[0].argmax() == y_test[i] for i in range(min(1000, len(y_test)))]
-                ))
-    stats = time_interleaved(fns, TimingConfig(warmup=20, repeats=100, min_time_s=1.0), rounds=args.rounds)
-    for key, st in stats.items():
-        out[f"{key}_ms_t{threads}"] = round(st.median_ms, 4)
+    for key, result in results.items():
+        for runtime, lat in result.latency.items():
+            out[f"{'ort' if runtime == 'onnxruntime' else 'tvm'}_{key}_ms_t{threads}"] = round(lat.details["stats"]["median_ms"], 4)
+    if with_tvm and first:
+        n = min(1000, len(y_test))
+        data = EvalData(eval=Dataset(x_test[:n], y_test[:n], "cifar10 test, first 1,000"), batch_size=1)
+        checked = evaluate({k: Deployable(onnx_path=paths[k]) for k in ("float", "ours_mse")}, host, runtimes=(), data=data,
+                           quality_runtime="tvm", threads=threads)
+        for key, result in checked.items():
+            out[f"tvm_{key}_acc_first_1000"] = result.accuracy
     return out
 
 
@@ -113,10 +114,11 @@ def main() -> None:
     from repfx_deploy.data.datasets import Dataset
     from repfx_deploy.lower.onnx_export import export_onnx
     from repfx_deploy.measure.environment import environment
-    from repfx_deploy.measure.runtimes import OrtRunner, default_threads
+    from repfx_deploy.measure.runtimes import default_threads
     from repfx_deploy.passes.quantize.config import QuantizeConfig
     from repfx_deploy.passes.quantize.handler import quantize_module
     from repfx_deploy.passes.quantize.inspect_ort import ort_kernels
+    from repfx_deploy.pipeline.evaluate import Deployable
     from repfx_deploy.spec import InputSpec
 
     zoo = load_zoo()
@@ -141,7 +143,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             work = Path(scratch)
             paths = {"float": export_onnx(model, specs, work / "float.onnx").path}
-            input_name = OrtRunner(paths["float"], 1)._session.get_inputs()[0].name
+            input_name = Deployable(onnx_path=paths["float"]).specs()[0].name
             row["ort_quantize_static_s"] = round(ort_quantize_static(paths["float"], work / "ort_qs.onnx", calib.x, input_name), 1)
             paths["ort_qs"] = work / "ort_qs.onnx"
             for method in args.methods.split(","):
@@ -166,7 +168,7 @@ def main() -> None:
                 print(f"{name} {key}: acc {row[f'{key}_acc']:.4f}", file=sys.stderr, flush=True)
             x1 = [x_test[:1]]
             for threads in thread_counts:
-                row |= _latency(paths, x1, x_test, y_test, threads, work, args, first=threads == thread_counts[0])
+                row |= _latency(paths, x1, x_test, y_test, threads, args, first=threads == thread_counts[0])
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 

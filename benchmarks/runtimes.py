@@ -1,8 +1,8 @@
 """Batch-1 latency on the host: torch eager vs ONNX Runtime vs TVM (default build and tuned), side by side.
 
-For ResNet-20, ResNet-56, LeNet-5 and the CIFAR ViT from ../shared/assets, in one run:
-export -> ONNX Runtime; compile untuned (timed) -> TVM; tune with a stated trial budget (the tuning database
-persists, so a second run reuses it) -> TVM tuned. Prints the latency table and the ratios TVM/ORT and
+For ResNet-20, ResNet-56, LeNet-5 and the CIFAR ViT from ../shared/assets, in one run of
+``repfx_deploy.pipeline.evaluate``: export -> ONNX Runtime; compile untuned (timed) -> TVM; tune with a stated
+trial budget (the tuning database persists, so a second run reuses it) -> TVM tuned. Prints the latency table and the ratios TVM/ORT and
 TVM/torch. Every figure is a median of many timed calls after warm-up, with the same thread count; all variants of a
 model are timed in the same interleaved rounds, so drift on a shared machine hurts them alike.
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from _assets import MODELS, load_zoo
@@ -30,51 +28,40 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
-    from repfx_deploy.compile.tvm_runtime import load_tvm_runner
-    from repfx_deploy.data.tensors import random_inputs
-    from repfx_deploy.lower.onnx_export import export_onnx
     from repfx_deploy.measure.environment import environment
-    from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner, default_threads
-    from repfx_deploy.measure.timing import TimingConfig, time_interleaved
+    from repfx_deploy.measure.runtimes import default_threads
+    from repfx_deploy.measure.timing import TimingConfig
+    from repfx_deploy.pipeline.evaluate import Deployable, evaluate
     from repfx_deploy.spec import InputSpec
-    from repfx_deploy.targets import get_profile, resolve_tvm_target
-    from repfx_deploy.verify import compare
+    from repfx_deploy.targets import get_profile
 
     zoo = load_zoo()
     threads = args.threads or default_threads()
-    target = resolve_tvm_target(get_profile("host"), threads)
     timing = TimingConfig(warmup=20, repeats=100, min_time_s=1.0)
     rows = []
     for name in args.models.split(","):
         build, shape = MODELS[name]
         model = build(zoo).eval()
         specs = (InputSpec("input", shape),)
-        inputs = random_inputs(specs)
-        with tempfile.TemporaryDirectory() as scratch:
-            work = Path(scratch)
-            onnx_path = export_onnx(model, specs, work / "m.onnx").path
-            torch_r = TorchRunner(model, threads)
-            row = {"model": name, "threads": threads}
-            runners = {"torch": torch_r, "ort": OrtRunner(onnx_path, threads)}
-            for label, trials in (("default", 0), ("tuned", args.trials)):
-                if label == "tuned" and trials == 0:
-                    continue
-                out = work / label
-                out.mkdir()
-                t0 = time.perf_counter()
-                artifact = compile_onnx(onnx_path, out, CompileConfig(target=target, tune_trials=trials))
-                row[f"tvm_{label}_compile_s"] = round(time.perf_counter() - t0, 1)
-                row[f"tvm_{label}_trials_run"] = artifact.manifest.get("tuning", {}).get("trials_run", 0)
-                row[f"tvm_{label}_kernels"] = artifact.manifest.get("kernels")
-                runners[f"tvm_{label}"] = tvm_r = load_tvm_runner(out, threads)
-                row[f"tvm_{label}_max_abs_err_vs_torch"] = compare(
-                    [torch_r.run(inputs)], [tvm_r.run(inputs)], reference_name="torch", candidate_name="tvm"
-                ).max_abs_error
-            # every variant timed in the same interleaved rounds, so the ratios are not skewed by drift
-            stats = time_interleaved({k: r.bind(inputs) for k, r in runners.items()}, timing, rounds=args.rounds)
-            for key, st in stats.items():
-                row[f"{key}_ms"] = round(st.median_ms, 4)
+        # the default build times torch and ORT too; every variant in the same interleaved rounds, so drift on a
+        # shared machine cannot skew their ratios
+        variants = {"default": 0, "tuned": args.trials} if args.trials > 0 else {"default": 0}
+        results = evaluate(
+            {label: Deployable(model, input_specs=specs) for label in variants}, get_profile("host"),
+            runtimes={"default": ("torch", "onnxruntime", "tvm"), "tuned": ("tvm",)}, tune_trials=variants,
+            threads=threads, timing=timing, rounds=args.rounds, verify=False,
+        )
+        row = {"model": name, "threads": threads}
+        for label, result in results.items():
+            built = result.builds["compile"]
+            row[f"tvm_{label}_compile_s"] = round(built["compile_s"], 1)
+            row[f"tvm_{label}_trials_run"] = built["manifest"].get("tuning", {}).get("trials_run", 0)
+            row[f"tvm_{label}_kernels"] = built["manifest"].get("kernels")
+            row[f"tvm_{label}_max_abs_err_vs_torch"] = next(
+                v["max_abs_error"] for v in result.builds["verification"] if (v["reference"], v["candidate"]) == ("torch", "tvm"))
+            for runtime, lat in result.latency.items():
+                key = {"torch": "torch", "onnxruntime": "ort", "tvm": f"tvm_{label}"}[runtime]
+                row[f"{key}_ms"] = round(lat.details["stats"]["median_ms"], 4)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 

@@ -164,7 +164,7 @@ def evaluate(
     rpc: "RpcConfig | None" = None,
     quality_runtime: str | None = None,
     verify: bool = True,
-    tune_trials: int = 0,
+    tune_trials: int | Mapping[str, int] = 0,
     name: str = "candidate",
 ) -> Evaluation | dict[str, Evaluation]:
     """Evaluate ``model`` (a ``Deployable``, ``nn.Module``, ``.onnx`` path or artifact folder; or a mapping of
@@ -175,8 +175,9 @@ def evaluate(
     ``threads`` 0: the profile's. ``rpc``: measure the TVM artifact on a device from that tracker (with
     ``tune_trials``, MetaSchedule times its candidates there too). ``quality_runtime``: where accuracy and
     fidelity are computed (default: onnxruntime when there is an ONNX form, else torch, else tvm).
-    ``verify``: compare every runtime's outputs with the first's. ``name`` names a single model in the fidelity
-    record (``"<name> (<runtime>)"``).
+    ``verify``: compare every runtime's outputs with the first's. ``tune_trials``: MetaSchedule trials for a TVM
+    build made here (per name, for a mapping). ``name`` names a single model in the fidelity record
+    (``"<name> (<runtime>)"``).
     """
     if isinstance(model, Mapping):
         models = {str(k): Deployable.of(v) for k, v in model.items()}
@@ -199,7 +200,8 @@ class _Plan:
 
 
 def _evaluate_all(models: dict[str, Deployable], profile, data: EvalData, runtimes: RuntimesArg, threads: int,
-                  timing: TimingConfig, rounds: int, rpc, quality_runtime, verify: bool, tune_trials: int) -> dict[str, Evaluation]:
+                  timing: TimingConfig, rounds: int, rpc, quality_runtime, verify: bool,
+                  tune_trials: int | Mapping[str, int]) -> dict[str, Evaluation]:
     from repfx_deploy.measure.bench import bench_jobs
     from repfx_deploy.pipeline import latency as lat
     from repfx_deploy.targets import resolve_threads, resolve_tvm_target
@@ -218,8 +220,9 @@ def _evaluate_all(models: dict[str, Deployable], profile, data: EvalData, runtim
     if any(s != "estimated" for p in plans.values() for rt, s in p.sources.items() if rt == "tvm") or any(
             p.quality == "tvm" for p in plans.values()):
         tvm_target = resolve_tvm_target(profile, (rpc.threads or None) if rpc is not None else threads)
+    trials = {name: int(tune_trials.get(name, 0) if isinstance(tune_trials, Mapping) else tune_trials) for name in models}
     tune_rpc = None
-    if rpc is not None and tune_trials > 0:
+    if rpc is not None and any(trials.values()):
         from repfx_deploy.compile.config import RpcTuning
 
         tune_rpc = RpcTuning(str(rpc.endpoint), rpc.key)
@@ -235,7 +238,7 @@ def _evaluate_all(models: dict[str, Deployable], profile, data: EvalData, runtim
             plan.model, plan.built = complete(
                 plan.model, Path(scratch) / str(index), onnx="onnxruntime" in local or plan.quality == "onnxruntime",
                 tvm=needs_tvm or plan.quality == "tvm", samples=samples, threads=threads, tvm_target=tvm_target,
-                tune_trials=tune_trials, link=profile.link, tune_rpc=tune_rpc,
+                tune_trials=trials[name], link=profile.link, tune_rpc=tune_rpc,
             )
             for rt in local + ([plan.quality] if plan.quality and plan.quality not in local else []):
                 plan.runners[rt] = _runner(rt, plan.model, threads)
