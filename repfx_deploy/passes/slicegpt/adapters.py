@@ -16,7 +16,7 @@ holding one as ``.bert``: ``embeddings`` + ``encoder.layer[i].attention.{self,ou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -51,9 +51,10 @@ class Folded:
         return [s for layer in self.layers for s in layer.sublayers()]
 
 
-def find_family(model: nn.Module) -> tuple[Family, nn.Module]:
+def find_family(model: nn.Module) -> tuple[Family, Any]:
     """The family of ``model`` and the module the adapter works on; ``PassError`` naming what is supported."""
-    inner = getattr(model, "hf_model", model)  # repfx's wrapper around a Hugging Face model (ingest/hf.py)
+    # Hugging Face modules are reached by attribute name, so they are typed Any here
+    inner: Any = getattr(model, "hf_model", model)  # repfx's wrapper around a Hugging Face model (ingest/hf.py)
     body = getattr(inner, "model", None)
     if hasattr(inner, "lm_head") and body is not None and hasattr(body, "layers") and len(body.layers) > 0:
         layer = body.layers[0]
@@ -76,12 +77,15 @@ def fold(model: nn.Module) -> Folded:
     """Fold ``model``'s norms and install ``SlicedLayer``s in place; outputs are unchanged."""
     family, inner = find_family(model)
     if getattr(inner.config, "is_decoder", False) and family == "bert":
-        raise PassError("SliceGPT's BERT adapter takes encoders only; this BERT is configured as a decoder.", "Load it as an encoder (is_decoder = false).")
+        raise PassError(
+            "SliceGPT's BERT adapter takes encoders only; this BERT is configured as a decoder.",
+            "Load it as an encoder (is_decoder = false).",
+        )
     with torch.no_grad():
         return _fold_llama(inner) if family == "llama" else _fold_bert(inner)
 
 
-def set_weight(linear: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+def set_weight(linear: nn.Linear | nn.Embedding, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
     """Replace a linear's (or embedding's) weight, and bias when given, keeping the module object."""
     dtype = linear.weight.dtype
     linear.weight = nn.Parameter(weight.to(dtype).contiguous(), requires_grad=False)
@@ -104,7 +108,7 @@ def _scale_inputs(linears: list[nn.Linear], scale: torch.Tensor, shift: torch.Te
         set_weight(lin, w * scale[None, :], bias)
 
 
-def _fold_llama(model: nn.Module) -> Folded:
+def _fold_llama(model: Any) -> Folded:
     body = model.model
     hidden = int(model.config.hidden_size)
     # The head gets its own rotation, so a head tied to the embedding table is untied first.
@@ -122,9 +126,16 @@ def _fold_llama(model: nn.Module) -> Folded:
         _scale_inputs(mlp_in, g_mlp, None)
         a = ResidualSublayer(
             AttentionBody(attn, attn_in, attn.o_proj, keyword_input=True, separate_out=False),
-            pre=UnitRMSNorm(hidden, eps_attn), post=None, shortcut=None,
+            pre=UnitRMSNorm(hidden, eps_attn),
+            post=None,
+            shortcut=None,
         )
-        m = ResidualSublayer(MLPBody(mlp, mlp_in, mlp.down_proj, separate_out=False), pre=UnitRMSNorm(hidden, eps_mlp), post=None, shortcut=None)
+        m = ResidualSublayer(
+            MLPBody(mlp, mlp_in, mlp.down_proj, separate_out=False),
+            pre=UnitRMSNorm(hidden, eps_mlp),
+            post=None,
+            shortcut=None,
+        )
         layers.append(SlicedLayer(a, m))
     body.layers = nn.ModuleList(layers)
     g_final, _, eps_final = norm_scale_bias(body.norm, hidden)
@@ -145,7 +156,7 @@ class _BertMLPInner(nn.Module):
         return self.intermediate(h)
 
 
-def _fold_bert(bert: nn.Module) -> Folded:
+def _fold_bert(bert: Any) -> Folded:
     hidden = int(bert.config.hidden_size)
     center = centering(hidden)
     emb = bert.embeddings
@@ -155,10 +166,15 @@ def _fold_bert(bert: nn.Module) -> Folded:
     g, b, eps = norm_scale_bias(emb.LayerNorm, hidden)
     emb.LayerNorm = UnitRMSNorm(hidden, eps)
     emb.dropout = nn.Identity()
-    layers, maps, biases = [], [], []
+    layers: list[SlicedLayer] = []
+    maps: list[torch.Tensor | None] = []
+    biases: list[torch.Tensor | None] = []
 
-    def sublayer(body: nn.Module, in_linears: list[nn.Linear], out: nn.Linear, ln: nn.Module) -> ResidualSublayer:
+    def sublayer(
+        body: AttentionBody | MLPBody, in_linears: list[nn.Linear], out: Any, ln: nn.Module
+    ) -> ResidualSublayer:
         nonlocal g, b, eps
+        assert b is not None, "a LayerNorm has a bias"
         _scale_inputs(in_linears, g, b)
         # The output linear writes a zero-mean vector, so the next LayerNorm's mean subtraction is a no-op.
         set_weight(out, center @ out.weight.detach().double(), center @ out.bias.detach().double())
@@ -176,14 +192,21 @@ def _fold_bert(bert: nn.Module) -> Folded:
         attn_in = [sa.query, sa.key, sa.value]
         a = sublayer(
             AttentionBody(sa, attn_in, old.attention.output.dense, keyword_input=False, separate_out=True),
-            attn_in, old.attention.output.dense, old.attention.output.LayerNorm,
+            attn_in,
+            old.attention.output.dense,
+            old.attention.output.LayerNorm,
         )
         mlp_in = [old.intermediate.dense]
-        m = sublayer(MLPBody(_BertMLPInner(old.intermediate), mlp_in, old.output.dense, separate_out=True), mlp_in, old.output.dense, old.output.LayerNorm)
+        m = sublayer(
+            MLPBody(_BertMLPInner(old.intermediate), mlp_in, old.output.dense, separate_out=True),
+            mlp_in,
+            old.output.dense,
+            old.output.LayerNorm,
+        )
         layers.append(SlicedLayer(a, m))
     bert.encoder.layer = nn.ModuleList(layers)
     # The last LayerNorm's scale and bias map the stream back to the encoder's output basis.
-    unrotate = nn.Linear(hidden, hidden, bias=True).to(layers[0].attn.shortcut.weight.dtype)
+    unrotate = nn.Linear(hidden, hidden, bias=True).to(tables[0].weight.dtype)
     set_weight(unrotate, torch.diag(g), b)
     layers[-1].unrotate = unrotate
     return Folded("bert", hidden, layers, tables, [unrotate], maps, biases)

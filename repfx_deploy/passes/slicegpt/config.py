@@ -97,22 +97,44 @@ class SliceGPTConfig(PassConfig):
     widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.widths, tuple) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
+        if not isinstance(self.widths, tuple) or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths
+        ):
             raise ValueError(f"widths must be a list of positive whole stream widths; got {self.widths!r}")
         if self.slicing is None:
             if not self.widths:
-                raise ValueError("slicing (the fraction of the embedding dimension removed, in [0, 1)) is required unless "
-                                 "widths gives every stream: add e.g. slicing = 0.25")
-        elif isinstance(self.slicing, bool) or not isinstance(self.slicing, (int, float)) or not 0.0 <= self.slicing < 1.0:
-            raise ValueError(f"slicing is the fraction of the embedding dimension removed, in [0, 1); got {self.slicing!r}")
+                raise ValueError(
+                    "slicing (the fraction of the embedding dimension removed, in [0, 1)) is required unless "
+                    "widths gives every stream: add e.g. slicing = 0.25"
+                )
+        elif (
+            isinstance(self.slicing, bool)
+            or not isinstance(self.slicing, (int, float))
+            or not 0.0 <= self.slicing < 1.0
+        ):
+            raise ValueError(
+                f"slicing is the fraction of the embedding dimension removed, in [0, 1); got {self.slicing!r}"
+            )
         if self.schedule not in ("uniform", "ramp"):
-            raise ValueError(f"schedule must be 'uniform' (every stream sliced alike) or 'ramp' (less at the start, more at the end); got {self.schedule!r}")
+            raise ValueError(
+                f"schedule must be 'uniform' (every stream sliced alike) or 'ramp' (less at the start, more at the end); got {self.schedule!r}"
+            )
         if isinstance(self.ramp, bool) or not isinstance(self.ramp, (int, float)) or self.ramp < 0:
-            raise ValueError(f"ramp is the difference between the last and the first sliced stream's slicing, 0 or more; got {self.ramp!r}")
-        if self.schedule == "ramp" and self.slicing is not None and not (self.ramp <= 2 * self.slicing + 1e-9 and self.ramp < 2 * (1 - self.slicing)):
-            raise ValueError(f"ramp {self.ramp} at slicing {self.slicing} would widen the first streams or remove all of the last: keep ramp <= 2 * min(slicing, 1 - slicing), below it at the upper end")
+            raise ValueError(
+                f"ramp is the difference between the last and the first sliced stream's slicing, 0 or more; got {self.ramp!r}"
+            )
+        if (
+            self.schedule == "ramp"
+            and self.slicing is not None
+            and not (self.ramp <= 2 * self.slicing + 1e-9 and self.ramp < 2 * (1 - self.slicing))
+        ):
+            raise ValueError(
+                f"ramp {self.ramp} at slicing {self.slicing} would widen the first streams or remove all of the last: keep ramp <= 2 * min(slicing, 1 - slicing), below it at the upper end"
+            )
         if self.token_weighting not in ("energy", "unit"):
-            raise ValueError(f"token_weighting must be 'energy' (SliceGPT's PCA) or 'unit' (every token scaled to unit length); got {self.token_weighting!r}")
+            raise ValueError(
+                f"token_weighting must be 'energy' (SliceGPT's PCA) or 'unit' (every token scaled to unit length); got {self.token_weighting!r}"
+            )
         if not isinstance(self.slice_head, bool):
             raise ValueError(f"slice_head must be true or false; got {self.slice_head!r}")
         for name in ("keep_first_layers", "keep_last_layers"):
@@ -154,7 +176,11 @@ class SliceGPTConfig(PassConfig):
         sliced = [i for i in range(sublayers + 1) if first_sliced <= i <= last_sliced]
         widths = [hidden] * (sublayers + 1)
         for j, i in enumerate(sliced):
-            widths[i] = self._ramp_width(hidden, j, len(sliced), multiple) if self.schedule == "ramp" else self.kept_dim(hidden, multiple)
+            widths[i] = (
+                self._ramp_width(hidden, j, len(sliced), multiple)
+                if self.schedule == "ramp"
+                else self.kept_dim(hidden, multiple)
+            )
         if not self.slice_head:
             widths[-1] = hidden
         return widths
@@ -165,7 +191,7 @@ class SliceGPTConfig(PassConfig):
         kept = round(kept / multiple) * multiple
         return int(max(min(kept, hidden), min(multiple, hidden)))
 
-    def with_assignment(self, assignment: Mapping[str, Choice]) -> "SliceGPTConfig":
+    def with_assignment(self, assignment: Mapping[str, Choice]) -> SliceGPTConfig:
         """This config with ``widths`` set to ``assignment`` (a width per stream name, every stream of the model,
         as ``SearchSpace.complete`` gives), written in stream order."""
         if not assignment:
@@ -175,9 +201,14 @@ class SliceGPTConfig(PassConfig):
         except ValueError as e:
             raise RecipeError(f"slicegpt: {e}.", "Assign widths to the sites of the slicegpt pass's space.") from None
         if sorted(by_position) != list(range(len(by_position))):
-            raise RecipeError(f"slicegpt: the assignment does not name every stream once ({sorted(assignment)}).",
-                              "Complete it first (SearchSpace.complete).")
+            raise RecipeError(
+                f"slicegpt: the assignment does not name every stream once ({sorted(assignment)}).",
+                "Complete it first (SearchSpace.complete).",
+            )
         widths = [by_position[i] for i in range(len(by_position))]
         if any(isinstance(w, bool) or not isinstance(w, int) for w in widths):
-            raise RecipeError(f"slicegpt: stream widths must be whole numbers; got {widths}.", "Assign widths from the site's choices.")
+            raise RecipeError(
+                f"slicegpt: stream widths must be whole numbers; got {widths}.",
+                "Assign widths from the site's choices.",
+            )
         return replace(self, widths=tuple(int(w) for w in widths))

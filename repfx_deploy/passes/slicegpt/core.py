@@ -81,7 +81,7 @@ class _Call:
 def _token_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
-    return (mask.bool() if mask is not None else torch.ones(ids.shape, dtype=torch.bool))
+    return mask.bool() if mask is not None else torch.ones(ids.shape, dtype=torch.bool)
 
 
 def _attention_kwargs(args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -98,7 +98,9 @@ def _capture(model: nn.Module, first: SlicedLayer, batches: Sequence[Mapping[str
 
     def hook(_module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        calls.append(_Call(hidden.detach(), _attention_kwargs(tuple(args[1:]), kwargs), torch.ones(0, dtype=torch.bool)))
+        calls.append(
+            _Call(hidden.detach(), _attention_kwargs(tuple(args[1:]), kwargs), torch.ones(0, dtype=torch.bool))
+        )
         raise _Captured
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
@@ -110,14 +112,18 @@ def _capture(model: nn.Module, first: SlicedLayer, batches: Sequence[Mapping[str
             except _Captured:
                 pass
             else:
-                raise PassError("The model never called its first transformer layer.", "Pass a model whose forward runs its layers.")
+                raise PassError(
+                    "The model never called its first transformer layer.", "Pass a model whose forward runs its layers."
+                )
             calls[-1].mask = _token_mask(batch)
     finally:
         handle.remove()
     return calls
 
 
-def _axes(streams: list[torch.Tensor], calls: list[_Call], kept: int, energies: list[float], unit_tokens: bool) -> torch.Tensor:
+def _axes(
+    streams: list[torch.Tensor], calls: list[_Call], kept: int, energies: list[float], unit_tokens: bool
+) -> torch.Tensor:
     vectors, values = principal_axes(covariance(streams, (c.mask for c in calls), unit_tokens=unit_tokens))
     energies.append(energy_kept(values, kept))
     return vectors[:, :kept]
@@ -136,7 +142,9 @@ class Calibration:
     embed_values: torch.Tensor
 
 
-def calibrate(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], *, unit_tokens: bool) -> tuple[Folded, Calibration]:
+def calibrate(
+    model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], *, unit_tokens: bool
+) -> tuple[Folded, Calibration]:
     """Fold ``model``'s norms in place (its outputs do not change) and compute what ``Calibration`` holds."""
     if not batches:
         raise PassError("SliceGPT needs calibration data and got none.", "Pass calibration batches (token ids).")
@@ -144,7 +152,9 @@ def calibrate(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], *
     with torch.no_grad():
         folded = fold(model)
         calls = _capture(model, folded.layers[0], batches)
-        vectors, values = principal_axes(covariance([c.hidden for c in calls], (c.mask for c in calls), unit_tokens=unit_tokens))
+        vectors, values = principal_axes(
+            covariance([c.hidden for c in calls], (c.mask for c in calls), unit_tokens=unit_tokens)
+        )
     tokens = int(sum(int(c.mask.sum()) for c in calls))
     return folded, Calibration(list(batches), tokens, vectors, values)
 
@@ -154,10 +164,14 @@ def planned_widths(config: SliceGPTConfig, folded: Folded, multiple: int) -> lis
     try:
         return config.stream_widths(folded.hidden, len(folded.sublayers()), multiple)
     except ValueError as e:
-        raise PassError(f"SliceGPT cannot use these widths: {e}.", "Give one width per stream, none above the model's hidden size.") from e
+        raise PassError(
+            f"SliceGPT cannot use these widths: {e}.", "Give one width per stream, none above the model's hidden size."
+        ) from e
 
 
-def slice_model(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], config: SliceGPTConfig, *, multiple: int = 8) -> SliceResult:
+def slice_model(
+    model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], config: SliceGPTConfig, *, multiple: int = 8
+) -> SliceResult:
     """Fold, rotate and slice ``model`` in place (see the module docstring); returns what was done. ``multiple``
     is what widths are rounded to when ``config.round_to`` is unset (8: the SliceGPT reference code's)."""
     start = time.perf_counter()
@@ -170,24 +184,32 @@ def slice_model(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
     return result
 
 
-def rotate_and_slice(model: nn.Module, folded: Folded, calibration: Calibration, widths: Sequence[int], *, unit_tokens: bool) -> SliceResult:
+def rotate_and_slice(
+    model: nn.Module, folded: Folded, calibration: Calibration, widths: Sequence[int], *, unit_tokens: bool
+) -> SliceResult:
     """Rotate and slice the folded ``model`` in place to ``widths`` (one per stream, in stream order), layer by
     layer: each stream's rotation is the PCA of what the already sliced layers before it write."""
     hidden = folded.hidden
     if len(widths) != len(folded.sublayers()) + 1 or not all(1 <= w <= hidden for w in widths):
-        raise PassError(f"SliceGPT got widths {list(widths)} for {len(folded.sublayers()) + 1} streams of width {hidden}.",
-                        "Give one width per stream, each from 1 to the model's hidden size.")
+        raise PassError(
+            f"SliceGPT got widths {list(widths)} for {len(folded.sublayers()) + 1} streams of width {hidden}.",
+            "Give one width per stream, each from 1 to the model's hidden size.",
+        )
     with torch.no_grad():
         return _rotate_and_slice(model, folded, calibration, list(widths), unit_tokens)
 
 
-def _rotate_and_slice(model: nn.Module, folded: Folded, calibration: Calibration, planned: list[int], unit: bool) -> SliceResult:
+def _rotate_and_slice(
+    model: nn.Module, folded: Folded, calibration: Calibration, planned: list[int], unit: bool
+) -> SliceResult:
     hidden = folded.hidden
     widths = iter(planned)
     sliced = [w for w in planned if w < hidden]
     dtype = folded.embeddings[0].weight.dtype
     mean_sliced = round(sum(sliced) / len(sliced)) if sliced else hidden
-    result = SliceResult(folded.family, hidden, mean_sliced, len(folded.layers), calibration.tokens, stream_widths=list(planned))
+    result = SliceResult(
+        folded.family, hidden, mean_sliced, len(folded.layers), calibration.tokens, stream_widths=list(planned)
+    )
     kept = next(widths)
     energies = [energy_kept(calibration.embed_values, kept)]
     q = calibration.embed_axes[:, :kept]

@@ -60,7 +60,7 @@ log = logging.getLogger("repfx_deploy.passes.slicegpt")
 CHOICE_STEPS = 12
 
 
-def calibration_batches(data: "Dataset", config: SliceGPTConfig) -> list[dict]:
+def calibration_batches(data: Dataset, config: SliceGPTConfig) -> list[dict]:
     """``{"input_ids": ...}`` batches from a data set of token ids (N x seq, or N x 1 x seq), at most
     ``calibration_samples`` sequences; ``RecipeError`` when the samples are not whole non-negative numbers."""
     import numpy as np
@@ -93,9 +93,9 @@ class SlicePrepared(Prepared[SliceGPTConfig]):
     """``folded_module``: a copy of the input with every norm folded (``adapters.fold``), ``folded`` its handle;
     ``calibration``: the batches and the first stream's PCA (``core.Calibration``); ``names``: the streams."""
 
-    folded_module: "nn.Module"
-    folded: "Folded"
-    calibration: "Calibration"
+    folded_module: nn.Module
+    folded: Folded
+    calibration: Calibration
     names: tuple[str, ...]
 
 
@@ -104,7 +104,7 @@ class SliceGPTPass(Pass[SliceGPTConfig]):
     kind = "slicegpt"
     config_type = SliceGPTConfig
 
-    def prepare(self, module: "nn.Module", config: SliceGPTConfig, context: PassContext) -> SlicePrepared:
+    def prepare(self, module: nn.Module, config: SliceGPTConfig, context: PassContext) -> SlicePrepared:
         """Once per model and config, on a copy of ``module``: fold every norm into the linears around it, read
         the calibration batches, run them to the first layer and take the PCA of that stream (the embedding's
         output). Every later stream's PCA runs on what the already sliced layers before it write, so it depends
@@ -122,7 +122,9 @@ class SliceGPTPass(Pass[SliceGPTConfig]):
         batches = calibration_batches(context.calibration, config)
         before = count(module, context)
         work = copy.deepcopy(module)
-        folded, calibration = calibrate(getattr(work, "hf_model", work), batches, unit_tokens=config.token_weighting == "unit")
+        folded, calibration = calibrate(
+            getattr(work, "hf_model", work), batches, unit_tokens=config.token_weighting == "unit"
+        )
         multiple = config.multiple(context.channel_multiple)
         defaults = planned_widths(config, folded, multiple)
         names = tuple(stream_names(len(folded.layers)))
@@ -130,7 +132,9 @@ class SliceGPTPass(Pass[SliceGPTConfig]):
             Site(name, "width_kept", width_choices(folded.hidden, multiple, width), width, unchanged=folded.hidden)
             for name, width in zip(names, defaults)
         )
-        return SlicePrepared(module, config, context, SearchSpace(self.kind, sites), before, work, folded, calibration, names)
+        return SlicePrepared(
+            module, config, context, SearchSpace(self.kind, sites), before, work, folded, calibration, names
+        )
 
     def apply_assignment(self, prepared: Prepared[SliceGPTConfig], assignment: Assignment) -> PassResult:
         """Rotate and slice a copy of the folded model to the assigned width of each stream, layer by layer."""
@@ -144,14 +148,17 @@ class SliceGPTPass(Pass[SliceGPTConfig]):
         # one deepcopy, so the handle's module references point into the new copy
         module, folded = copy.deepcopy((prepared.folded_module, prepared.folded))
         unit = prepared.config.token_weighting == "unit"
-        result = rotate_and_slice(getattr(module, "hf_model", module), folded, prepared.calibration, widths, unit_tokens=unit)
+        result = rotate_and_slice(
+            getattr(module, "hf_model", module), folded, prepared.calibration, widths, unit_tokens=unit
+        )
         module.train(prepared.module.training)
         params_before, params_after = param_count(prepared.module), param_count(module)
         if params_after > params_before:
             log.warning(
                 "slicegpt: the sliced model has more parameters (%d) than the original (%d): the embedding table and "
                 "head were tied and are now separate, and each residual connection gained a small matrix",
-                params_after, params_before,
+                params_after,
+                params_before,
             )
         extras: dict[str, Any] = {k: v for k, v in result.to_dict().items() if k != "seconds"}
         extras["energy_kept"] = {name: round(e, 5) for name, e in zip(prepared.names, result.energy_kept)}

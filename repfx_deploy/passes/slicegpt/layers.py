@@ -17,6 +17,9 @@ class _Body(nn.Module):
     """A sublayer body: knows the linears that read the (rotated) stream and the one that writes it. ``out_proj``
     (when the wrapped module does not apply its own output projection, as in BERT) is applied to its result."""
 
+    _in_linears: list[nn.Linear]
+    _out_linear: nn.Linear
+
     def __init__(self, in_linears: list[nn.Linear], out_linear: nn.Linear, *, separate_out: bool) -> None:
         super().__init__()
         self.out_proj = out_linear if separate_out else None
@@ -38,7 +41,15 @@ class _Body(nn.Module):
 class AttentionBody(_Body):
     """Calls a Hugging Face self-attention module on ``h``."""
 
-    def __init__(self, attention: nn.Module, in_linears: list[nn.Linear], out_linear: nn.Linear, *, keyword_input: bool, separate_out: bool) -> None:
+    def __init__(
+        self,
+        attention: nn.Module,
+        in_linears: list[nn.Linear],
+        out_linear: nn.Linear,
+        *,
+        keyword_input: bool,
+        separate_out: bool,
+    ) -> None:
         super().__init__(in_linears, out_linear, separate_out=separate_out)
         self.attention = attention
         self.keyword_input = keyword_input
@@ -57,7 +68,9 @@ class AttentionBody(_Body):
 class MLPBody(_Body):
     """``out_linear(inner(h))``, where ``inner`` holds the input linears and the activation."""
 
-    def __init__(self, inner: nn.Module, in_linears: list[nn.Linear], out_linear: nn.Linear, *, separate_out: bool) -> None:
+    def __init__(
+        self, inner: nn.Module, in_linears: list[nn.Linear], out_linear: nn.Linear, *, separate_out: bool
+    ) -> None:
         super().__init__(in_linears, out_linear, separate_out=separate_out)
         self.inner = inner
 
@@ -68,7 +81,9 @@ class MLPBody(_Body):
 class ResidualSublayer(nn.Module):
     """``post(shortcut(x) + body(pre(x)))``; ``shortcut`` None means the identity (before any rotation)."""
 
-    def __init__(self, body: nn.Module, pre: nn.Module | None, post: nn.Module | None, shortcut: nn.Linear | None) -> None:
+    body: _Body
+
+    def __init__(self, body: _Body, pre: nn.Module | None, post: nn.Module | None, shortcut: nn.Linear | None) -> None:
         super().__init__()
         self.body = body
         self.pre = pre if pre is not None else nn.Identity()
@@ -97,7 +112,9 @@ class SlicedLayer(nn.Module):
     def sublayers(self) -> tuple[ResidualSublayer, ResidualSublayer]:
         return self.attn, self.mlp
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs
+    ) -> torch.Tensor:
         # HF encoders pass (hidden, mask, encoder_hidden_states) positionally; decoders pass keywords.
         x = self.attn(hidden_states, attention_mask=attention_mask, **kwargs)
         x = self.mlp(x)

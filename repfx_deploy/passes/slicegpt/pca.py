@@ -7,7 +7,9 @@ from collections.abc import Iterable
 import torch
 
 
-def covariance(activations: Iterable[torch.Tensor], masks: Iterable[torch.Tensor], *, unit_tokens: bool = False) -> torch.Tensor:
+def covariance(
+    activations: Iterable[torch.Tensor], masks: Iterable[torch.Tensor], *, unit_tokens: bool = False
+) -> torch.Tensor:
     """``sum x x^T`` (float64, D x D) over every token whose mask is true. Not mean-centred, as in SliceGPT:
     the rotation must keep the stream's mean direction too, since the model reads it.
 

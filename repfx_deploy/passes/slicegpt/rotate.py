@@ -15,7 +15,7 @@ from repfx_deploy.passes.slicegpt.adapters import set_weight
 from repfx_deploy.passes.slicegpt.layers import ResidualSublayer
 
 
-def rotate_reader(module: nn.Module, q: torch.Tensor) -> None:
+def rotate_reader(module: nn.Linear | nn.Embedding, q: torch.Tensor) -> None:
     """A linear or embedding table that reads (linear) or writes rows into (embedding) a stream rotated by ``q``."""
     w = module.weight.detach().double()
     set_weight(module, w @ q)
@@ -28,7 +28,9 @@ def rotate_writer(linear: nn.Linear, q: torch.Tensor) -> None:
     set_weight(linear, q.T @ w, bias)
 
 
-def rotate_sublayer_inputs(sub: ResidualSublayer, q_in: torch.Tensor, smap: torch.Tensor | None, sbias: torch.Tensor | None, dtype: torch.dtype) -> None:
+def rotate_sublayer_inputs(
+    sub: ResidualSublayer, q_in: torch.Tensor, smap: torch.Tensor | None, sbias: torch.Tensor | None, dtype: torch.dtype
+) -> None:
     """Make ``sub`` read the stream rotated by ``q_in``; its output is left in the original basis, with the
     shortcut mapping the rotated input back (``Q_in^T S``, ``d_in x D``)."""
     for lin in sub.body.in_linears():
@@ -41,5 +43,6 @@ def rotate_sublayer_inputs(sub: ResidualSublayer, q_in: torch.Tensor, smap: torc
 
 def rotate_sublayer_outputs(sub: ResidualSublayer, q_out: torch.Tensor) -> None:
     """Make ``sub`` write the stream rotated by ``q_out`` (after ``rotate_sublayer_inputs``)."""
+    assert sub.shortcut is not None, "rotate_sublayer_inputs gives every sublayer a shortcut"
     rotate_writer(sub.body.out_linear(), q_out)
     rotate_writer(sub.shortcut, q_out)

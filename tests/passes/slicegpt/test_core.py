@@ -22,7 +22,9 @@ def _bert_hidden(model, ids, mask=None):
 
 
 @pytest.mark.parametrize("weighting", ["energy", "unit"])
-def test_llama_folded_and_rotated_gives_same_logits_when_nothing_is_sliced(tiny_llama, token_batches, probe_ids, weighting):
+def test_llama_folded_and_rotated_gives_same_logits_when_nothing_is_sliced(
+    tiny_llama, token_batches, probe_ids, weighting
+):
     before = _llama_logits(tiny_llama, probe_ids)
     result = slice_model(tiny_llama, token_batches, SliceGPTConfig(slicing=0.0, token_weighting=weighting))
     assert result.hidden_after == 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from protocol_checks import make_context
 
 from repfx_deploy.data.datasets import Dataset
 from repfx_deploy.errors import PassError, RecipeError
@@ -13,13 +14,14 @@ from repfx_deploy.passes.registry import parse_pass
 from repfx_deploy.passes.slicegpt.config import SliceGPTConfig
 from repfx_deploy.passes.slicegpt.handler import calibration_batches
 from repfx_deploy.spec import InputSpec
-from protocol_checks import make_context
 
 SPECS = (InputSpec("input_ids", (1, 16), "int64"),)
 
 
 def _token_data(n=12, seed=0):
-    return Dataset(x=np.random.default_rng(seed).integers(0, 100, (n, 16)).astype(np.int64), y=None, source="tokens.npz")
+    return Dataset(
+        x=np.random.default_rng(seed).integers(0, 100, (n, 16)).astype(np.int64), y=None, source="tokens.npz"
+    )
 
 
 def _slicegpt(**keys):
@@ -55,7 +57,9 @@ def test_parse_pass_shows_the_recover_form_for_old_fine_tuning_keys():
 
 
 def test_calibration_batches_refuses_images_and_caps_the_sample_count():
-    images = Dataset(x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32), y=None, source="imgs.npz")
+    images = Dataset(
+        x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32), y=None, source="imgs.npz"
+    )
     with pytest.raises(RecipeError, match="token ids"):
         calibration_batches(images, SliceGPTConfig(slicing=0.25))
     batches = calibration_batches(_token_data(12), SliceGPTConfig(slicing=0.25, calibration_samples=10, batch_size=4))
@@ -72,14 +76,22 @@ def test_pass_slices_the_wrapped_model_and_reports_dims_macs_and_params(tiny_lla
     assert (extras["hidden_before"], extras["hidden_after"], extras["head_width"]) == (64, 48, 64)
     assert result.macs_after < result.macs_before
     assert extras["calibration_tokens"] == 12 * 16
-    assert result.decisions == {"embed": 48, "layers.0.attn": 48, "layers.0.mlp": 48, "layers.1.attn": 48, "layers.1.mlp": 64}
+    assert result.decisions == {
+        "embed": 48,
+        "layers.0.attn": 48,
+        "layers.0.mlp": 48,
+        "layers.1.attn": 48,
+        "layers.1.mlp": 64,
+    }
     assert set(extras["energy_kept"]) == set(result.decisions) and 0 < extras["energy_kept"]["embed"] < 1
     assert result.module(torch.zeros(SPECS[0].shape, dtype=torch.long)).shape == (1, 16, 100)
     assert module.hf_model.model.embed_tokens.weight.shape == (100, 64)  # the input is left as it was
 
 
 def test_pass_takes_the_hugging_face_model_itself(tiny_bert):
-    result = registry.apply(tiny_bert, _slicegpt(slicing=0.25, batch_size=4), make_context(SPECS, calibration=_token_data()))
+    result = registry.apply(
+        tiny_bert, _slicegpt(slicing=0.25, batch_size=4), make_context(SPECS, calibration=_token_data())
+    )
     assert result.module.embeddings.word_embeddings.weight.shape == (100, 48)
     assert tiny_bert.embeddings.word_embeddings.weight.shape == (100, 64)
 
@@ -101,4 +113,8 @@ def test_pass_refuses_widths_that_do_not_fit_the_model_with_a_fix(tiny_llama):
     from repfx_deploy.ingest.hf import wrap_hf_model
 
     with pytest.raises(PassError, match="one width per stream"):
-        registry.apply(wrap_hf_model(tiny_llama, "causal-lm"), _slicegpt(widths=[64, 48, 48]), make_context(SPECS, calibration=_token_data()))
+        registry.apply(
+            wrap_hf_model(tiny_llama, "causal-lm"),
+            _slicegpt(widths=[64, 48, 48]),
+            make_context(SPECS, calibration=_token_data()),
+        )

@@ -8,7 +8,7 @@ import torch
 from protocol_checks import check_protocol, make_context
 
 from repfx_deploy.data.datasets import Dataset
-from repfx_deploy.passes.registry import pass_for, parse_pass
+from repfx_deploy.passes.registry import parse_pass, pass_for
 from repfx_deploy.spec import InputSpec
 from repfx_deploy.targets import load_profile_file
 
@@ -17,7 +17,9 @@ STREAMS = ["embed", "layers.0.attn", "layers.0.mlp", "layers.1.attn", "layers.1.
 
 
 def _token_data(n=12, seed=0):
-    return Dataset(x=np.random.default_rng(seed).integers(0, 100, (n, 16)).astype(np.int64), y=None, source="tokens.npz")
+    return Dataset(
+        x=np.random.default_rng(seed).integers(0, 100, (n, 16)).astype(np.int64), y=None, source="tokens.npz"
+    )
 
 
 def _wrapped(request, fixture):
@@ -33,30 +35,37 @@ def _slicegpt(**keys):
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_bert"])
 def test_slicegpt_keeps_every_protocol_contract(request, fixture, probe_ids):
     module = _wrapped(request, fixture)
-    default, moved = check_protocol(module, _slicegpt(slicing=0.25), make_context(SPECS, calibration=_token_data()), (probe_ids,))
+    default, moved = check_protocol(
+        module, _slicegpt(slicing=0.25), make_context(SPECS, calibration=_token_data()), (probe_ids,)
+    )
     assert default.decisions == dict.fromkeys(STREAMS, 48)
     assert moved.decisions == dict.fromkeys(STREAMS, 16) and moved.macs_after < default.macs_after
 
 
 def test_space_defaults_follow_the_ramp_and_kept_end_layers(request):
     config = _slicegpt(slicing=0.25, schedule="ramp", ramp=0.5, keep_first_layers=1)
-    space = pass_for(config).space(_wrapped(request, "tiny_llama"), config, make_context(SPECS, calibration=_token_data()))
+    space = pass_for(config).space(
+        _wrapped(request, "tiny_llama"), config, make_context(SPECS, calibration=_token_data())
+    )
     # layer 0 reads and writes only full streams; the two sliced streams ramp from slicing 0 to 0.5
     assert [space.defaults()[s] for s in STREAMS] == [64, 64, 64, 64, 32]
 
 
 def test_space_has_one_width_site_per_stream_with_multiples_of_the_target(request):
-    space = pass_for(_slicegpt(slicing=0.25)).space(_wrapped(request, "tiny_llama"), _slicegpt(slicing=0.25),
-                                                     make_context(SPECS, calibration=_token_data()))
+    space = pass_for(_slicegpt(slicing=0.25)).space(
+        _wrapped(request, "tiny_llama"), _slicegpt(slicing=0.25), make_context(SPECS, calibration=_token_data())
+    )
     assert [s.name for s in space.sites] == STREAMS
     for site in space.sites:  # host: channel_multiple 16, hidden 64; a quarter of it is the floor
         assert (site.knob, site.choices, site.default, site.unchanged) == ("width_kept", (16, 32, 48, 64), 48, 64)
-    assert space.size == 4 ** 5
+    assert space.size == 4**5
 
 
 def test_space_includes_the_configs_own_widths_when_off_the_multiple(request):
     config = _slicegpt(widths=[64, 56, 48, 40, 8])
-    space = pass_for(config).space(_wrapped(request, "tiny_llama"), config, make_context(SPECS, calibration=_token_data()))
+    space = pass_for(config).space(
+        _wrapped(request, "tiny_llama"), config, make_context(SPECS, calibration=_token_data())
+    )
     assert space.defaults() == dict(zip(STREAMS, [64, 56, 48, 40, 8]))
     assert space.site("layers.0.attn").choices == (16, 32, 48, 56, 64)
     assert space.site("layers.1.mlp").choices == (8, 16, 32, 48, 64)
@@ -97,6 +106,11 @@ def test_default_assignment_gives_what_slice_model_gives_with_the_same_multiple(
     config = _slicegpt(slicing=0.25)
     result = pass_for(config).apply(module, config, make_context(SPECS, calibration=_token_data()))
     direct = copy.deepcopy(module)
-    slice_model(direct.hf_model, calibration_batches(_token_data(), config), SliceGPTConfig(slicing=0.25, batch_size=4), multiple=16)
+    slice_model(
+        direct.hf_model,
+        calibration_batches(_token_data(), config),
+        SliceGPTConfig(slicing=0.25, batch_size=4),
+        multiple=16,
+    )
     with torch.no_grad():
         assert torch.equal(result.module(probe_ids), direct(probe_ids))
