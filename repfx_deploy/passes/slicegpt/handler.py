@@ -108,8 +108,11 @@ class SliceGPTPass(Pass[SliceGPTConfig]):
         """Once per model and config, on a copy of ``module``: fold every norm into the linears around it, read
         the calibration batches, run them to the first layer and take the PCA of that stream (the embedding's
         output). Every later stream's PCA runs on what the already sliced layers before it write, so it depends
-        on the widths before it: ``apply_assignment`` computes those (on the tiny test Llama, prepare takes about
-        a fifth of a default run; on a deep model the layer-by-layer PCAs are nearly all of it)."""
+        on the widths before it, and caching it would change the result: ``apply_assignment`` keeps the exact
+        algorithm and computes those. Measured on the tests' tiny Llama (2 layers, hidden 64, 12 x 16 calibration
+        tokens, 1 thread, busy 2-core host, best of 7): prepare 0.12 s, apply_assignment 0.19 s, each including
+        0.09 s of MAC counting. The layer-by-layer part grows with depth and calibration tokens, so on a deep
+        model nearly all of the time stays in apply_assignment."""
         from repfx_deploy.passes.slicegpt.adapters import find_family
         from repfx_deploy.passes.slicegpt.core import calibrate, planned_widths
 
