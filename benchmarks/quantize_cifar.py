@@ -115,11 +115,13 @@ def main() -> None:
     from repfx_deploy.lower.onnx_export import export_onnx
     from repfx_deploy.measure.environment import environment
     from repfx_deploy.measure.runtimes import default_threads
+    from repfx_deploy.passes.protocol import PassContext
     from repfx_deploy.passes.quantize.config import QuantizeConfig
-    from repfx_deploy.passes.quantize.handler import quantize_module
     from repfx_deploy.passes.quantize.inspect_ort import ort_kernels
+    from repfx_deploy.passes.registry import apply
     from repfx_deploy.pipeline.evaluate import Deployable
     from repfx_deploy.spec import InputSpec
+    from repfx_deploy.targets import get_profile
 
     zoo = load_zoo()
     thread_counts = [int(t) or default_threads() for t in args.threads.split(",")]
@@ -148,16 +150,18 @@ def main() -> None:
             paths["ort_qs"] = work / "ort_qs.onnx"
             for method in args.methods.split(","):
                 t0 = time.perf_counter()
-                q, stats = quantize_module(model, specs, calib, QuantizeConfig(calibration_method=method))
+                context = PassContext(specs, get_profile("host"), calibration=calib, artifact_checks=True)
+                q = apply(model, QuantizeConfig(calibration_method=method), context).module
                 row[f"ours_{method}_quantize_s"] = round(time.perf_counter() - t0, 1)
                 paths[f"ours_{method}"] = export_onnx(q, specs, work / f"ours_{method}.onnx").path
             if args.qat_steps > 0:
                 config = QuantizeConfig(mode="qat", calibration_method="mse", finetune_steps=args.qat_steps,
                                         finetune_batch_size=args.qat_batch, progress=False)
                 t0 = time.perf_counter()
-                q, stats = quantize_module(model, specs, calib, config, train=train)
+                result = apply(model, config, PassContext(specs, get_profile("host"), calibration=calib, train=train, artifact_checks=True))
+                q = result.module
                 row["qat_s"] = round(time.perf_counter() - t0, 1)
-                row["qat_record"] = stats["qat"]
+                row["qat_record"] = result.extras["qat"]
                 paths["qat"] = export_onnx(q, specs, work / "qat.onnx").path
             for key, path in paths.items():
                 row[f"{key}_size_bytes"] = path.stat().st_size

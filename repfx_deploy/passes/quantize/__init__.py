@@ -1,2 +1,2 @@
 """int8 quantization: PTQ (calibrated), LSQ QAT and mixed precision, exported as QDQ ONNX that ONNX Runtime runs
-in int8. The recipe handler is ``handler.handler`` (kind ``"quantize"``); see README "Quantization"."""
+in int8. The pass is ``handler.QuantizePass`` (kind ``"quantize"``, config ``config.QuantizeConfig``); see docs, quantize."""

@@ -58,9 +58,11 @@ class ProbeSums:
 
     def add(self, x: torch.Tensor) -> None:
         dim = 1 if x.dim() == 4 else x.dim() - 1
-        flat = x.transpose(dim, -1).reshape(-1, x.shape[dim]).double()
-        self.total = flat.sum(0) if self.total is None else self.total + flat.sum(0)
-        self.count += flat.shape[0]
+        others = tuple(d for d in range(x.dim()) if d != dim)
+        # summed in float64 in place of a transposed float64 copy: the same sums, a few times faster
+        total = x.sum(dim=others, dtype=torch.float64) if others else x.double()
+        self.total = total if self.total is None else self.total + total
+        self.count += x.numel() // x.shape[dim]
 
     @property
     def mean(self) -> torch.Tensor:
@@ -73,9 +75,12 @@ class ActQuant(nn.Module):
 
     qmin, qmax = 0, 255
 
-    def __init__(self, *, relu: bool = False, method: str = "mse", percentile: float = 99.99, source: "ActQuant | None" = None) -> None:
+    def __init__(self, *, relu: bool = False, method: str = "mse", percentile: float = 99.99, source: ActQuant | None = None,
+                 key: str | None = None) -> None:
         super().__init__()
         self.relu = relu
+        # the captured graph's node whose value this quantizer observes (see graph.observed_nodes)
+        self.key = key
         # a mirror re-quantizes values already on ``source``'s grid (after a reshape, slice, ...) with its qparams;
         # kept out of the module tree so its parameters are not registered twice
         object.__setattr__(self, "source", source)
@@ -111,15 +116,17 @@ class ActQuant(nn.Module):
             x, self.scale.view(1), self.zero_point.view(1), self.qmin, self.qmax, factor
         )
 
-    def calibrate(self) -> None:
-        """Set scale and zero point from what the observer saw, by ``method`` (a mirror copies its source's)."""
+    def calibrate(self, qparams: tuple[float, int] | None = None) -> None:
+        """Set scale and zero point: ``qparams`` when given (measured once for the value this quantizer sees),
+        else from what its own observer saw, by ``method``; a mirror copies its source's."""
         if self.source is not None:
             self.scale.data.copy_(self.source.scale.data)
             self.zero_point.copy_(self.source.zero_point)
             return
-        scale, zp = activation_qparams(self.observer, self.method, self.percentile, relu=self.relu, qmax=self.qmax)
-        self.scale.data.fill_(scale)
-        self.zero_point.fill_(zp)
+        if qparams is None:
+            qparams = activation_qparams(self.observer, self.method, self.percentile, relu=self.relu, qmax=self.qmax)
+        self.scale.data.fill_(qparams[0])
+        self.zero_point.fill_(qparams[1])
 
     def freeze(self) -> None:
         if self.source is not None:
@@ -137,13 +144,15 @@ class ActQuant(nn.Module):
 class WeightQuant(nn.Module):
     """Owns one layer's weight (output channels first) and returns it per-channel fake-quantized."""
 
-    def __init__(self, weight: torch.Tensor, *, bits: int = 8, method: str = "mse") -> None:
+    def __init__(self, weight: torch.Tensor, *, bits: int = 8, method: str = "mse", scale: torch.Tensor | None = None) -> None:
+        """``scale``: the per-channel scales ``weight_scales(weight, bits, method)`` gives, when already known."""
         super().__init__()
         self.bits = bits
         # symmetric, zero point 0; int4 uses [-8, 7] inside the int8 container
         self.qmin, self.qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-        self.scale = nn.Parameter(weight_scales(self.weight.data, bits, method), requires_grad=False)
+        scale = weight_scales(self.weight.data, bits, method) if scale is None else scale.detach().clone()
+        self.scale = nn.Parameter(scale, requires_grad=False)
         self.register_buffer("weight_int", torch.zeros(weight.shape, dtype=torch.int8))
         self.register_buffer("zero_point", torch.zeros(weight.shape[0], dtype=torch.int64))
         self.state: State = "learn"

@@ -25,7 +25,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from repfx_deploy.passes.quantize.fakequant import ActQuant, WeightQuant
-from repfx_deploy.passes.quantize.fold import equalize, fold_batchnorm
+from repfx_deploy.passes.quantize.fold import equalize, fetch, fold_batchnorm
 
 aten = torch.ops.aten
 LAYER_OPS = {aten.conv2d.default: "conv", aten.conv1d.default: "conv", aten.linear.default: "linear"}
@@ -52,6 +52,7 @@ class LayerInfo:
     out_channels: int
     out_quant: str | None = None  # the quantizer on the layer's output (its input is the layer's output)
     bias: str | None = None  # the bias tensor's attribute path, for bias correction
+    node: str = ""  # the layer op's node name in the captured graph (keys its cached float output mean)
 
 
 class QuantizedModel(nn.Module):
@@ -67,7 +68,7 @@ class QuantizedModel(nn.Module):
     def forward(self, *args):
         return self.net(*args)
 
-    def train(self, mode: bool = True) -> "QuantizedModel":
+    def train(self, mode: bool = True) -> QuantizedModel:
         self.training = mode
         return self
 
@@ -101,6 +102,72 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...], *, dynamic_batc
     return torch.export.export(model, example, dynamic_shapes=shapes).module()
 
 
+def prepare_graph(gm: fx.GraphModule, *, cle: bool) -> int:
+    """The rewrites that come before quantizers, in place: fold BatchNorm, then (``cle``) equalize; returns the
+    BatchNorms folded. Float-exact up to rounding, and independent of any layer's bits."""
+    folded = fold_batchnorm(gm)
+    if cle:
+        equalize(gm)
+        gm.recompile()
+    return folded
+
+
+def _weight_node(node: fx.Node) -> fx.Node | None:
+    """The ``get_attr`` weight of a quantizable layer node, or None (not a layer, or a computed weight)."""
+    if node.op != "call_function" or node.target not in LAYER_OPS:
+        return None
+    w_node = node.args[1]
+    return w_node if isinstance(w_node, fx.Node) and w_node.op == "get_attr" else None
+
+
+def _is_residual_add(node: fx.Node) -> bool:
+    if node.op != "call_function" or node.target not in ADD_OPS or len(node.args) != 2:
+        return False
+    # broadcasting a parameter (e.g. position embeddings) is not a residual add
+    return all(isinstance(v, fx.Node) and v.op != "get_attr" and _same_shape(v, node) for v in node.args)
+
+
+def layer_weights(gm: fx.GraphModule) -> list[tuple[str, str, torch.Tensor]]:
+    """(layer name, weight attribute path, weight) of every quantizable layer, in graph order (a weight shared by
+    two layers appears once per layer)."""
+    out = []
+    for node in gm.graph.nodes:
+        w_node = _weight_node(node)
+        if w_node is not None:
+            out.append((_layer_name(w_node.target), w_node.target, _fetch_weight(gm, w_node.target)))
+    return out
+
+
+def layer_nodes(gm: fx.GraphModule) -> list[str]:
+    """Names of the quantizable layers' op nodes (each layer's output is what bias correction measures)."""
+    return [node.name for node in gm.graph.nodes if _weight_node(node) is not None]
+
+
+def observed_nodes(gm: fx.GraphModule, *, quantize_add: bool) -> list[str]:
+    """Names of the nodes of ``gm`` (folded, no quantizers yet) whose values some activation quantizer observes,
+    whatever bits each layer gets: every quantized layer's or add's input and output, and the ReLU folded into an
+    output quantizer (it observes the ReLU's value). ``quantize_graph`` keys each quantizer by one of these."""
+    keys: dict[str, None] = {}
+
+    def tensor(v: object) -> bool:
+        val = _val(v) if isinstance(v, fx.Node) else None
+        return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+    for node in gm.graph.nodes:
+        if _weight_node(node) is not None:
+            inputs = node.args[:1]
+        elif quantize_add and _is_residual_add(node):
+            inputs = node.args[:2]
+        else:
+            continue
+        users = list(node.users)
+        relu = users[0] if len(users) == 1 and users[0].op == "call_function" and users[0].target in RELU_OPS else None
+        for v in (*inputs, node, relu):
+            if isinstance(v, fx.Node) and tensor(v):
+                keys[v.name] = None
+    return list(keys)
+
+
 def quantize_graph(
     gm: fx.GraphModule,
     *,
@@ -110,20 +177,22 @@ def quantize_graph(
     percentile: float,
     weight_method: str,
     quantize_add: bool,
-    cle: bool,
+    scales: Mapping[tuple[str, int], torch.Tensor] | None = None,
 ) -> tuple[LayerInfo, ...]:
-    """Fold BatchNorm, optionally equalize, and insert quantizers into ``gm`` in place; returns the layers found."""
-    fold_batchnorm(gm)
-    if cle:
-        equalize(gm)
+    """Insert quantizers into ``gm`` (already through ``prepare_graph``) in place; returns the layers found.
+
+    A layer takes ``layer_bits[name]``, else ``weight_bits``; ``scales`` (``(name, bits)`` -> per-channel weight
+    scales) saves recomputing them. Every activation quantizer gets ``key``: the name of the node whose value it
+    observes (see ``observed_nodes``), so calibrated ranges can come from statistics measured once.
+    """
     graph = gm.graph
     counter = {"a": 0, "w": 0}
     quantized_of: dict[fx.Node, fx.Node] = {}
 
-    def add_aq(after: fx.Node, *, relu: bool = False, source: ActQuant | None = None) -> fx.Node:
+    def add_aq(after: fx.Node, *, relu: bool = False, source: ActQuant | None = None, key: str | None = None) -> fx.Node:
         name = f"act_quant_{counter['a']}"
         counter["a"] += 1
-        gm.add_submodule(name, ActQuant(relu=relu, method=method, percentile=percentile, source=source))
+        gm.add_submodule(name, ActQuant(relu=relu, method=method, percentile=percentile, source=source, key=key or after.name))
         with graph.inserting_after(after):
             return graph.call_module(name, (after,))
 
@@ -152,7 +221,7 @@ def quantize_graph(
             return None
         if len(users) == 1 and users[0].op == "call_function" and users[0].target in RELU_OPS:
             relu = users[0]
-            q = add_aq(node, relu=True)
+            q = add_aq(node, relu=True, key=relu.name)  # it computes, and so observes, the ReLU's value
             relu.replace_all_uses_with(q)
             graph.erase_node(relu)
         else:
@@ -163,20 +232,19 @@ def quantize_graph(
 
     layers: list[LayerInfo] = []
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in LAYER_OPS:
-            continue
-        w_node = node.args[1]
-        if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr"):
-            continue  # a computed weight: left in float
+        w_node = _weight_node(node)
+        if w_node is None:
+            continue  # not a layer, or a computed weight: left in float
         name = _layer_name(w_node.target)
         bits = layer_bits.get(name, weight_bits)
-        weight = gm.get_parameter(w_node.target) if _is_param(gm, w_node.target) else getattr(gm, w_node.target)
+        weight = _fetch_weight(gm, w_node.target)
         if bits == "float":
-            layers.append(LayerInfo(name, LAYER_OPS[node.target], "float", None, weight.numel(), weight.shape[0]))
+            layers.append(LayerInfo(name, LAYER_OPS[node.target], "float", None, weight.numel(), weight.shape[0], node=node.name))
             continue
         wq_name = f"weight_quant_{counter['w']}"
         counter["w"] += 1
-        gm.add_submodule(wq_name, WeightQuant(weight.detach(), bits=int(bits), method=weight_method))
+        scale = scales.get((name, int(bits))) if scales is not None else None
+        gm.add_submodule(wq_name, WeightQuant(weight.detach(), bits=int(bits), method=weight_method, scale=scale))
         with graph.inserting_before(node):
             wq_node = graph.call_module(wq_name, ())
         node.replace_input_with(w_node, wq_node)
@@ -188,16 +256,15 @@ def quantize_graph(
         out_quant = quantize_output(node)
         bias = node.args[2] if len(node.args) > 2 and isinstance(node.args[2], fx.Node) and node.args[2].op == "get_attr" else None
         layers.append(LayerInfo(
-            name, LAYER_OPS[node.target], int(bits), wq_name, weight.numel(), weight.shape[0], out_quant, bias.target if bias else None
+            name, LAYER_OPS[node.target], int(bits), wq_name, weight.numel(), weight.shape[0], out_quant,
+            bias.target if bias else None, node=node.name,
         ))
 
     if quantize_add:
         for node in list(graph.nodes):
-            if node.op != "call_function" or node.target not in ADD_OPS or len(node.args) != 2:
+            if not _is_residual_add(node):
                 continue
             a, b = node.args
-            if not all(isinstance(v, fx.Node) and v.op != "get_attr" and _same_shape(v, node) for v in (a, b)):
-                continue  # broadcasting a parameter (e.g. position embeddings) is not a residual add
             if aq_source(a) is None and aq_source(b) is None:
                 continue
             for v in (a, b):
@@ -207,6 +274,10 @@ def quantize_graph(
     graph.lint()
     gm.recompile()
     return tuple(layers)
+
+
+def _fetch_weight(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    return gm.get_parameter(target) if _is_param(gm, target) else fetch(gm, target)
 
 
 def _val(node: fx.Node):

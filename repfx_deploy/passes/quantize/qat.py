@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from repfx_deploy.data.datasets import Dataset
 
 
-def qat_finetune(work: QuantizedModel, teacher: nn.Module, data: "Dataset", config: QuantizeConfig, *, batch: int) -> dict:
+def qat_finetune(work: QuantizedModel, teacher: nn.Module, data: Dataset, config: QuantizeConfig, *, batch: int) -> dict:
     """Fine-tune ``work`` (calibrated) in place; ``batch`` is the batch its graph takes. Returns the run's record."""
     from repfx_deploy.passes.recovery import FinetuneConfig, distill
 

@@ -67,3 +67,17 @@ def specs() -> tuple[InputSpec, ...]:
 def calib() -> Dataset:
     rng = np.random.default_rng(0)
     return Dataset(x=rng.standard_normal((64, 3, 12, 12)).astype(np.float32), y=rng.integers(0, 5, 64), source="random")
+
+
+@pytest.fixture(scope="session")
+def run_quantize():
+    """``run_quantize(model, specs, calib, config, train=None, artifact_checks=True)``: the quantize pass's
+    ``PassResult``, as a recipe would run it (prepare, then the default assignment)."""
+    from protocol_checks import make_context
+
+    from repfx_deploy.passes.registry import apply
+
+    def run(model, specs, calib, config, *, train=None, artifact_checks=True):
+        return apply(model, config, make_context(specs, calibration=calib, train=train, artifact_checks=artifact_checks))
+
+    return run

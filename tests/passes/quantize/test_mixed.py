@@ -1,6 +1,5 @@
 from repfx_deploy.passes.quantize.config import QuantizeConfig
 from repfx_deploy.passes.quantize.graph import LayerInfo
-from repfx_deploy.passes.quantize.handler import quantize_module
 from repfx_deploy.passes.quantize.mixed import Sensitivity, choose, layer_bytes
 
 
@@ -28,9 +27,18 @@ def test_choose_leaves_layers_fixed_by_layer_bits():
     assert choose(layers, sens, 1600, {"a": 8}) == {"a": 8, "b": 4}  # b is the sensitive one, but a is pinned
 
 
-def test_size_budget_picks_bits_per_layer_and_stays_within_budget(residual_net, specs, calib):
+def test_size_budget_picks_bits_per_layer_and_stays_within_budget(run_quantize, residual_net, specs, calib):
     int8 = 16 * 3 * 9 + 2 * 16 * 16 * 9 + 16 * 5 + 4 * (16 * 3 + 5)  # all-int8 packed bytes of the residual net
-    q, stats = quantize_module(residual_net, specs, calib, QuantizeConfig(size_budget_bytes=int8 - 1000, calibration_method="minmax"))
+    result = run_quantize(residual_net, specs, calib, QuantizeConfig(size_budget_bytes=int8 - 1000, calibration_method="minmax"))
+    stats = result.extras
     assert stats["weights_bytes_packed_estimate"] <= int8 - 1000
-    assert 4 in {layer.bits for layer in q.layers}
+    assert 4 in {layer.bits for layer in result.module.layers}
     assert len(stats["mixed_precision"]["sensitivity"]) == 4
+    assert result.decisions == {layer.name: layer.bits for layer in result.module.layers}
+
+
+def test_size_budget_leaves_layers_pinned_to_float_out_of_the_sensitivity_record(run_quantize, residual_net, specs, calib):
+    config = QuantizeConfig(size_budget_bytes=10**6, calibration_method="minmax", layer_bits=(("fc", "float"),))
+    result = run_quantize(residual_net, specs, calib, config)
+    assert [s["layer"] for s in result.extras["mixed_precision"]["sensitivity"]] == ["stem", "conv1", "conv2"]
+    assert result.decisions["fc"] == "float"

@@ -7,15 +7,13 @@ from repfx_deploy.lower.onnx_export import export_onnx
 from repfx_deploy.measure.runtimes import OrtRunner
 from repfx_deploy.passes.quantize.config import QuantizeConfig
 from repfx_deploy.passes.quantize.inspect_ort import ort_kernels
-from repfx_deploy.passes.quantize.ptq import quantize_ptq
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory, residual_factory, specs, calib):
+def quantized(tmp_path_factory, residual_factory, specs, calib, run_quantize):
     """The residual net quantized once (module scope: the ORT and TVM tests share the export)."""
     model = residual_factory()
-    prepared, _ = quantize_ptq(model, specs, calib, QuantizeConfig(calibration_method="mse"))
-    q = prepared.deployable()
+    q = run_quantize(model, specs, calib, QuantizeConfig(calibration_method="mse")).module
     path = export_onnx(q, specs, tmp_path_factory.mktemp("q") / "q.onnx").path
     return model, q, path, calib
 
@@ -72,10 +70,9 @@ def test_tvm_compiles_qdq_model_and_agrees_with_ort(quantized, tmp_path):
         np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max() + 1e-3)
 
 
-def test_layer_bits_override_keeps_layer_float_and_sets_int4(residual_net, specs, calib):
+def test_layer_bits_override_keeps_layer_float_and_sets_int4(run_quantize, residual_net, specs, calib):
     config = QuantizeConfig(layer_bits=(("fc", "float"), ("conv1", 4)))
-    prepared, _ = quantize_ptq(residual_net, specs, calib, config)
-    q = prepared.deployable()
+    q = run_quantize(residual_net, specs, calib, config).module
     bits = {layer.name: layer.bits for layer in q.layers}
     assert bits == {"stem": 8, "conv1": 4, "conv2": 8, "fc": "float"}
     wq = {layer.name: q.weight_quants()[layer.weight_quant] for layer in q.layers if layer.weight_quant}
@@ -83,24 +80,24 @@ def test_layer_bits_override_keeps_layer_float_and_sets_int4(residual_net, specs
     assert int(wq["conv2"].weight_int.abs().max()) > 8
 
 
-def test_layer_bits_with_unknown_layer_is_a_recipe_error(residual_net, specs, calib):
+def test_layer_bits_with_unknown_layer_is_a_recipe_error(run_quantize, residual_net, specs, calib):
     from repfx_deploy.errors import RecipeError
 
     with pytest.raises(RecipeError, match="conv9"):
-        quantize_ptq(residual_net, specs, calib, QuantizeConfig(layer_bits=(("conv9", 4),)))
+        run_quantize(residual_net, specs, calib, QuantizeConfig(layer_bits=(("conv9", 4),)))
 
 
-def test_bias_correction_removes_the_mean_shift_of_layer_outputs(residual_net, specs, calib):
+def test_bias_correction_removes_the_mean_shift_of_layer_outputs(run_quantize, residual_net, specs, calib):
     import dataclasses
 
     config = QuantizeConfig(calibration_method="minmax", layer_bits=(("conv1", 4), ("conv2", 4), ("stem", 4)), bias_correction=False)
     inputs = [torch.from_numpy(calib.x[i : i + 32]) for i in (0, 32)]
-    plain = quantize_ptq(residual_net, specs, calib, config)[0].work
-    corrected, stats = quantize_ptq(residual_net, specs, calib, dataclasses.replace(config, bias_correction=True))
-    assert stats["bias_corrected_layers"] == 3  # stem, conv1, conv2 (fc's output is the graph output: not quantized)
+    plain = run_quantize(residual_net, specs, calib, config).module
+    corrected = run_quantize(residual_net, specs, calib, dataclasses.replace(config, bias_correction=True))
+    assert corrected.extras["bias_corrected_layers"] == 3  # stem, conv1, conv2 (fc's output is the graph output: not quantized)
     reference = _layer_means(plain, inputs, "float")  # the float model, before any correction
     shift = lambda means: sum(float((means[k] - reference[k]).abs().mean()) for k in reference)  # noqa: E731
-    assert shift(_layer_means(corrected.work, inputs, "frozen")) < 0.5 * shift(_layer_means(plain, inputs, "frozen"))
+    assert shift(_layer_means(corrected.module, inputs, "frozen")) < 0.5 * shift(_layer_means(plain, inputs, "frozen"))
 
 
 def _layer_means(model, inputs, state):

@@ -3,21 +3,33 @@ import dataclasses
 import torch
 
 from repfx_deploy.passes.quantize.config import QuantizeConfig
-from repfx_deploy.passes.quantize.handler import quantize_module
 
 
-def test_qat_runs_steps_learns_scales_and_resumes_from_checkpoint(residual_net, specs, calib, tmp_path):
+def test_qat_runs_steps_learns_scales_and_resumes_from_checkpoint(run_quantize, residual_net, specs, calib, tmp_path):
     ckpt = tmp_path / "qat.ckpt"
     config = QuantizeConfig(mode="qat", finetune_steps=3, finetune_batch_size=16, checkpoint=ckpt, calibration_method="minmax")
-    ptq, _ = quantize_module(residual_net, specs, calib, dataclasses.replace(config, mode="ptq"))
-    qat, stats = quantize_module(residual_net, specs, calib, config)
+    ptq_config = dataclasses.replace(config, mode="ptq", finetune_steps=0, finetune_batch_size=64, checkpoint=None)
+    ptq = run_quantize(residual_net, specs, calib, ptq_config).module
+    qat_result = run_quantize(residual_net, specs, calib, config)
+    qat, stats = qat_result.module, qat_result.extras
     assert stats["qat"]["steps"] == 3 and stats["qat"]["resumed_from_step"] == 0 and ckpt.exists()
     scales = lambda m: torch.stack([a.scale.detach() for a in m.act_quants().values()])  # noqa: E731
     assert not torch.equal(scales(ptq), scales(qat))  # LSQ moved the calibrated step sizes
     # the same run again resumes from the checkpoint (at its end: no step is redone) and lands on the same scales
-    again, resumed = quantize_module(residual_net, specs, calib, config)
-    assert resumed["qat"]["resumed_from_step"] == 3 and resumed["qat"]["steps"] == 3
-    assert torch.equal(scales(again), scales(qat))
+    again = run_quantize(residual_net, specs, calib, config)
+    assert again.extras["qat"]["resumed_from_step"] == 3 and again.extras["qat"]["steps"] == 3
+    assert torch.equal(scales(again.module), scales(qat))
+
+
+def test_qat_keys_in_a_ptq_pass_are_refused_pointing_at_qat_and_recover():
+    import pytest
+
+    from repfx_deploy.errors import RecipeError
+    from repfx_deploy.passes.registry import parse_pass
+
+    with pytest.raises(RecipeError) as info:
+        parse_pass({"kind": "quantize", "mode": "ptq", "finetune_steps": 10}, 2)
+    assert "passes[2]" in str(info.value) and 'mode = "qat"' in str(info.value) and "recover" in str(info.value)
 
 
 def test_fused_lsq_kernel_matches_the_reference_lsq_gradients():

@@ -8,7 +8,6 @@ from repfx_deploy.data.datasets import Dataset
 from repfx_deploy.lower.onnx_export import export_onnx
 from repfx_deploy.measure.runtimes import OrtRunner
 from repfx_deploy.passes.quantize.config import QuantizeConfig
-from repfx_deploy.passes.quantize.handler import quantize_module
 from repfx_deploy.passes.quantize.inspect_ort import ort_kernels
 from repfx_deploy.spec import InputSpec
 
@@ -28,11 +27,11 @@ def _images(zoo, split: str, count: int, seed: int) -> np.ndarray:
     return zoo.normalize_cifar_resnet(pixels).numpy()
 
 
-def test_resnet20_ptq_on_64_images_keeps_top1_agreement_on_ort_int8(zoo, tmp_path):
+def test_resnet20_ptq_on_64_images_keeps_top1_agreement_on_ort_int8(run_quantize, zoo, tmp_path):
     model = zoo.cifar10_resnet(20)
     specs = (InputSpec("input", (1, 3, 32, 32)),)
     calib = Dataset(x=_images(zoo, "train", 64, 0), y=None, source="cifar10 train")
-    q, _ = quantize_module(model, specs, calib, QuantizeConfig())
+    q = run_quantize(model, specs, calib, QuantizeConfig()).module
     path = export_onnx(q, specs, tmp_path / "r20_int8.onnx").path
     kernels = ort_kernels(path)
     assert kernels.int8_ops["QLinearConv"] == 19 and kernels.int8_ops["QLinearAdd"] == 9
