@@ -89,10 +89,8 @@ def export(
     from repfx_deploy.data.tensors import random_inputs
     from repfx_deploy.errors import InputError
     from repfx_deploy.ingest.loader import load_model
-    from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
-    from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
-    from repfx_deploy.pipeline.evaluate import run_all
-    from repfx_deploy.verify import compare
+    from repfx_deploy.lower.onnx_export import ExportConfig
+    from repfx_deploy.pipeline.artifacts import export_checked
 
     check_output(output, force=force)
     config = ExportConfig(opset=opset, exporter=exporter)  # type: ignore[arg-type]
@@ -106,15 +104,15 @@ def export(
 
         ds = load_dataset(data, loaded.input_specs[0], Preprocess(), limit=64)
         samples += [[b] for b in ds.batches(loaded.input_specs[0].shape[0])[:16]]
-    result = export_onnx(loaded.module, loaded.input_specs, output, config=config, source_sha256=loaded.sha256, force=force)
-    torch_r, ort_r = TorchRunner(loaded.module), OrtRunner(result.path)
-    agreement = compare(run_all(torch_r, samples), run_all(ort_r, samples), reference_name="torch", candidate_name="onnxruntime")
-    doc = {**result.to_dict(), "source_sha256": loaded.sha256, "inputs": [s.to_dict() for s in loaded.input_specs],
-           "verification": agreement.to_dict()}
+    art = export_checked(loaded.module, loaded.input_specs, output, samples=samples, export_config=config, threads=0,
+                         source_sha256=loaded.sha256, force=force)
+    (agreement,) = art.verification
+    doc = {**art.export, "source_sha256": loaded.sha256, "inputs": [s.to_dict() for s in loaded.input_specs], "verification": agreement}
     if json_out:
         return emit_json(doc)
-    stdout.print(f"wrote {result.path} ({result.size_bytes:,} bytes, opset {result.opset}, {result.exporter} exporter)")
-    stdout.print(f"verified on {agreement.samples} inputs: max abs error {agreement.max_abs_error:.3g}, cosine {agreement.cosine:.8f}")
+    e = art.export
+    stdout.print(f"wrote {e['path']} ({e['size_bytes']:,} bytes, opset {e['opset']}, {e['exporter']} exporter)")
+    stdout.print(f"verified on {agreement['samples']} inputs: max abs error {agreement['max_abs_error']:.3g}, cosine {agreement['cosine']:.8f}")
 
 
 @app.command("compile")

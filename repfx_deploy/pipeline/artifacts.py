@@ -40,6 +40,7 @@ class Artifacts:
     tvm_dir: Path | None = None
     compile: dict = field(default_factory=dict)
     compile_error: str | None = None
+    compile_failure: CompileError | None = field(default=None, repr=False)  # the error itself, to raise again
     compile_s: float | None = None  # wall time of the TVM build
     verification: list[dict] = field(default_factory=list)
     tvm_runs_here: bool = True  # False for a cross-compiled artifact: nothing here can load it
@@ -50,19 +51,21 @@ class Artifacts:
 def export_checked(
     module: "nn.Module",
     specs: tuple[InputSpec, ...],
-    out_dir: Path,
+    onnx_path: Path,
     *,
     samples: list[list[np.ndarray]],
     export_config: ExportConfig,
     threads: int,
-    source_sha256: str | None = None,
+    source_sha256: str = "",
+    force: bool = True,
 ) -> Artifacts:
-    """Export ``module`` to ``out_dir/model.onnx`` and check ONNX Runtime's outputs against torch's on ``samples``."""
+    """Export ``module`` to ``onnx_path`` and check ONNX Runtime's outputs against torch's on ``samples``
+    (``threads`` 0: every core)."""
     from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("exporting to ONNX: %s", out_dir / "model.onnx")
-    result = export_onnx(module, specs, out_dir / "model.onnx", config=export_config, source_sha256=source_sha256)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("exporting to ONNX: %s", onnx_path)
+    result = export_onnx(module, specs, onnx_path, config=export_config, source_sha256=source_sha256, force=force)
     artifacts = Artifacts(onnx_path=result.path, export=result.to_dict())
     torch_out = run_all(TorchRunner(module, threads), samples)
     ort_out = run_all(OrtRunner(result.path, threads), samples)
@@ -89,7 +92,7 @@ def compile_checked(
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
     from repfx_deploy.measure.runtimes import OrtRunner
 
-    tvm_dir.mkdir(parents=True)
+    tvm_dir.mkdir(parents=True, exist_ok=True)
     log.info("compiling with TVM for %s (%d tuning trials)", tvm_target.get("mcpu", tvm_target.get("mtriple")), tune_trials)
     started = time.perf_counter()
     try:
@@ -97,7 +100,7 @@ def compile_checked(
                                                                             tune_rpc=tune_rpc if tune_trials > 0 else None))
     except CompileError as e:
         log.error("TVM compile failed: %s", e)
-        artifacts.compile_error = str(e)
+        artifacts.compile_error, artifacts.compile_failure = str(e), e
         return artifacts
     artifacts.compile_s = round(time.perf_counter() - started, 3)
     artifacts.tvm_dir = tvm_dir
@@ -133,7 +136,7 @@ def build_artifacts(
     A ``CompileError`` does not propagate: it is recorded, so the caller can keep the ONNX artifact and report
     the failure. ``tvm_target`` ``None`` skips compilation.
     """
-    artifacts = export_checked(module, specs, out_dir, samples=samples, export_config=export_config, threads=threads,
+    artifacts = export_checked(module, specs, out_dir / "model.onnx", samples=samples, export_config=export_config, threads=threads,
                                source_sha256=source_sha256)
     if tvm_target is None:
         return artifacts
@@ -221,7 +224,7 @@ def complete(
     if export_here:
         if model.module is None:
             raise InputError("A compiled TVM artifact alone cannot be turned back into ONNX.", "Pass the ONNX file or the torch model too.")
-        artifacts = export_checked(model.module, specs, work, samples=samples, export_config=ExportConfig(), threads=threads)
+        artifacts = export_checked(model.module, specs, work / "model.onnx", samples=samples, export_config=ExportConfig(), threads=threads)
         built["export"] = artifacts.export
     else:
         artifacts = Artifacts(onnx_path=model.onnx_path, export={})
@@ -229,8 +232,8 @@ def complete(
         assert tvm_target is not None
         compile_checked(artifacts, work / "tvm", samples=samples, tvm_target=tvm_target, tune_trials=tune_trials,
                         threads=threads, link=link, tune_rpc=tune_rpc)
-        if artifacts.compile_error:
-            raise CompileError(artifacts.compile_error, "Deploy the model with ONNX Runtime, or replace the operator TVM cannot take.")
+        if artifacts.compile_failure is not None:
+            raise artifacts.compile_failure
         built["compile"] = {**artifacts.compile, "compile_s": artifacts.compile_s}
     built["verification"] = artifacts.verification
     return replace(model, onnx_path=artifacts.onnx_path, tvm_dir=artifacts.tvm_dir or model.tvm_dir, input_specs=specs), built

@@ -10,9 +10,15 @@ from pathlib import Path
 from repfx_deploy.atomic import atomic_dir, check_output
 from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.ingest.loader import LoadOptions, load_model
-from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
-from repfx_deploy.pipeline.artifacts import relocate
-from repfx_deploy.pipeline.evaluate import run_all
+from repfx_deploy.lower.onnx_export import ExportConfig
+from repfx_deploy.measure.runner import run_all
+from repfx_deploy.pipeline.artifacts import (
+    Artifacts,
+    compile_checked,
+    export_checked,
+    relativize_manifest,
+    relocate,
+)
 from repfx_deploy.targets import get_profile, resolve_threads, resolve_tvm_target
 from repfx_deploy.verify import compare
 
@@ -43,9 +49,6 @@ def compile_model(request: CompileRequest) -> dict:
     """
     from repfx_deploy.compile.config import RpcTuning
     from repfx_deploy.compile.link import runs_here
-    from repfx_deploy.compile.tvm_build import CompileConfig, compile_onnx
-    from repfx_deploy.compile.tvm_runtime import load_tvm_runner
-    from repfx_deploy.measure.runtimes import OrtRunner
 
     check_output(request.out_dir, force=request.force)
     profile = get_profile(request.target, request.target_file)
@@ -60,24 +63,30 @@ def compile_model(request: CompileRequest) -> dict:
 
         tune_rpc = RpcTuning(str(RpcEndpoint.parse(request.rpc)), device_key(profile, request.rpc_key))
         check_device(RpcEndpoint.parse(tune_rpc.tracker), tune_rpc.key)  # before minutes of compiling
+    samples = [random_inputs(loaded.input_specs, seed=s) for s in range(VERIFY_SAMPLES)]
     with tempfile.TemporaryDirectory(prefix="repfx-compile-") as scratch, atomic_dir(request.out_dir, force=request.force) as tmp:
-        onnx_path = loaded.onnx_path
         if loaded.is_torch:
-            onnx_path = export_onnx(loaded.module, loaded.input_specs, Path(scratch) / "model.onnx", config=ExportConfig(), source_sha256=loaded.sha256).path
-        assert onnx_path is not None
-        config = CompileConfig(target=target, tune_trials=request.tune_trials, link=profile.link,
-                               tune_rpc=tune_rpc if request.tune_trials > 0 else None)
-        artifact = compile_onnx(onnx_path, tmp, config)
+            art = export_checked(loaded.module, loaded.input_specs, Path(scratch) / "model.onnx", samples=samples, export_config=ExportConfig(),
+                                 threads=threads, source_sha256=loaded.sha256)
+        else:
+            assert loaded.onnx_path is not None
+            art = Artifacts(onnx_path=loaded.onnx_path, export={})
+        compile_checked(art, tmp, samples=samples, tvm_target=target, tune_trials=request.tune_trials, threads=threads,
+                        link=profile.link, tune_rpc=tune_rpc)
+        if art.compile_failure is not None:
+            raise art.compile_failure
         verification = None
-        samples = [random_inputs(loaded.input_specs, seed=s) for s in range(VERIFY_SAMPLES)]
         if runs_here(target, profile.link):
-            ort, tvm = OrtRunner(onnx_path, threads), load_tvm_runner(tmp, threads)
-            verification = compare(run_all(ort, samples), run_all(tvm, samples), reference_name="onnxruntime", candidate_name="tvm").to_dict()
+            verification = next(v for v in art.verification if (v["reference"], v["candidate"]) == ("onnxruntime", "tvm"))
         elif tune_rpc is not None and profile.link == "shared":
-            verification = _verify_on_device(tmp, samples, run_all(OrtRunner(onnx_path, threads), samples), tune_rpc)
+            from repfx_deploy.measure.runtimes import OrtRunner
+
+            reference = art.outputs.get("onnxruntime") or run_all(OrtRunner(art.onnx_path, threads), samples)
+            verification = _verify_on_device(tmp, samples, reference, tune_rpc)
         if verification is not None:
             (tmp / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
-        summary = relocate(artifact.to_dict(), tmp, request.out_dir)
+        relativize_manifest(tmp, tmp)
+        summary = relocate(art.compile, tmp, request.out_dir)
     return {
         "source": str(request.source),
         "target": profile.name,
@@ -91,21 +100,13 @@ def compile_model(request: CompileRequest) -> dict:
 
 def _verify_on_device(artifact_dir: Path, samples, reference, rpc) -> dict:
     """Run the artifact on a device from the tracker and compare its outputs with ONNX Runtime's (here)."""
-    from repfx_deploy.errors import MeasureError
     from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-    from repfx_deploy.measure.rpc.remote import (
-        RUNTIME,
-        DeviceJob,
-        RpcConfig,
-        measure_on_device,
-    )
+    from repfx_deploy.measure.rpc.remote import RUNTIME, RpcConfig
     from repfx_deploy.measure.timing import TimingConfig
+    from repfx_deploy.pipeline.latency import measure_rpc
 
     config = RpcConfig(RpcEndpoint.parse(rpc.tracker), rpc.key)
     quick = TimingConfig(warmup=0, repeats=3, min_time_s=0.0, remeasure=0)  # only the outputs are wanted
-    run = measure_on_device([DeviceJob(RUNTIME, artifact_dir)], samples, samples[0], config, quick)
-    if RUNTIME not in run.results:
-        raise MeasureError(f"Verifying on {rpc.key!r} failed: {run.failures[RUNTIME]}", "Check the device server, then rerun.")
-    result = run.results[RUNTIME]
+    result = measure_rpc({RUNTIME: artifact_dir}, samples, samples[0], config, quick)[RUNTIME]
     agreement = compare(reference, result.outputs, reference_name="onnxruntime", candidate_name=RUNTIME).to_dict()
     return {**agreement, "device": {k: result.device.get(k) for k in ("key", "address", "machine", "emulated")}}
