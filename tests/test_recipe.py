@@ -45,6 +45,14 @@ def test_recipe_round_trips_through_resolved_toml(tmp_path):
         ("tune_trials = -1", "tune_trials"),
         ("target = [", "not valid TOML"),
         ("[data.preprocess]\nstd = 0", "std"),
+        ("input_shape = 5", r"input_shape must be a string or a list"),
+        ("passes = 5", "passes must be an array of tables"),
+        ("arch = 5", "arch must be a string"),
+        ("[data]\ncalibration_samples = inf", r"data\.calibration_samples must be an integer"),
+        ("[data.preprocess]\nsize = 'big'", r"data\.preprocess\.size must be an integer"),
+        ("[[passes]]\nkind = 'recover'\nlr = 'fast'", r"passes\[0\]\.lr must be a finite number"),
+        ("[[passes]]\nkind = 'snn'\nfinetune_epochs = 1", r"passes\[0\] \(snn\) sets fine-tuning"),
+        ("[[passes]]\nkind = 5", "Unknown pass kind"),
     ],
 )
 def test_bad_recipe_refused_with_clear_error(tmp_path, text, match):
@@ -56,8 +64,8 @@ def test_pass_kind_without_handler_refused_as_not_available(tmp_path, monkeypatc
     # every planned kind has a handler now; unregister one to check the message for a kind not built
     from repfx_deploy.passes import registry
 
-    monkeypatch.setitem(registry.BUILTIN_HANDLERS, "snn", "repfx_deploy.passes.not_built.handler")
-    monkeypatch.delitem(registry._HANDLERS, "snn", raising=False)
+    monkeypatch.setitem(registry.BUILTIN_PASSES, "snn", "repfx_deploy.passes.not_built.handler")
+    monkeypatch.delitem(registry._BY_KIND, "snn", raising=False)
     with pytest.raises(RecipeError, match="not available"):
         load_recipe(_write(tmp_path, "[[passes]]\nkind = 'snn'"))
 

@@ -72,7 +72,11 @@ def _load_builtin(kind: str) -> None:
     module = BUILTIN_PASSES.get(kind)
     if kind in _BY_KIND or module is None:
         return
-    if importlib.util.find_spec(module) is not None:
+    try:
+        present = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its package is not there either
+        present = False
+    if present:
         importlib.import_module(module)
 
 
@@ -116,11 +120,11 @@ def parse_pass(entry: Any, index: int) -> PassConfig:
     the_pass = pass_for_kind(kind)
     table = {k: v for k, v in entry.items() if k != "kind"}
     if kind != "recover":
-        _refuse_inner_recovery(table, the_pass.config_type, where)
+        _refuse_inner_recovery(table, kind, the_pass.config_type, where)
     return the_pass.config_type.from_table(table, where)  # type: ignore[no-any-return]
 
 
-def _refuse_inner_recovery(table: Mapping[str, Any], config_type: type, where: str) -> None:
+def _refuse_inner_recovery(table: Mapping[str, Any], kind: str, config_type: type, where: str) -> None:
     """Fine-tuning is the recover pass's job; show a recipe that still sets it inside a pass the new form."""
     import dataclasses
 
@@ -132,7 +136,7 @@ def _refuse_inner_recovery(table: Mapping[str, Any], config_type: type, where: s
 
     new_form = "[[passes]]\nkind = \"recover\"\n" + tomli_w.dumps(moved)
     raise RecipeError(
-        f"{where} ({table.get('kind', '') or 'this pass'}) sets fine-tuning key(s) {sorted(moved)}; fine-tuning is now its own pass.",
+        f"{where} ({kind}) sets fine-tuning key(s) {sorted(moved)}; fine-tuning is now its own pass.",
         f"Move them into a recover pass right after it:\n{new_form}",
     )
 
