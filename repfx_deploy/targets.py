@@ -125,7 +125,9 @@ def _estimator_from_toml(value: Any, path: Path) -> EstimatorParams:
                 f"{str(path)!r}: estimator.{key} has the wrong type ({type(v).__name__}).",
                 "See targets/host.toml for the types.",
             )
-    return EstimatorParams(**{k: (float(v) if k in _ESTIMATOR_NUMBERS else v) for k, v in value.items()})
+    # each value's type was checked against its key above
+    fields: dict[str, Any] = {k: (float(v) if k in _ESTIMATOR_NUMBERS else v) for k, v in value.items()}
+    return EstimatorParams(**fields)
 
 
 @dataclass(frozen=True)

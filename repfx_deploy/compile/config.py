@@ -117,9 +117,21 @@ class CompileConfig:
         object.__setattr__(self, "tuning_db", db)
 
     @property
+    def target_json(self) -> str:
+        """The target as canonical JSON text (what ``__post_init__`` stores in ``target``)."""
+        assert isinstance(self.target, str), "__post_init__ stores the target as JSON text"
+        return self.target
+
+    @property
+    def tuning_db_path(self) -> Path:
+        """The tuning database folder (``__post_init__`` resolves ``None`` to ``default_tuning_db``)."""
+        assert self.tuning_db is not None, "__post_init__ resolves tuning_db"
+        return self.tuning_db
+
+    @property
     def target_dict(self) -> dict:
         """The target as a fresh dict (safe to modify)."""
-        return json.loads(self.target)  # type: ignore[arg-type]
+        return json.loads(self.target_json)
 
     @property
     def target_hash(self) -> str:

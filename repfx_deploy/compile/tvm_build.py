@@ -184,7 +184,8 @@ def schedule_kernels(mod, target, tuning_db: Path | None = None, default_schedul
     from repfx_deploy.compile.tvm_schedule import schedule_func
 
     counts = KernelCounts(total=len(_prim_funcs(mod)))
-    db = choices = None
+    db = None
+    choices: dict = {}
     if tuning_db is not None and tvm_tune.database_exists(tuning_db):
         db, choices = tvm_tune.open_database(tuning_db), tvm_tune.read_choices(tuning_db)
     updates = {}

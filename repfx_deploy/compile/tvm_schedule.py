@@ -46,6 +46,13 @@ def _ext(sch, loop) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
+def _static_exts(sch, loops) -> list[int] | None:
+    """The extents of ``loops``, or None when any of them is not a constant."""
+    exts = [_ext(sch, lp) for lp in loops]
+    static = [e for e in exts if e is not None]
+    return static if len(static) == len(exts) else None
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -102,7 +109,7 @@ def _is_anchor(sch, block) -> bool:
     loops = sch.get_loops(block)
     if len(loops) != len(stmt.iter_vars):
         return False
-    return all(_ext(sch, lp) is not None for lp in loops)
+    return _static_exts(sch, loops) is not None
 
 
 def _inline_all(sch, root, keep) -> None:
@@ -124,8 +131,8 @@ def _inline_all(sch, root, keep) -> None:
 def _schedule_injective(sch, block, lanes: int) -> None:
     """Fuse the loops of a spatial block, vectorize the inside and parallelize the outside if large."""
     loops = sch.get_loops(block)
-    exts = [_ext(sch, lp) for lp in loops]
-    if not loops or any(e is None for e in exts):
+    exts = _static_exts(sch, loops)
+    if not loops or exts is None:
         return
     total = 1
     for e in exts:
@@ -200,7 +207,8 @@ def _schedule_anchor(sch, block, lanes: int) -> None:
     stmt = sch.get(block)
     loops = sch.get_loops(block)
     kinds = [iv.iter_type for iv in stmt.iter_vars]
-    exts = [_ext(sch, lp) for lp in loops]
+    exts = _static_exts(sch, loops)
+    assert exts is not None, "an anchor's loops have constant extents (checked by _is_anchor)"
     s_idx = [i for i, k in enumerate(kinds) if k == tirx.IterVar.DataPar]
     r_idx = [i for i, k in enumerate(kinds) if k == tirx.IterVar.CommReduce]
     macs = 1
@@ -315,8 +323,8 @@ def _schedule_rows(sch, root, lanes: int):
             rf_names.append(sch.get(rf).name_hint)
     blocks = sch.get_child_blocks(root)
     out_loops = sch.get_loops(last)
-    out_exts = [_ext(sch, lp) for lp in out_loops]
-    if any(e is None for e in out_exts) or len(out_loops) != len(sch.get(last).iter_vars):
+    out_exts = _static_exts(sch, out_loops)
+    if out_exts is None or len(out_loops) != len(sch.get(last).iter_vars):
         return None
     n_lead = len(out_exts) - 1
     for b in blocks[:-1]:

@@ -181,6 +181,8 @@ def _import_cpu_tensor_intrinsics(target_dict: dict) -> None:
         import tvm.s_tir
 
         spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise ImportError(f"{name} not found: this TVM build lacks its tensor intrinsics", name=name)
         package = types.ModuleType(name, "CPU subset of TVM's tensor intrinsics (see repfx_deploy.compile.tvm_tune)")
         package.__path__ = list(spec.submodule_search_locations or [])
         package.__spec__ = spec
@@ -238,8 +240,8 @@ def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
 
         check_device(RpcEndpoint.parse(rpc.tracker), rpc.key)
     report = TuneReport()
-    db = open_database(config.tuning_db)
-    choices = read_choices(config.tuning_db)
+    db = open_database(config.tuning_db_path)
+    choices = read_choices(config.tuning_db_path)
     tasks = ms.relax_integration.extract_tasks(kernels_mod, target)
     report.tasks_total = len(tasks)
     flops = [float(estimate_tir_flops(t.dispatched[0])) * t.weight for t in tasks]
@@ -283,7 +285,7 @@ def tune_kernels(kernels_mod, target, config: CompileConfig) -> TuneReport:
             from repfx_deploy.compile import tvm_tune_rpc
 
             builder = ms.builder.LocalBuilder(
-                **build, f_export=functools.partial(tvm_tune_rpc.export_for_device, config.target)
+                **build, f_export=functools.partial(tvm_tune_rpc.export_for_device, config.target_json)
             )
             runner = tvm_tune_rpc.rpc_runner(rpc)
             compare = functools.partial(tvm_tune_rpc.ab_compare_on_device, rpc=rpc, target_dict=config.target_dict)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from repfx_deploy.compile.tvm_ab import ab_args, ab_choose, ab_schedules
 from repfx_deploy.compile.tvm_runtime import AFFINITY_BIG
@@ -67,7 +68,9 @@ def ab_compare_on_device(task_mod, target, db, rpc, target_dict: dict) -> tuple[
         device = request_session(
             RpcEndpoint.parse(rpc.tracker), rpc.key, wait_s=60, session_timeout_s=rpc.session_timeout_s
         )
-        remote, dev = device.session, device.session.cpu()
+        # DeviceSession types the session as object (measure/ holds no TVM types); it is TVM's RPCSession
+        remote: Any = device.session
+        dev = remote.cpu()
         remote.get_function("runtime.config_threadpool")(AFFINITY_BIG, int(target_dict.get("num-cores", 1)))
         timers = []
         for i, library in enumerate(libraries):

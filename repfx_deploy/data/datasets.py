@@ -54,6 +54,7 @@ def load_dataset(
             f"The data path {str(path)!r} does not exist.",
             "Check the --calibration/--eval-data path or the recipe's [data] table.",
         )
+    y: np.ndarray | None
     if path.is_dir() or path.suffix == ".zip":
         # images are chosen before they are decoded: a 50,000-image archive need not be read for 256 samples
         pixels, y = _read_images(path, spec, preprocess.size, limit=limit, seed=seed)
@@ -140,8 +141,8 @@ def _read_images(
             name = names[i]
             blob = archive.read(name) if archive is not None else Path(name).read_bytes()
             try:
-                with Image.open(io.BytesIO(blob)) as im:
-                    im = im.convert(mode)
+                with Image.open(io.BytesIO(blob)) as opened:
+                    im = opened.convert(mode)
                     if size and im.size != (size, size):
                         im = im.resize((size, size), Image.Resampling.BILINEAR)
                     pixels.append(np.asarray(im, dtype=np.uint8))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def fit_lut_correction(models: Sequence[tuple[Sequence[float], float, float]]) -
         pred = np.asarray([np.maximum(0.0, scale * r + offset_us * 1e-3).sum() for r in raws])
         resid = (measured - pred) * inv  # what run overhead (x 1) and weight cost (x MB) must explain, relative
         design = np.stack([inv, weights_mb * inv], axis=1)
-        best = None
+        best: tuple[float, float, float] | None = None
         for cols in ((0, 1), (0,), (1,), ()):  # non-negative least squares over two unknowns, by cases
             coef = np.zeros(2)
             if cols:
@@ -59,6 +60,7 @@ def fit_lut_correction(models: Sequence[tuple[Sequence[float], float, float]]) -
             loss = float(np.mean((resid - design @ coef) ** 2))
             if best is None or loss < best[0]:
                 best = (loss, float(coef[0]), float(coef[1]))
+        assert best is not None, "the case with no unknowns is never skipped"
         return best
 
     scales, offsets = np.linspace(0.3, 2.0, 35), np.linspace(-30.0, 10.0, 41)
@@ -103,10 +105,12 @@ def fit_analytic(
                 value = float(start * factor)
                 if group[0] == "overhead_us":
                     value = min(value, 1e5)
-                trial = dataclasses.replace(params, **{key: value for key in group})
+                tied: dict[str, Any] = {key: value for key in group}  # group names float fields of EstimatorParams
+                trial = dataclasses.replace(params, **tied)
                 candidates.append((loss(trial), value))
             _, value = min(candidates)
-            params = dataclasses.replace(params, **{key: value for key in group})
+            chosen: dict[str, Any] = {key: value for key in group}
+            params = dataclasses.replace(params, **chosen)
         span /= 3.0
     return params
 
