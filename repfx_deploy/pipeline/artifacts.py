@@ -49,7 +49,7 @@ class Artifacts:
 
 
 def export_checked(
-    module: "nn.Module",
+    module: nn.Module,
     specs: tuple[InputSpec, ...],
     onnx_path: Path,
     *,
@@ -70,7 +70,9 @@ def export_checked(
     torch_out = run_all(TorchRunner(module, threads), samples)
     ort_out = run_all(OrtRunner(result.path, threads), samples)
     artifacts.outputs = {"torch": torch_out, "onnxruntime": ort_out}
-    artifacts.verification.append(compare(torch_out, ort_out, reference_name="torch", candidate_name="onnxruntime").to_dict())
+    artifacts.verification.append(
+        compare(torch_out, ort_out, reference_name="torch", candidate_name="onnxruntime").to_dict()
+    )
     return artifacts
 
 
@@ -83,7 +85,7 @@ def compile_checked(
     tune_trials: int,
     threads: int,
     link: str = "shared",
-    tune_rpc: "RpcTuning | None" = None,
+    tune_rpc: RpcTuning | None = None,
 ) -> Artifacts:
     """Compile ``artifacts.onnx_path`` into ``tvm_dir``; where the build runs here, check it against ONNX Runtime
     and torch on ``samples``. A ``CompileError`` does not propagate: it is recorded in ``compile_error``."""
@@ -93,11 +95,18 @@ def compile_checked(
     from repfx_deploy.measure.runtimes import OrtRunner
 
     tvm_dir.mkdir(parents=True, exist_ok=True)
-    log.info("compiling with TVM for %s (%d tuning trials)", tvm_target.get("mcpu", tvm_target.get("mtriple")), tune_trials)
+    log.info(
+        "compiling with TVM for %s (%d tuning trials)", tvm_target.get("mcpu", tvm_target.get("mtriple")), tune_trials
+    )
     started = time.perf_counter()
     try:
-        compiled = compile_onnx(artifacts.onnx_path, tvm_dir, CompileConfig(target=tvm_target, tune_trials=tune_trials, link=link,
-                                                                            tune_rpc=tune_rpc if tune_trials > 0 else None))
+        compiled = compile_onnx(
+            artifacts.onnx_path,
+            tvm_dir,
+            CompileConfig(
+                target=tvm_target, tune_trials=tune_trials, link=link, tune_rpc=tune_rpc if tune_trials > 0 else None
+            ),
+        )
     except CompileError as e:
         log.error("TVM compile failed: %s", e)
         artifacts.compile_error, artifacts.compile_failure = str(e), e
@@ -114,12 +123,14 @@ def compile_checked(
     tvm_out = run_all(load_tvm_runner(tvm_dir, threads), samples)
     for reference in ("onnxruntime", "torch"):
         if reference in artifacts.outputs:
-            artifacts.verification.append(compare(artifacts.outputs[reference], tvm_out, reference_name=reference, candidate_name="tvm").to_dict())
+            artifacts.verification.append(
+                compare(artifacts.outputs[reference], tvm_out, reference_name=reference, candidate_name="tvm").to_dict()
+            )
     return artifacts
 
 
 def build_artifacts(
-    module: "nn.Module",
+    module: nn.Module,
     specs: tuple[InputSpec, ...],
     out_dir: Path,
     *,
@@ -136,12 +147,26 @@ def build_artifacts(
     A ``CompileError`` does not propagate: it is recorded, so the caller can keep the ONNX artifact and report
     the failure. ``tvm_target`` ``None`` skips compilation.
     """
-    artifacts = export_checked(module, specs, out_dir / "model.onnx", samples=samples, export_config=export_config, threads=threads,
-                               source_sha256=source_sha256)
+    artifacts = export_checked(
+        module,
+        specs,
+        out_dir / "model.onnx",
+        samples=samples,
+        export_config=export_config,
+        threads=threads,
+        source_sha256=source_sha256,
+    )
     if tvm_target is None:
         return artifacts
-    return compile_checked(artifacts, out_dir / "tvm", samples=samples, tvm_target=tvm_target, tune_trials=tune_trials,
-                           threads=threads, link=link)
+    return compile_checked(
+        artifacts,
+        out_dir / "tvm",
+        samples=samples,
+        tvm_target=tvm_target,
+        tune_trials=tune_trials,
+        threads=threads,
+        link=link,
+    )
 
 
 @dataclass(frozen=True)
@@ -153,13 +178,13 @@ class Deployable:
     needed for a module alone; an ONNX file and a TVM folder say their own.
     """
 
-    module: "nn.Module | None" = None
+    module: nn.Module | None = None
     onnx_path: Path | None = None
     tvm_dir: Path | None = None
     input_specs: tuple[InputSpec, ...] = ()
 
     @classmethod
-    def of(cls, source: "Deployable | nn.Module | Path | str", input_specs: tuple[InputSpec, ...] = ()) -> "Deployable":
+    def of(cls, source: Deployable | nn.Module | Path | str, input_specs: tuple[InputSpec, ...] = ()) -> Deployable:
         """``source`` as a ``Deployable``: a module, an ``.onnx`` file, or a compiled artifact folder."""
         from repfx_deploy.compile.manifest import is_artifact
 
@@ -171,15 +196,24 @@ class Deployable:
                 return cls(tvm_dir=path, input_specs=tuple(input_specs))
             if path.suffix == ".onnx" and path.is_file():
                 return cls(onnx_path=path, input_specs=tuple(input_specs))
-            raise InputError(f"{str(path)!r} is neither an .onnx file nor a compiled artifact folder (with manifest.json).",
-                             "Pass an nn.Module, an .onnx file or a folder written by compile; load other formats with load_model.")
+            raise InputError(
+                f"{str(path)!r} is neither an .onnx file nor a compiled artifact folder (with manifest.json).",
+                "Pass an nn.Module, an .onnx file or a folder written by compile; load other formats with load_model.",
+            )
         return cls(module=source, input_specs=tuple(input_specs))
 
     @property
     def forms(self) -> tuple[str, ...]:
         """The runtimes this model can run on as it is, before anything is built."""
-        return tuple(rt for rt, have in (("torch", self.module), ("onnxruntime", self.onnx_path or self.module),
-                                         ("tvm", self.tvm_dir or self.onnx_path or self.module)) if have is not None)
+        return tuple(
+            rt
+            for rt, have in (
+                ("torch", self.module),
+                ("onnxruntime", self.onnx_path or self.module),
+                ("tvm", self.tvm_dir or self.onnx_path or self.module),
+            )
+            if have is not None
+        )
 
     def specs(self) -> tuple[InputSpec, ...]:
         """The model's inputs: ``input_specs`` when given, else what the ONNX file or the manifest says."""
@@ -197,7 +231,9 @@ class Deployable:
             return graph_input_specs(onnx.load(str(self.onnx_path), load_external_data=False))
         from repfx_deploy.errors import InputShapeError
 
-        raise InputShapeError("A PyTorch module's input shapes are not known.", "Pass input_specs (--input-shape 1,3,32,32).")
+        raise InputShapeError(
+            "A PyTorch module's input shapes are not known.", "Pass input_specs (--input-shape 1,3,32,32)."
+        )
 
 
 def complete(
@@ -211,7 +247,7 @@ def complete(
     tvm_target: dict | None = None,
     tune_trials: int = 0,
     link: str = "shared",
-    tune_rpc: "RpcTuning | None" = None,
+    tune_rpc: RpcTuning | None = None,
 ) -> tuple[Deployable, dict[str, Any]]:
     """``model`` with an ONNX file (``onnx``) and a TVM folder (``tvm``) where it lacks them, built under ``work``
     and checked on ``samples``; also what was built (export and compile records, their checks)."""
@@ -223,20 +259,36 @@ def complete(
     specs = model.specs()
     if export_here:
         if model.module is None:
-            raise InputError("A compiled TVM artifact alone cannot be turned back into ONNX.", "Pass the ONNX file or the torch model too.")
-        artifacts = export_checked(model.module, specs, work / "model.onnx", samples=samples, export_config=ExportConfig(), threads=threads)
+            raise InputError(
+                "A compiled TVM artifact alone cannot be turned back into ONNX.",
+                "Pass the ONNX file or the torch model too.",
+            )
+        artifacts = export_checked(
+            model.module, specs, work / "model.onnx", samples=samples, export_config=ExportConfig(), threads=threads
+        )
         built["export"] = artifacts.export
     else:
+        assert model.onnx_path is not None
         artifacts = Artifacts(onnx_path=model.onnx_path, export={})
     if compile_here:
         assert tvm_target is not None
-        compile_checked(artifacts, work / "tvm", samples=samples, tvm_target=tvm_target, tune_trials=tune_trials,
-                        threads=threads, link=link, tune_rpc=tune_rpc)
+        compile_checked(
+            artifacts,
+            work / "tvm",
+            samples=samples,
+            tvm_target=tvm_target,
+            tune_trials=tune_trials,
+            threads=threads,
+            link=link,
+            tune_rpc=tune_rpc,
+        )
         if artifacts.compile_failure is not None:
             raise artifacts.compile_failure
         built["compile"] = {**artifacts.compile, "compile_s": artifacts.compile_s}
     built["verification"] = artifacts.verification
-    return replace(model, onnx_path=artifacts.onnx_path, tvm_dir=artifacts.tvm_dir or model.tvm_dir, input_specs=specs), built
+    return replace(
+        model, onnx_path=artifacts.onnx_path, tvm_dir=artifacts.tvm_dir or model.tvm_dir, input_specs=specs
+    ), built
 
 
 def relative_paths(obj: Any, folder: Path) -> Any:

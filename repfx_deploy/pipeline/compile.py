@@ -65,7 +65,7 @@ def compile_model(request: CompileRequest) -> dict:
         check_device(RpcEndpoint.parse(tune_rpc.tracker), tune_rpc.key)  # before minutes of compiling
     samples = [random_inputs(loaded.input_specs, seed=s) for s in range(VERIFY_SAMPLES)]
     with tempfile.TemporaryDirectory(prefix="repfx-compile-") as scratch, atomic_dir(request.out_dir, force=request.force) as tmp:
-        if loaded.is_torch:
+        if loaded.module is not None:
             art = export_checked(loaded.module, loaded.input_specs, Path(scratch) / "model.onnx", samples=samples, export_config=ExportConfig(),
                                  threads=threads, source_sha256=loaded.sha256)
         else:

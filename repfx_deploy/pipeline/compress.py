@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def _summary(stats, artifacts: Artifacts, evaluation: Evaluation, latency: dict,
     }
 
 
-def _rpc_config(request: "CompressRequest", profile, threads: int) -> "RpcConfig | None":
+def _rpc_config(request: CompressRequest, profile, threads: int) -> RpcConfig | None:
     """The device to measure on, checked before any work: a wrong tracker or key fails in seconds, not after
     the passes and the compile."""
     if request.rpc is None:
@@ -112,7 +112,7 @@ def _rpc_config(request: "CompressRequest", profile, threads: int) -> "RpcConfig
     return config
 
 
-def _runtimes(profile, art: Artifacts, rpc: "RpcConfig | None") -> tuple[str, ...]:
+def _runtimes(profile, art: Artifacts, rpc: RpcConfig | None) -> tuple[str, ...]:
     """The profile's runtimes that have a latency here: all but a TVM that was not built, unless the estimator
     covers it. ``TargetError`` (before any work, from ``source_for``) where a runtime has no source at all."""
     from repfx_deploy.pipeline.latency import source_for
@@ -186,7 +186,7 @@ def compress(request: CompressRequest) -> dict:
     if data.calibration is None and data.eval is None:
         report["notes"].append("No calibration or eval data given: fidelity was measured on random inputs only.")
     with atomic_dir(request.out_dir, force=request.force) as tmp:
-        build = dict(samples=samples, export_config=export_config, tvm_target=tvm_target,
+        build: dict[str, Any] = dict(samples=samples, export_config=export_config, tvm_target=tvm_target,
                      tune_trials=recipe.tune_trials, threads=threads, source_sha256=loaded.sha256, link=profile.link)
         art = build_artifacts(compressed, loaded.input_specs, tmp, **build)
         base_art = build_artifacts(original, loaded.input_specs, tmp / "baseline", **build) if pass_records else art
@@ -215,15 +215,17 @@ def compress(request: CompressRequest) -> dict:
         else:
             runtimes = _runtimes(profile, art, rpc)
             log.info("latency on %s with %d thread(s): %s", profile.name, threads, ", ".join(runtimes))
-            common = dict(runtimes=runtimes, threads=threads, timing=request.timing, rpc=rpc, verify=False)
             specs = loaded.input_specs
             # the deployed model (ONNX Runtime) against the original (torch); the artifacts were verified when built
-            comp = evaluate(Deployable(compressed, art.onnx_path, art.tvm_dir, specs), profile, name="deployed", quality_runtime="onnxruntime",
+            comp = evaluate(Deployable(compressed, art.onnx_path, art.tvm_dir, specs), profile, name="deployed",
                             data=EvalData(eval=data.eval, batch_size=batch, inputs=fid_inputs, reference=reference,
-                                          reference_name="original (torch)", inputs_source=fid_source, timing_inputs=bench_inputs), **common)
-            base = evaluate(Deployable(original, base_art.onnx_path, base_art.tvm_dir, specs), profile, quality_runtime="torch",
+                                          reference_name="original (torch)", inputs_source=fid_source, timing_inputs=bench_inputs),
+                            runtimes=runtimes, threads=threads, timing=request.timing, rpc=rpc, quality_runtime="onnxruntime",
+                            verify=False)
+            base = evaluate(Deployable(original, base_art.onnx_path, base_art.tvm_dir, specs), profile,
                             data=EvalData(eval=data.eval, batch_size=batch, timing_inputs=bench_inputs),
-                            **{**common, "runtimes": runtimes if pass_records else ()})
+                            runtimes=runtimes if pass_records else (), threads=threads, timing=request.timing, rpc=rpc,
+                            quality_runtime="torch", verify=False)
             compressed_latency = dict(comp.latency)
             baseline_latency = dict(base.latency) if pass_records else compressed_latency
             report["verification"] += [dict(v) for v in comp.verification]  # the device's outputs, when measured there

@@ -28,13 +28,20 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from repfx_deploy.data.datasets import Dataset
 from repfx_deploy.errors import InputError
 from repfx_deploy.measure.bench import ROUNDS
 from repfx_deploy.measure.runner import run_all
 from repfx_deploy.measure.timing import TimingConfig
 from repfx_deploy.pipeline.artifacts import Deployable, complete
-from repfx_deploy.pipeline.latency import Latency
+from repfx_deploy.pipeline.latency import Latency, LatencySource
+from repfx_deploy.pipeline.quality import (
+    EvalData,
+    choose_quality_runtime,
+    fidelity,
+    predictions,
+    score,
+    top1_accuracy,
+)
 from repfx_deploy.verify import compare
 
 if TYPE_CHECKING:
@@ -47,69 +54,10 @@ if TYPE_CHECKING:
 __all__ = ["Deployable", "EvalData", "Evaluation", "evaluate", "fidelity", "predictions", "run_all", "top1_accuracy"]
 
 RUNTIMES = ("torch", "onnxruntime", "tvm")
+DEFAULT_TIMING = TimingConfig()
+NO_DATA = EvalData()
 # Samples whose outputs are fetched back from a device to check them (each is a network round trip).
 DEVICE_CHECK_SAMPLES = 4
-
-
-def predictions(runner: Any, dataset: Dataset, batch_size: int) -> list[list[np.ndarray]]:
-    """Outputs of ``runner`` for every full batch of ``dataset`` (one output list per batch)."""
-    return run_all(runner, [[b] for b in dataset.batches(batch_size)])
-
-
-def top1_accuracy(outputs: list[list[np.ndarray]], dataset: Dataset, batch_size: int) -> float:
-    """Share of samples whose arg-max over the first output's last axis equals the label."""
-    assert dataset.y is not None
-    pred = np.concatenate([o[0].reshape(o[0].shape[0], -1).argmax(-1) for o in outputs])
-    return float((pred == dataset.y[: len(pred)]).mean())
-
-
-def cross_entropy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
-    """Mean softmax cross-entropy of the first output (logits over the last axis) against the labels; ``None``
-    when the outputs are not class scores the labels index."""
-    assert dataset.y is not None
-    logits = np.concatenate([o[0].reshape(o[0].shape[0], -1) for o in outputs]).astype(np.float64)
-    labels = dataset.y[: len(logits)].astype(np.int64)
-    if logits.ndim != 2 or not len(labels) or labels.min() < 0 or labels.max() >= logits.shape[1]:
-        return None
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
-
-
-def fidelity(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]], *, reference_name: str, candidate_name: str) -> dict:
-    """Top-1 agreement and output cosine of ``candidate`` against ``reference`` on the same batches."""
-    a = compare(reference, candidate, reference_name=reference_name, candidate_name=candidate_name)
-    return {
-        "reference": reference_name,
-        "candidate": candidate_name,
-        "top1_agreement": a.top1_agreement,
-        "cosine": a.cosine,
-        "max_abs_error": a.max_abs_error,
-        "samples": a.samples,
-    }
-
-
-@dataclass(frozen=True)
-class EvalData:
-    """What a model is evaluated on; every part is optional.
-
-    ``eval``: labeled data for accuracy and loss, run in batches of ``batch_size`` (0: the model's own batch).
-    ``inputs``: input lists (one per sample) for fidelity against ``reference`` (the reference model's outputs
-    on them, named ``reference_name``; ``inputs_source`` says where the inputs came from) and for verification.
-    ``timing_inputs``: what latency is measured on (default: the first of ``inputs``, else seeded random inputs).
-    """
-
-    eval: Dataset | None = None
-    batch_size: int = 0
-    inputs: Sequence[Sequence[np.ndarray]] = ()
-    reference: Sequence[Sequence[np.ndarray]] | None = None
-    reference_name: str = "reference"
-    inputs_source: str = ""
-    timing_inputs: Sequence[np.ndarray] | None = None
-
-    def __post_init__(self) -> None:
-        if self.reference is not None and len(self.reference) != len(self.inputs):
-            raise ValueError(f"reference has {len(self.reference)} output lists for {len(self.inputs)} inputs")
 
 
 @dataclass(frozen=True)
@@ -134,12 +82,18 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "target": self.target, "threads": self.threads,
-            "accuracy": self.accuracy, "loss": self.loss, "quality_runtime": self.quality_runtime,
+            "target": self.target,
+            "threads": self.threads,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "quality_runtime": self.quality_runtime,
             "fidelity": dict(self.fidelity) if self.fidelity is not None else None,
-            "latency_ms": self.latency_ms, "latency": {rt: lat.to_dict() for rt, lat in self.latency.items()},
-            "verification": [dict(v) for v in self.verification], "builds": dict(self.builds),
-            "tvm_target": dict(self.tvm_target) if self.tvm_target is not None else None, "notes": list(self.notes),
+            "latency_ms": self.latency_ms,
+            "latency": {rt: lat.to_dict() for rt, lat in self.latency.items()},
+            "verification": [dict(v) for v in self.verification],
+            "builds": dict(self.builds),
+            "tvm_target": dict(self.tvm_target) if self.tvm_target is not None else None,
+            "notes": list(self.notes),
         }
 
 
@@ -147,21 +101,49 @@ RuntimesArg = Sequence[str] | Mapping[str, Sequence[str]] | None
 
 
 @overload
-def evaluate(model: "Deployable | nn.Module | Path | str", profile: "TargetProfile", **kw: Any) -> Evaluation: ...
+def evaluate(
+    model: Deployable | nn.Module | Path | str,
+    profile: TargetProfile,
+    *,
+    data: EvalData = ...,
+    runtimes: RuntimesArg = ...,
+    threads: int = ...,
+    timing: TimingConfig = ...,
+    rounds: int = ...,
+    rpc: RpcConfig | None = ...,
+    quality_runtime: str | None = ...,
+    verify: bool = ...,
+    tune_trials: int | Mapping[str, int] = ...,
+    name: str = ...,
+) -> Evaluation: ...
 @overload
-def evaluate(model: "Mapping[str, Deployable | nn.Module | Path | str]", profile: "TargetProfile", **kw: Any) -> dict[str, Evaluation]: ...
+def evaluate(
+    model: Mapping[str, Deployable | nn.Module | Path | str],
+    profile: TargetProfile,
+    *,
+    data: EvalData = ...,
+    runtimes: RuntimesArg = ...,
+    threads: int = ...,
+    timing: TimingConfig = ...,
+    rounds: int = ...,
+    rpc: RpcConfig | None = ...,
+    quality_runtime: str | None = ...,
+    verify: bool = ...,
+    tune_trials: int | Mapping[str, int] = ...,
+    name: str = ...,
+) -> dict[str, Evaluation]: ...
 
 
 def evaluate(
-    model: "Deployable | nn.Module | Path | str | Mapping[str, Deployable | nn.Module | Path | str]",
-    profile: "TargetProfile",
+    model: Deployable | nn.Module | Path | str | Mapping[str, Deployable | nn.Module | Path | str],
+    profile: TargetProfile,
     *,
-    data: EvalData = EvalData(),
+    data: EvalData = NO_DATA,
     runtimes: RuntimesArg = None,
     threads: int = 0,
-    timing: TimingConfig = TimingConfig(),
+    timing: TimingConfig = DEFAULT_TIMING,
     rounds: int = ROUNDS,
-    rpc: "RpcConfig | None" = None,
+    rpc: RpcConfig | None = None,
     quality_runtime: str | None = None,
     verify: bool = True,
     tune_trials: int | Mapping[str, int] = 0,
@@ -181,16 +163,29 @@ def evaluate(
     """
     if isinstance(model, Mapping):
         models = {str(k): Deployable.of(v) for k, v in model.items()}
-        return _evaluate_all(models, profile, data, runtimes, threads, timing, rounds, rpc, quality_runtime, verify, tune_trials)
-    return _evaluate_all({name: Deployable.of(model)}, profile, data, runtimes, threads, timing, rounds, rpc, quality_runtime,
-                         verify, tune_trials)[name]
+        return _evaluate_all(
+            models, profile, data, runtimes, threads, timing, rounds, rpc, quality_runtime, verify, tune_trials
+        )
+    return _evaluate_all(
+        {name: Deployable.of(model)},
+        profile,
+        data,
+        runtimes,
+        threads,
+        timing,
+        rounds,
+        rpc,
+        quality_runtime,
+        verify,
+        tune_trials,
+    )[name]
 
 
 @dataclass
 class _Plan:
     model: Deployable
     runtimes: tuple[str, ...]
-    sources: dict[str, str]
+    sources: dict[str, LatencySource]
     quality: str | None
     built: dict[str, Any] = field(default_factory=dict)
     runners: dict[str, Any] = field(default_factory=dict)
@@ -199,9 +194,19 @@ class _Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def _evaluate_all(models: dict[str, Deployable], profile, data: EvalData, runtimes: RuntimesArg, threads: int,
-                  timing: TimingConfig, rounds: int, rpc, quality_runtime, verify: bool,
-                  tune_trials: int | Mapping[str, int]) -> dict[str, Evaluation]:
+def _evaluate_all(
+    models: dict[str, Deployable],
+    profile,
+    data: EvalData,
+    runtimes: RuntimesArg,
+    threads: int,
+    timing: TimingConfig,
+    rounds: int,
+    rpc,
+    quality_runtime,
+    verify: bool,
+    tune_trials: int | Mapping[str, int],
+) -> dict[str, Evaluation]:
     from repfx_deploy.measure.bench import bench_jobs
     from repfx_deploy.pipeline import latency as lat
     from repfx_deploy.targets import resolve_threads, resolve_tvm_target
@@ -213,14 +218,24 @@ def _evaluate_all(models: dict[str, Deployable], profile, data: EvalData, runtim
         wanted = _runtimes_for(model, asked, profile)
         sources = {rt: lat.source_for(profile, rt, rpc=rpc is not None) for rt in wanted}
         if "measured-rpc" in sources.values():
-            lat.check_rpc_target(profile, [rt for rt, s in sources.items() if s == "measured-rpc"], compiles=model.tvm_dir is None)
+            lat.check_rpc_target(
+                profile, [rt for rt, s in sources.items() if s == "measured-rpc"], compiles=model.tvm_dir is None
+            )
         wants_quality = (data.eval is not None and data.eval.labeled) or data.reference is not None
-        plans[name] = _Plan(model, wanted, sources, _quality_runtime(model, quality_runtime, profile) if wants_quality else None)
+        plans[name] = _Plan(
+            model,
+            wanted,
+            sources,
+            choose_quality_runtime(model.forms, quality_runtime, profile) if wants_quality else None,
+        )
     tvm_target = None
     if any(s != "estimated" for p in plans.values() for rt, s in p.sources.items() if rt == "tvm") or any(
-            p.quality == "tvm" for p in plans.values()):
+        p.quality == "tvm" for p in plans.values()
+    ):
         tvm_target = resolve_tvm_target(profile, (rpc.threads or None) if rpc is not None else threads)
-    trials = {name: int(tune_trials.get(name, 0) if isinstance(tune_trials, Mapping) else tune_trials) for name in models}
+    trials = {
+        name: int(tune_trials.get(name, 0) if isinstance(tune_trials, Mapping) else tune_trials) for name in models
+    }
     tune_rpc = None
     if rpc is not None and any(trials.values()):
         from repfx_deploy.compile.config import RpcTuning
@@ -234,11 +249,20 @@ def _evaluate_all(models: dict[str, Deployable], profile, data: EvalData, runtim
             samples, timing_inputs = _inputs(data, specs)
             per_model_inputs[name] = (samples, timing_inputs)
             local = [rt for rt in plan.runtimes if plan.sources[rt] == "measured-local"]
-            needs_tvm = any(plan.sources[rt] in ("measured-local", "measured-rpc") for rt in plan.runtimes if rt == "tvm")
+            needs_tvm = any(
+                plan.sources[rt] in ("measured-local", "measured-rpc") for rt in plan.runtimes if rt == "tvm"
+            )
             plan.model, plan.built = complete(
-                plan.model, Path(scratch) / str(index), onnx="onnxruntime" in local or plan.quality == "onnxruntime",
-                tvm=needs_tvm or plan.quality == "tvm", samples=samples, threads=threads, tvm_target=tvm_target,
-                tune_trials=trials[name], link=profile.link, tune_rpc=tune_rpc,
+                plan.model,
+                Path(scratch) / str(index),
+                onnx="onnxruntime" in local or plan.quality == "onnxruntime",
+                tvm=needs_tvm or plan.quality == "tvm",
+                samples=samples,
+                threads=threads,
+                tvm_target=tvm_target,
+                tune_trials=trials[name],
+                link=profile.link,
+                tune_rpc=tune_rpc,
             )
             for rt in local + ([plan.quality] if plan.quality and plan.quality not in local else []):
                 plan.runners[rt] = _runner(rt, plan.model, threads)
@@ -252,38 +276,53 @@ def _evaluate_all(models: dict[str, Deployable], profile, data: EvalData, runtim
                     plan.latency[rt] = lat.measured_local(rt, records[f"{name}/{rt}"])
                 elif source == "measured-rpc":
                     assert plan.model.tvm_dir is not None and rpc is not None
-                    result = lat.measure_rpc({name: plan.model.tvm_dir}, samples[:DEVICE_CHECK_SAMPLES], timing_inputs, rpc, timing)[name]
+                    result = lat.measure_rpc(
+                        {name: plan.model.tvm_dir}, samples[:DEVICE_CHECK_SAMPLES], timing_inputs, rpc, timing
+                    )[name]
                     plan.latency[rt] = lat.measured_rpc(rt, result)
                     plan.device_outputs = result.outputs
                 else:
-                    plan.latency[rt] = estimate = lat.estimated(rt, plan.model.onnx_path or plan.model.module, plan.model.specs(),
-                                                                profile, threads)
+                    form = plan.model.onnx_path or plan.model.module
+                    assert form is not None  # a TVM folder alone has no estimate (source_for measures it, or refuses)
+                    plan.latency[rt] = estimate = lat.estimated(rt, form, plan.model.specs(), profile, threads)
                     plan.notes.append(
                         f"{rt} latency on {profile.name} is estimated, not measured ({estimate.details.get('method')}, "
                         f"predicting {estimate.details.get('predicts')}): {estimate.accuracy}."
                     )
-        return {name: _finish(name, plan, profile, data, threads, tvm_target, verify, *per_model_inputs[name]) for name, plan in plans.items()}
+        return {
+            name: _finish(name, plan, profile, data, threads, tvm_target, verify, *per_model_inputs[name])
+            for name, plan in plans.items()
+        }
 
 
-def _finish(name: str, plan: _Plan, profile, data: EvalData, threads: int, tvm_target, verify: bool,
-            samples: list[list[np.ndarray]], timing_inputs) -> Evaluation:
+def _finish(
+    name: str,
+    plan: _Plan,
+    profile,
+    data: EvalData,
+    threads: int,
+    tvm_target,
+    verify: bool,
+    samples: list[list[np.ndarray]],
+    timing_inputs,
+) -> Evaluation:
     """Quality and verification of one model, once its latency is known."""
     accuracy = loss = fid = None
     if plan.quality is not None:
-        runner = plan.runners[plan.quality]
-        if data.eval is not None and data.eval.labeled:
-            batch = data.batch_size or plan.model.specs()[0].shape[0]
-            outputs = predictions(runner, data.eval, batch)
-            accuracy, loss = top1_accuracy(outputs, data.eval, batch), cross_entropy(outputs, data.eval)
-        if data.reference is not None and data.inputs:
-            fid = fidelity([list(r) for r in data.reference], run_all(runner, [list(s) for s in data.inputs]),
-                           reference_name=data.reference_name, candidate_name=f"{name} ({plan.quality})")
-            fid["data"] = data.inputs_source
+        accuracy, loss, fid = score(plan.runners[plan.quality], data, plan.model.specs(), f"{name} ({plan.quality})")
     verification = (_verify(plan, samples) if verify else []) + _verify_device(plan, samples)
     return Evaluation(
-        target=profile.name, threads=threads, latency=dict(plan.latency), accuracy=accuracy, loss=loss,
-        quality_runtime=plan.quality, fidelity=fid, verification=tuple(verification), builds=plan.built,
-        tvm_target=tvm_target, notes=tuple(plan.notes),
+        target=profile.name,
+        threads=threads,
+        latency=dict(plan.latency),
+        accuracy=accuracy,
+        loss=loss,
+        quality_runtime=plan.quality,
+        fidelity=fid,
+        verification=tuple(verification),
+        builds=plan.built,
+        tvm_target=tvm_target,
+        notes=tuple(plan.notes),
     )
 
 
@@ -291,7 +330,9 @@ def _verify(plan: _Plan, samples: list[list[np.ndarray]]) -> list[dict]:
     """Each timed local runtime's outputs on ``samples`` against the first's."""
     outputs = {rt: run_all(plan.runners[rt], samples) for rt in plan.runtimes if rt in plan.runners}
     names = list(outputs)
-    return [compare(outputs[names[0]], outputs[n], reference_name=names[0], candidate_name=n).to_dict() for n in names[1:]]
+    return [
+        compare(outputs[names[0]], outputs[n], reference_name=names[0], candidate_name=n).to_dict() for n in names[1:]
+    ]
 
 
 def _verify_device(plan: _Plan, samples: list[list[np.ndarray]]) -> list[dict]:
@@ -299,13 +340,19 @@ def _verify_device(plan: _Plan, samples: list[list[np.ndarray]]) -> list[dict]:
     if plan.device_outputs is None:
         return []
     if plan.model.onnx_path is None:
-        plan.notes.append("a compiled artifact folder has no ONNX model beside it: outputs not checked against ONNX Runtime")
+        plan.notes.append(
+            "a compiled artifact folder has no ONNX model beside it: outputs not checked against ONNX Runtime"
+        )
         return []
     from repfx_deploy.measure.rpc.remote import RUNTIME
     from repfx_deploy.measure.runtimes import OrtRunner, default_threads
 
     reference = run_all(OrtRunner(plan.model.onnx_path, default_threads()), samples[: len(plan.device_outputs)])
-    return [compare(reference, plan.device_outputs, reference_name="onnxruntime (this machine)", candidate_name=RUNTIME).to_dict()]
+    return [
+        compare(
+            reference, plan.device_outputs, reference_name="onnxruntime (this machine)", candidate_name=RUNTIME
+        ).to_dict()
+    ]
 
 
 def _runtimes_for(model: Deployable, asked: Sequence[str] | None, profile) -> tuple[str, ...]:
@@ -319,24 +366,15 @@ def _runtimes_for(model: Deployable, asked: Sequence[str] | None, profile) -> tu
     unreachable = sorted(set(asked) - set(model.forms))
     if unreachable:
         what = "a compiled TVM artifact" if model.onnx_path is None and model.module is None else "an ONNX file"
-        fix = "pass the ONNX file or the torch model for those runtimes" if what.startswith("a compiled") else "pass the torch model to time torch eager"
-        raise InputError(f"Cannot run {', '.join(unreachable)} on {what}.", f"Use --runtime with what it supports, or {fix}.")
+        fix = (
+            "pass the ONNX file or the torch model for those runtimes"
+            if what.startswith("a compiled")
+            else "pass the torch model to time torch eager"
+        )
+        raise InputError(
+            f"Cannot run {', '.join(unreachable)} on {what}.", f"Use --runtime with what it supports, or {fix}."
+        )
     return tuple(rt for rt in RUNTIMES if rt in asked)
-
-
-def _quality_runtime(model: Deployable, asked: str | None, profile) -> str | None:
-    """Where quality is scored: ``asked``, else ONNX Runtime (the deployed form) when there is an ONNX form,
-    else torch, else TVM where its artifact runs here; ``None`` when nothing can run the model here."""
-    from repfx_deploy.compile.link import runs_here
-
-    if asked is not None:
-        if asked not in model.forms:
-            raise InputError(f"Cannot score quality on {asked}: the model has no form it runs.", "Pass the torch model.")
-        return asked
-    for rt in ("onnxruntime", "torch"):
-        if rt in model.forms:
-            return rt
-    return "tvm" if runs_here(profile.target_dict, profile.link) else None
 
 
 def _inputs(data: EvalData, specs) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
@@ -344,11 +382,15 @@ def _inputs(data: EvalData, specs) -> tuple[list[list[np.ndarray]], list[np.ndar
     from repfx_deploy.data.tensors import random_inputs
 
     samples = [list(s) for s in data.inputs]
-    timing_inputs = list(data.timing_inputs) if data.timing_inputs is not None else (samples[0] if samples else random_inputs(specs))
+    timing_inputs = (
+        list(data.timing_inputs)
+        if data.timing_inputs is not None
+        else (samples[0] if samples else random_inputs(specs))
+    )
     return samples or [timing_inputs], timing_inputs
 
 
-def _runner(runtime: str, model: Deployable, threads: int) -> "Runner":
+def _runner(runtime: str, model: Deployable, threads: int) -> Runner:
     from repfx_deploy.measure.runtimes import OrtRunner, TorchRunner
 
     if runtime == "torch":

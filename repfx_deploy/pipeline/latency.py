@@ -78,7 +78,7 @@ class Latency:
         return d
 
 
-def source_for(profile: "TargetProfile", runtime: str, *, rpc: bool) -> LatencySource:
+def source_for(profile: TargetProfile, runtime: str, *, rpc: bool) -> LatencySource:
     """Where ``runtime``'s latency on ``profile`` comes from: the device over RPC when a tracker is given (the
     TVM artifact only), this machine when the target is this machine, else the profile's estimator.
     ``TargetError`` when there is none of these (a profile from a file without ``[estimator]``)."""
@@ -86,7 +86,9 @@ def source_for(profile: "TargetProfile", runtime: str, *, rpc: bool) -> LatencyS
 
     if rpc and runtime in RPC_RUNTIMES:
         return "measured-rpc"
-    here = runs_here(profile.target_dict, profile.link) if runtime == "tvm" else not is_foreign_target(profile.target_dict)
+    here = (
+        runs_here(profile.target_dict, profile.link) if runtime == "tvm" else not is_foreign_target(profile.target_dict)
+    )
     if here:
         return "measured-local"
     if profile.estimator is not None:
@@ -99,7 +101,7 @@ def source_for(profile: "TargetProfile", runtime: str, *, rpc: bool) -> LatencyS
     )
 
 
-def check_rpc_target(profile: "TargetProfile", runtimes: Sequence[str], *, compiles: bool = True) -> None:
+def check_rpc_target(profile: TargetProfile, runtimes: Sequence[str], *, compiles: bool = True) -> None:
     """Refuse, before any work, what cannot be measured over RPC: host runtimes, and (when the artifact is to be
     compiled here, ``compiles``) a target packaged as object files: a device server loads only a shared library."""
     other = sorted(set(runtimes) - set(RPC_RUNTIMES))
@@ -122,24 +124,28 @@ def measured_local(runtime: str, record: Mapping[str, Any]) -> Latency:
 
 def measure_rpc(
     artifacts: Mapping[str, Path],
-    samples: Sequence[Sequence["np.ndarray"]],
-    timing_inputs: Sequence["np.ndarray"],
-    config: "RpcConfig",
-    timing: "TimingConfig",
-) -> dict[str, "DeviceResult"]:
+    samples: Sequence[Sequence[np.ndarray]],
+    timing_inputs: Sequence[np.ndarray],
+    config: RpcConfig,
+    timing: TimingConfig,
+) -> dict[str, DeviceResult]:
     """Each compiled artifact folder timed on one device of ``config.key`` (its outputs for ``samples`` fetched
     back); ``MeasureError`` naming the device's reason when one could not be measured."""
     from repfx_deploy.measure.rpc.remote import DeviceJob, measure_on_device
 
-    run = measure_on_device([DeviceJob(name, path) for name, path in artifacts.items()], samples, timing_inputs, config, timing)
+    run = measure_on_device(
+        [DeviceJob(name, path) for name, path in artifacts.items()], samples, timing_inputs, config, timing
+    )
     if run.failures:
         name, why = next(iter(run.failures.items()))
-        raise MeasureError(f"Measuring {name} on {config.key!r} via {config.endpoint} failed: {why}",
-                           "Check the device server's log; restart it, then rerun.")
+        raise MeasureError(
+            f"Measuring {name} on {config.key!r} via {config.endpoint} failed: {why}",
+            "Check the device server's log; restart it, then rerun.",
+        )
     return run.results
 
 
-def measured_rpc(runtime: str, result: "DeviceResult") -> Latency:
+def measured_rpc(runtime: str, result: DeviceResult) -> Latency:
     """A device measurement as a ``Latency`` (its record says which device, and whether it was emulated)."""
     record = result.to_dict()
     return Latency(runtime, "measured-rpc", float(record["latency_ms"]), details=record)
@@ -147,17 +153,25 @@ def measured_rpc(runtime: str, result: "DeviceResult") -> Latency:
 
 def estimated(
     runtime: str,
-    model: "nn.Module | Path",
-    specs: tuple["InputSpec", ...],
-    profile: "TargetProfile",
+    model: nn.Module | Path,
+    specs: tuple[InputSpec, ...],
+    profile: TargetProfile,
     threads: int = 0,
 ) -> Latency:
     """The profile's estimate for ``model`` (an ``nn.Module`` or an ONNX file), with the profile's held-out error."""
     from repfx_deploy.estimate import estimate_latency
 
     estimate = estimate_latency(model, specs, profile, threads=threads)
-    details = {k: v for k, v in estimate.to_dict().items() if k not in ("layers", "runtime", "accuracy", "accuracy_pct")}
+    details = {
+        k: v for k, v in estimate.to_dict().items() if k not in ("layers", "runtime", "accuracy", "accuracy_pct")
+    }
     details["predicts"] = estimate.runtime  # what the estimator was fitted to (pixel1: TF-Lite on one core)
     details["layers_estimated"] = len(estimate.layers)
-    return Latency(runtime, "estimated", round(estimate.latency_ms, 6), details=details, error_pct=float(estimate.accuracy_pct),
-                   accuracy=estimate.accuracy)
+    return Latency(
+        runtime,
+        "estimated",
+        round(estimate.latency_ms, 6),
+        details=details,
+        error_pct=float(estimate.accuracy_pct),
+        accuracy=estimate.accuracy,
+    )

@@ -28,11 +28,23 @@ def _labeled(n=8):
 def test_evaluate_module_on_host_labels_each_runtime_measured_local_and_scores_quality(tiny_conv):
     inputs = [random_inputs(SPECS, seed=s) for s in range(3)]
     reference = run_all(TorchRunner(tiny_conv, 1), inputs)
-    data = EvalData(eval=_labeled(), inputs=inputs, reference=reference, reference_name="original", inputs_source="random")
-    result = evaluate(Deployable(tiny_conv, input_specs=SPECS), get_profile("host"), data=data, runtimes=("torch", "onnxruntime"),
-                      threads=1, timing=FAST, name="mine")
+    data = EvalData(
+        eval=_labeled(), inputs=inputs, reference=reference, reference_name="original", inputs_source="random"
+    )
+    result = evaluate(
+        Deployable(tiny_conv, input_specs=SPECS),
+        get_profile("host"),
+        data=data,
+        runtimes=("torch", "onnxruntime"),
+        threads=1,
+        timing=FAST,
+        name="mine",
+    )
     assert set(result.latency) == {"torch", "onnxruntime"}
-    assert all(lat.source == "measured-local" and lat.latency_ms > 0 and lat.error_pct is None for lat in result.latency.values())
+    assert all(
+        lat.source == "measured-local" and lat.latency_ms > 0 and lat.error_pct is None
+        for lat in result.latency.values()
+    )
     assert result.quality_runtime == "onnxruntime" and 0.0 <= result.accuracy <= 1.0 and result.loss > 0
     assert result.fidelity["candidate"] == "mine (onnxruntime)" and result.fidelity["cosine"] > 0.9999
     assert result.fidelity["data"] == "random"
@@ -56,8 +68,14 @@ def test_evaluate_on_pixel1_estimates_tvm_with_the_profile_error_without_compili
 def test_evaluate_several_models_times_them_in_the_same_interleaved_rounds(tiny_conv):
     torch.manual_seed(1)
     other = type(tiny_conv)().eval()
-    results = evaluate({"a": Deployable(tiny_conv, input_specs=SPECS), "b": Deployable(other, input_specs=SPECS)},
-                       get_profile("host"), runtimes=("torch",), threads=1, timing=FAST, rounds=3)
+    results = evaluate(
+        {"a": Deployable(tiny_conv, input_specs=SPECS), "b": Deployable(other, input_specs=SPECS)},
+        get_profile("host"),
+        runtimes=("torch",),
+        threads=1,
+        timing=FAST,
+        rounds=3,
+    )
     assert set(results) == {"a", "b"}
     for r in results.values():
         assert r.latency["torch"].details["stats"]["interleaved_rounds"] == 3
@@ -65,8 +83,10 @@ def test_evaluate_several_models_times_them_in_the_same_interleaved_rounds(tiny_
 
 def test_evaluate_refuses_a_foreign_target_without_estimator_or_rpc_before_any_work(tmp_path, tiny_conv):
     path = tmp_path / "board.toml"
-    path.write_text('name = "board"\ndescription = "an aarch64 board"\nruntimes = ["tvm"]\n'
-                    '[tvm_target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\nmcpu = "cortex-a72"\n')
+    path.write_text(
+        'name = "board"\ndescription = "an aarch64 board"\nruntimes = ["tvm"]\n'
+        '[tvm_target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\nmcpu = "cortex-a72"\n'
+    )
     with pytest.raises(TargetError, match="no \\[estimator\\]") as info:
         evaluate(Deployable(tiny_conv, input_specs=SPECS), load_profile_file(path), timing=FAST)
     assert "--rpc" in info.value.fix
@@ -78,8 +98,14 @@ def test_evaluate_refuses_torch_on_an_onnx_file(tiny_onnx):
 
 
 def test_evaluate_with_no_runtimes_scores_quality_only(tiny_conv):
-    result = evaluate(Deployable(tiny_conv, input_specs=SPECS), get_profile("host"), data=EvalData(eval=_labeled()),
-                      runtimes=(), quality_runtime="torch", threads=1)
+    result = evaluate(
+        Deployable(tiny_conv, input_specs=SPECS),
+        get_profile("host"),
+        data=EvalData(eval=_labeled()),
+        runtimes=(),
+        quality_runtime="torch",
+        threads=1,
+    )
     assert result.latency == {} and result.quality_runtime == "torch" and 0.0 <= result.accuracy <= 1.0
 
 
