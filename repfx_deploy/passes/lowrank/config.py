@@ -46,8 +46,18 @@ DENSE = "dense"
 RankValue = int | str
 
 # The fields of the TRP run: all must be at their defaults unless trained_rank is on.
-_TRP_FIELDS = ("nuclear_weight", "trp_epochs", "trp_steps", "trp_lr", "trp_batch_size", "trp_optimizer",
-               "trp_weight_decay", "trp_augment", "trp_seed", "trp_data")
+_TRP_FIELDS = (
+    "nuclear_weight",
+    "trp_epochs",
+    "trp_steps",
+    "trp_lr",
+    "trp_batch_size",
+    "trp_optimizer",
+    "trp_weight_decay",
+    "trp_augment",
+    "trp_seed",
+    "trp_data",
+)
 
 
 def parse_rank(value: RankValue) -> tuple[Scheme | None, int] | None:
@@ -61,8 +71,10 @@ def parse_rank(value: RankValue) -> tuple[Scheme | None, int] | None:
     elif isinstance(value, str) and ":" in value:
         scheme, _, rank = value.partition(":")
         if scheme in SCHEMES and rank.isdigit() and int(rank) >= 1:
-            return scheme, int(rank)  # type: ignore[return-value]
-    raise ValueError(f'a rank is an integer >= 1, "dense" or "<scheme>:<rank>" with scheme one of {", ".join(SCHEMES)}; got {value!r}')
+            return scheme, int(rank)
+    raise ValueError(
+        f'a rank is an integer >= 1, "dense" or "<scheme>:<rank>" with scheme one of {", ".join(SCHEMES)}; got {value!r}'
+    )
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,9 @@ class LowRankConfig(PassConfig):
         if not all(isinstance(p, str) and p for p in self.ignore):
             raise ValueError(f"ignore holds layer name patterns; got {self.ignore!r}")
         if self.round_to is not None and self.round_to < 1:
-            raise ValueError(f"round_to must be a positive integer (or left out: the target's channel_multiple); got {self.round_to}")
+            raise ValueError(
+                f"round_to must be a positive integer (or left out: the target's channel_multiple); got {self.round_to}"
+            )
         for key in ("sensitivity_points", "sensitivity_batches", "sensitivity_batch_size", "bn_batches"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer; got {getattr(self, key)!r}")
@@ -149,13 +163,17 @@ class LowRankConfig(PassConfig):
             raise ValueError(f"nuclear_weight must be > 0; got {self.nuclear_weight}")
         if self.trained_rank:
             if self.trp_epochs < 0 or self.trp_steps < 0 or (self.trp_epochs == 0 and self.trp_steps == 0):
-                raise ValueError(f"trained_rank = true trains first: set trp_epochs > 0 or trp_steps > 0 (got {self.trp_epochs}, {self.trp_steps})")
+                raise ValueError(
+                    f"trained_rank = true trains first: set trp_epochs > 0 or trp_steps > 0 (got {self.trp_epochs}, {self.trp_steps})"
+                )
             _ = self.trp_finetune  # FinetuneConfig checks lr, batch size, weight decay
         else:
             defaults = {f.name: f.default for f in fields(self)}
             stray = [k for k in _TRP_FIELDS if getattr(self, k) != defaults[k]]
             if stray:
-                raise ValueError(f"{', '.join(stray)} set but trained_rank is not: set trained_rank = true, or drop them")
+                raise ValueError(
+                    f"{', '.join(stray)} set but trained_rank is not: set trained_rank = true, or drop them"
+                )
 
     @property
     def budget(self) -> tuple[Literal["params", "macs"], float] | None:
@@ -167,7 +185,7 @@ class LowRankConfig(PassConfig):
         return None
 
     @property
-    def trp_finetune(self) -> "FinetuneConfig | None":
+    def trp_finetune(self) -> FinetuneConfig | None:
         """TRP's training run (Xu et al., "Trained Rank Pruning", 2019), or None without ``trained_rank``: the
         candidate layers are trained dense with ``nuclear_weight * sum of their nuclear norms`` added to the
         distillation loss, which pushes their small singular values toward zero, so the ranks chosen afterwards
@@ -177,12 +195,17 @@ class LowRankConfig(PassConfig):
         if not self.trained_rank:
             return None
         return FinetuneConfig(
-            epochs=self.trp_epochs if self.trp_epochs > 0 else 1.0, steps=self.trp_steps, batch_size=self.trp_batch_size,
-            lr=self.trp_lr, optimizer=self.trp_optimizer, weight_decay=self.trp_weight_decay, augment=self.trp_augment,
+            epochs=self.trp_epochs if self.trp_epochs > 0 else 1.0,
+            steps=self.trp_steps,
+            batch_size=self.trp_batch_size,
+            lr=self.trp_lr,
+            optimizer=self.trp_optimizer,
+            weight_decay=self.trp_weight_decay,
+            augment=self.trp_augment,
             seed=self.trp_seed,
         )
 
-    def with_assignment(self, assignment: Assignment) -> "LowRankConfig":
+    def with_assignment(self, assignment: Assignment) -> LowRankConfig:
         """This config with ``ranks`` = ``assignment`` (site name -> choice, every site): each layer of the space
         is then pinned, so the criterion is not run and the result is exactly that assignment's."""
         return replace(self, ranks=tuple((name, choice) for name, choice in assignment.items()))

@@ -18,9 +18,16 @@ import torch.nn as nn
 
 from repfx_deploy.errors import PassError, RecipeError
 from repfx_deploy.passes.lowrank.config import DENSE, LowRankConfig, RankValue, parse_rank
-from repfx_deploy.passes.lowrank.factorize import Decomposition, LayerShape, Scheme, decompose, factorize
+from repfx_deploy.passes.lowrank.factorize import Decomposition, LayerShape, Scheme, decompose, factorize, layer_weight
 from repfx_deploy.passes.lowrank.layers import find_layers, matches, set_submodule
-from repfx_deploy.passes.lowrank.ranks import Option, allocate, candidate_ranks, dense_option, energy_options, energy_rank
+from repfx_deploy.passes.lowrank.ranks import (
+    Option,
+    allocate,
+    candidate_ranks,
+    dense_option,
+    energy_options,
+    energy_rank,
+)
 from repfx_deploy.passes.protocol import Choice, kept_choices
 
 if TYPE_CHECKING:
@@ -54,7 +61,9 @@ class Candidate:
         """``scheme`` at ``rank``, or dense when that pair would not be cheaper than the layer."""
         if not 1 <= rank <= self.useful(scheme):
             return dense_option(self.shape)
-        return Option(scheme, rank, self.shape.params(scheme, rank), self.shape.macs(scheme, rank), self.energy_lost(scheme, rank))
+        return Option(
+            scheme, rank, self.shape.params(scheme, rank), self.shape.macs(scheme, rank), self.energy_lost(scheme, rank)
+        )
 
 
 def allowed_schemes(shape: LayerShape, config: LowRankConfig) -> tuple[Scheme, ...]:
@@ -70,7 +79,7 @@ def find_candidates(work: nn.Module, example: tuple[torch.Tensor, ...], config: 
     out = {}
     for name, shape in find_layers(work, example, config.ignore).items():
         schemes = allowed_schemes(shape, config)
-        weight = work.get_submodule(name).weight
+        weight = layer_weight(work.get_submodule(name))
         out[name] = Candidate(shape, schemes, {s: decompose(weight, s, shape.max_useful_rank(s)) for s in schemes})
     return out
 
@@ -91,8 +100,10 @@ def to_option(name: str, cand: Candidate, value: RankValue, *, cheapest: bool = 
         return dense_option(cand.shape)
     scheme, rank = parsed
     if scheme is not None and scheme not in cand.schemes:
-        raise RecipeError(f"lowrank: {name!r} cannot take {value!r}: its schemes are {', '.join(cand.schemes)}.",
-                          f'Use an integer rank, "dense", or {" / ".join(repr(s + ":" + str(rank)) for s in cand.schemes)}.')
+        raise RecipeError(
+            f"lowrank: {name!r} cannot take {value!r}: its schemes are {', '.join(cand.schemes)}.",
+            f'Use an integer rank, "dense", or {" / ".join(repr(s + ":" + str(rank)) for s in cand.schemes)}.',
+        )
     if scheme is not None or not cheapest:
         return cand.option(scheme or cand.schemes[0], rank)
     options = [o for o in (cand.option(s, rank) for s in cand.schemes) if o.scheme is not None]
@@ -133,15 +144,23 @@ def _pin(name: str, config: LowRankConfig) -> tuple[RankValue, bool] | None:
     return None
 
 
-def choose_ranks(work: nn.Module, candidates: dict[str, Candidate], config: LowRankConfig, multiple: int,
-                 specs: tuple["InputSpec", ...], calibration: "Dataset | None") -> tuple[dict[str, Option], dict[str, Any]]:
+def choose_ranks(
+    work: nn.Module,
+    candidates: dict[str, Candidate],
+    config: LowRankConfig,
+    multiple: int,
+    specs: tuple[InputSpec, ...],
+    calibration: Dataset | None,
+) -> tuple[dict[str, Option], dict[str, Any]]:
     """One option per candidate (dense, or a scheme and rank): pins first, then the criterion on the rest; and a
     record of how they were chosen (JSON-ready)."""
     unknown = sorted(set(dict(config.ranks)) - set(candidates))
     if unknown:
         shown = ", ".join(list(candidates)[:8]) + (" ..." if len(candidates) > 8 else "")
-        raise RecipeError(f"lowrank: ranks names layer(s) {unknown} that are not factorizable layers of this model.",
-                          f"Use exact names of its candidate layers: {shown or 'none'}.")
+        raise RecipeError(
+            f"lowrank: ranks names layer(s) {unknown} that are not factorizable layers of this model.",
+            f"Use exact names of its candidate layers: {shown or 'none'}.",
+        )
     chosen: dict[str, Option] = {}
     free: dict[str, Candidate] = {}
     notes: list[str] = []
@@ -165,33 +184,50 @@ def choose_ranks(work: nn.Module, candidates: dict[str, Candidate], config: LowR
     elif config.energy is not None:
         record["mode"] = "energy"
         for name, cand in free.items():
-            options = [cand.option(s, -(-energy_rank(cand.svds[s].s, config.energy) // multiple) * multiple) for s in cand.schemes]
+            options = [
+                cand.option(s, -(-energy_rank(cand.svds[s].s, config.energy) // multiple) * multiple)
+                for s in cand.schemes
+            ]
             chosen[name] = min(options, key=lambda o: (o.params, o.macs))
     else:
         chosen |= _spend_budget(work, candidates, free, chosen, config, multiple, specs, calibration, record)
     return {n: chosen[n] for n in candidates}, record
 
 
-def _spend_budget(work: nn.Module, candidates: dict[str, Candidate], free: dict[str, Candidate], pinned: dict[str, Option],
-                  config: LowRankConfig, multiple: int, specs: tuple["InputSpec", ...], calibration: "Dataset | None",
-                  record: dict[str, Any]) -> dict[str, Option]:
+def _spend_budget(
+    work: nn.Module,
+    candidates: dict[str, Candidate],
+    free: dict[str, Candidate],
+    pinned: dict[str, Option],
+    config: LowRankConfig,
+    multiple: int,
+    specs: tuple[InputSpec, ...],
+    calibration: Dataset | None,
+    record: dict[str, Any],
+) -> dict[str, Option]:
     """The free layers' options meeting ``params_ratio``/``macs_ratio`` at the least loss (``ranks.allocate``)."""
     assert config.budget is not None
     kind, ratio = config.budget
     record["mode"] = f"{kind}_ratio ({config.criterion})"
     total = _model_total(work, specs, kind)
-    pinned_saving = sum(candidates[n].shape.dense_params() - o.params if kind == "params" else candidates[n].shape.dense_macs() - o.macs
-                        for n, o in pinned.items())
+    pinned_saving = sum(
+        candidates[n].shape.dense_params() - o.params if kind == "params" else candidates[n].shape.dense_macs() - o.macs
+        for n, o in pinned.items()
+    )
     must_save = int(np.ceil(total * (1.0 - ratio))) - pinned_saving
     if config.criterion == "sensitivity":
         from repfx_deploy.passes.lowrank.sensitivity import measured_options
 
         if len(specs) != 1:
-            raise PassError("lowrank: criterion = \"sensitivity\" runs the model on calibration samples, which feed one input only.",
-                            "Use criterion = \"energy\" for a model with several inputs.")
+            raise PassError(
+                'lowrank: criterion = "sensitivity" runs the model on calibration samples, which feed one input only.',
+                'Use criterion = "energy" for a model with several inputs.',
+            )
         batches = calibration_batches(calibration, config)
         options = measured_options(work, free, batches, round_to=multiple, points=config.sensitivity_points)
-        record["sensitivity"] = {n: [[o.scheme, o.rank, round(o.loss, 6)] for o in opts[1:]] for n, opts in options.items()}
+        record["sensitivity"] = {
+            n: [[o.scheme, o.rank, round(o.loss, 6)] for o in opts[1:]] for n, opts in options.items()
+        }
     else:
         options = {n: energy_options(c.shape, {s: c.svds[s].s for s in c.schemes}, multiple) for n, c in free.items()}
     try:
@@ -205,7 +241,7 @@ def _spend_budget(work: nn.Module, candidates: dict[str, Candidate], free: dict[
     return chosen
 
 
-def _model_total(model: nn.Module, specs: tuple["InputSpec", ...], kind: str) -> int:
+def _model_total(model: nn.Module, specs: tuple[InputSpec, ...], kind: str) -> int:
     from repfx_deploy.analyze.torch_stats import param_count, torch_stats
 
     if kind == "params":
@@ -213,12 +249,14 @@ def _model_total(model: nn.Module, specs: tuple["InputSpec", ...], kind: str) ->
     return torch_stats(model, specs).macs
 
 
-def calibration_batches(calibration: "Dataset | None", config: LowRankConfig) -> list[torch.Tensor]:
+def calibration_batches(calibration: Dataset | None, config: LowRankConfig) -> list[torch.Tensor]:
     """The calibration batches sensitivity is measured on: a seeded shuffle (data sets are often stored ordered
     by class), ``sensitivity_batches`` x ``sensitivity_batch_size`` samples at most."""
     if calibration is None or len(calibration) == 0:
-        raise PassError("lowrank: criterion = \"sensitivity\" measures each layer on calibration data, and none was given.",
-                        "Set [data] calibration in the recipe (or --calibration), or use criterion = \"energy\".")
+        raise PassError(
+            'lowrank: criterion = "sensitivity" measures each layer on calibration data, and none was given.',
+            'Set [data] calibration in the recipe (or --calibration), or use criterion = "energy".',
+        )
     order = np.random.default_rng(0).permutation(len(calibration))
     n = min(config.sensitivity_batches * config.sensitivity_batch_size, len(calibration))
     x = torch.from_numpy(np.ascontiguousarray(calibration.x[np.sort(order[:n])]))
@@ -230,7 +268,13 @@ def install(model: nn.Module, candidates: dict[str, Candidate], chosen: dict[str
     out = []
     for name, cand in candidates.items():
         o = chosen[name]
-        rec: dict[str, Any] = {"layer": name, "scheme": o.scheme or DENSE, "rank": o.rank or None, "params": o.params, "macs": o.macs}
+        rec: dict[str, Any] = {
+            "layer": name,
+            "scheme": o.scheme or DENSE,
+            "rank": o.rank or None,
+            "params": o.params,
+            "macs": o.macs,
+        }
         if o.scheme is not None:
             set_submodule(model, name, factorize(model.get_submodule(name), o.scheme, o.rank, cand.svds[o.scheme]))
             rec["energy_kept"] = round(1.0 - cand.energy_lost(o.scheme, o.rank), 6)

@@ -25,7 +25,17 @@ import torch.nn as nn
 
 from repfx_deploy.passes.lowrank.config import SCHEMES, Scheme
 
-__all__ = ["SCHEMES", "Decomposition", "Factorized", "LayerShape", "Scheme", "decompose", "factorize", "singular_values", "weight_matrix"]
+__all__ = [
+    "SCHEMES",
+    "Decomposition",
+    "Factorized",
+    "LayerShape",
+    "Scheme",
+    "decompose",
+    "factorize",
+    "singular_values",
+    "weight_matrix",
+]
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,9 @@ def decompose(weight: torch.Tensor, scheme: Scheme, keep: int | None = None) -> 
     return Decomposition(scheme, u[:, :k].contiguous().clone(), s.clone(), vh[:k].contiguous().clone())
 
 
-def _factors(weight: torch.Tensor, scheme: Scheme, rank: int, dec: Decomposition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _factors(
+    weight: torch.Tensor, scheme: Scheme, rank: int, dec: Decomposition | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(first, second)`` with ``second @ first`` the best rank-``rank`` approximation of the scheme's matrix
     (from ``dec`` when given: the same numbers as computing it here, without the SVD)."""
     if dec is None or dec.kept < rank:
@@ -182,7 +194,7 @@ class Factorized(nn.Sequential):
 
     def effective_matrix(self) -> torch.Tensor:
         """``second @ first`` as the scheme's matrix (differentiable): what the nuclear-norm regularizer sees."""
-        a, b = self[0].weight, self[1].weight
+        a, b = layer_weight(self[0]), layer_weight(self[1])
         if self.scheme == "linear":
             return b @ a
         if self.scheme == "channel":
@@ -206,10 +218,11 @@ def _factorize_conv(layer: nn.Conv2d, scheme: Scheme, rank: int, dec: Decomposit
     full = min(cin * kh, cout * kw) if scheme == "spatial" else min(cout, cin * kh * kw)
     _check_rank(rank, full)
     first_w, second_w = _factors(layer.weight, scheme, rank, dec)
-    (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+    # factorizable() admits numeric padding only, so every one of these is a pair of ints
+    (sh, sw), (ph, pw), (dh, dw) = _pair(layer.stride), _pair(layer.padding), _pair(layer.dilation)
     has_bias = layer.bias is not None
     if scheme == "channel":
-        first = nn.Conv2d(cin, rank, (kh, kw), layer.stride, layer.padding, layer.dilation, bias=False)
+        first = nn.Conv2d(cin, rank, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias=False)
         second = nn.Conv2d(rank, cout, 1, bias=has_bias)
         _load(first, first_w.reshape(rank, cin, kh, kw), None, layer.weight)
         _load(second, second_w.reshape(cout, rank, 1, 1), layer.bias, layer.weight)
@@ -218,13 +231,32 @@ def _factorize_conv(layer: nn.Conv2d, scheme: Scheme, rank: int, dec: Decomposit
         second = nn.Conv2d(rank, cout, (1, kw), (1, sw), (0, pw), (1, dw), bias=has_bias)
         # first_w: r x (cin kh); second_w: r x (cout kw)
         _load(first, first_w.reshape(rank, cin, kh, 1), None, layer.weight)
-        _load(second, second_w.reshape(rank, cout, kw).permute(1, 0, 2).reshape(cout, rank, 1, kw), layer.bias, layer.weight)
+        _load(
+            second,
+            second_w.reshape(rank, cout, kw).permute(1, 0, 2).reshape(cout, rank, 1, kw),
+            layer.bias,
+            layer.weight,
+        )
     return Factorized(first, second, scheme, rank)
 
 
-def _load(layer: nn.Module, weight: torch.Tensor, bias: "torch.Tensor | None", like: torch.Tensor) -> None:
+def layer_weight(layer: nn.Module) -> torch.Tensor:
+    """``layer.weight``, typed (``nn.Module`` attributes are ``Tensor | Module`` to a type checker)."""
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def _pair(value: object) -> tuple[int, int]:
+    assert isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value), value
+    return value[0], value[1]
+
+
+def _load(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, like: torch.Tensor) -> None:
     with torch.no_grad():
-        layer.weight.copy_(weight.to(like.dtype))
+        layer_weight(layer).copy_(weight.to(like.dtype))
         if bias is not None:
-            layer.bias.copy_(bias.detach())
+            layer_bias = layer.bias
+            assert isinstance(layer_bias, torch.Tensor)
+            layer_bias.copy_(bias.detach())
     layer.to(like.device)

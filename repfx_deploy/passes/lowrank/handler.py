@@ -28,7 +28,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from repfx_deploy.passes.lowrank.config import LowRankConfig
-from repfx_deploy.passes.protocol import Assignment, Pass, PassContext, PassResult, Prepared, SearchSpace, Site, count, finish
+from repfx_deploy.passes.protocol import (
+    Assignment,
+    Pass,
+    PassContext,
+    PassResult,
+    Prepared,
+    SearchSpace,
+    Site,
+    count,
+    finish,
+)
 from repfx_deploy.passes.registry import register_pass
 
 if TYPE_CHECKING:
@@ -45,9 +55,9 @@ class LowRankPrepared(Prepared[LowRankConfig]):
     """What ``prepare`` computed once: the working copy (attention unfused, TRP-trained), every candidate's SVDs,
     the criterion's option per candidate (sensitivity measured, budget spent), and the TRP record."""
 
-    work: "nn.Module"
-    candidates: dict[str, "Candidate"]
-    chosen: dict[str, "Option"]
+    work: nn.Module
+    candidates: dict[str, Candidate]
+    chosen: dict[str, Option]
     record: dict[str, Any]
     unfused: list[str]
     multiple: int
@@ -60,7 +70,7 @@ class LowRankPass(Pass[LowRankConfig]):
     kind = "lowrank"
     config_type = LowRankConfig
 
-    def prepare(self, module: "nn.Module", config: LowRankConfig, context: PassContext) -> LowRankPrepared:
+    def prepare(self, module: nn.Module, config: LowRankConfig, context: PassContext) -> LowRankPrepared:
         """Once per model and config, on a deep copy (``module`` is not touched):
 
         1. unfuse attention (``unfuse_attention``: torch's fused attention reads its projection weights
@@ -95,8 +105,21 @@ class LowRankPass(Pass[LowRankConfig]):
             if len(choices) > 1:
                 sites.append(Site(name, "rank_kept", choices, default, unchanged="dense"))
         space = SearchSpace(self.kind, tuple(sites))
-        return LowRankPrepared(module, config, context, space, before, work, candidates, chosen, record, unfused,
-                               multiple, trp, time.perf_counter() - started)
+        return LowRankPrepared(
+            module,
+            config,
+            context,
+            space,
+            before,
+            work,
+            candidates,
+            chosen,
+            record,
+            unfused,
+            multiple,
+            trp,
+            time.perf_counter() - started,
+        )
 
     def apply_assignment(self, prepared: Prepared[LowRankConfig], assignment: Assignment) -> PassResult:
         """A copy of the prepared working model with each site's truncated factors installed (sites left out:
@@ -130,8 +153,9 @@ class LowRankPass(Pass[LowRankConfig]):
         return finish(prepared, student, decisions, started, extras)
 
 
-def _train_ranks(work: "nn.Module", teacher: "nn.Module", example: tuple[Any, ...], config: LowRankConfig,
-                 context: PassContext) -> dict[str, Any]:
+def _train_ranks(
+    work: nn.Module, teacher: nn.Module, example: tuple[Any, ...], config: LowRankConfig, context: PassContext
+) -> dict[str, Any]:
     """TRP, in place on ``work``: distill from ``teacher`` with the nuclear-norm penalty on every candidate layer
     (each with its first scheme's matrix); returns the record (norms before and after, the run)."""
     from repfx_deploy.passes.lowrank.core import allowed_schemes
@@ -141,17 +165,24 @@ def _train_ranks(work: "nn.Module", teacher: "nn.Module", example: tuple[Any, ..
     from repfx_deploy.passes.recovery.handler import finetune_data
 
     data, source = finetune_data(context, config.trp_data, "lowrank (trained_rank)")
-    schemes = {name: allowed_schemes(shape, config)[0] for name, shape in find_layers(work, example, config.ignore).items()}
+    schemes = {
+        name: allowed_schemes(shape, config)[0] for name, shape in find_layers(work, example, config.ignore).items()
+    }
     finetune = config.trp_finetune
     assert finetune is not None
     start = float(nuclear_norm(work, schemes).detach())
     result = distill(work, teacher, data, finetune, extra_loss=nuclear_penalty(schemes, config.nuclear_weight))
     work.eval()
-    return {"data": source, "nuclear_weight": config.nuclear_weight, "nuclear_norm_before": round(start, 4),
-            "nuclear_norm_after": round(float(nuclear_norm(work, schemes).detach()), 4), "finetune": result.to_dict()}
+    return {
+        "data": source,
+        "nuclear_weight": config.nuclear_weight,
+        "nuclear_norm_before": round(start, 4),
+        "nuclear_norm_after": round(float(nuclear_norm(work, schemes).detach()), 4),
+        "finetune": result.to_dict(),
+    }
 
 
-def _recalibrate(student: "nn.Module", prepared: LowRankPrepared) -> int:
+def _recalibrate(student: nn.Module, prepared: LowRankPrepared) -> int:
     import torch.nn as nn
 
     from repfx_deploy.passes.recovery import recalibrate_bn
@@ -160,5 +191,7 @@ def _recalibrate(student: "nn.Module", prepared: LowRankPrepared) -> int:
     if calibration is not None and len(calibration) > 0:
         return recalibrate_bn(student, calibration, batches=prepared.config.bn_batches)
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules()):
-        log.warning("lowrank: no calibration data, so BatchNorm statistics were not re-calibrated (set [data] calibration)")
+        log.warning(
+            "lowrank: no calibration data, so BatchNorm statistics were not re-calibrated (set [data] calibration)"
+        )
     return 0

@@ -20,10 +20,17 @@ def factorizable(module: nn.Module) -> bool:
     """``nn.Linear`` and ungrouped, zero-padded ``nn.Conv2d`` with numeric padding."""
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
 
 
-def find_layers(model: nn.Module, example: tuple[torch.Tensor, ...], ignore: tuple[str, ...] = ()) -> dict[str, LayerShape]:
+def find_layers(
+    model: nn.Module, example: tuple[torch.Tensor, ...], ignore: tuple[str, ...] = ()
+) -> dict[str, LayerShape]:
     """Every factorizable layer that ``model(*example)`` calls and ``ignore`` does not name, with its shape.
 
     Costs are per call of the model on ``example`` (the same unit as ``analyze.torch_stats``); a layer called
@@ -37,18 +44,40 @@ def find_layers(model: nn.Module, example: tuple[torch.Tensor, ...], ignore: tup
         def hook(module, inputs, output):
             x = inputs[0]
             if isinstance(module, nn.Linear):
-                shape = LayerShape("linear", module.in_features, module.out_features, bias=module.bias is not None,
-                                   positions=output.numel() // module.out_features)
+                shape = LayerShape(
+                    "linear",
+                    module.in_features,
+                    module.out_features,
+                    bias=module.bias is not None,
+                    positions=output.numel() // module.out_features,
+                )
             else:
                 kh, kw = module.kernel_size
                 n, _, ho, wo = output.shape
-                shape = LayerShape("conv", module.in_channels, module.out_channels, kh, kw, module.bias is not None,
-                                   positions=n * ho * wo, mid_positions=n * ho * x.shape[-1])
+                shape = LayerShape(
+                    "conv",
+                    module.in_channels,
+                    module.out_channels,
+                    kh,
+                    kw,
+                    module.bias is not None,
+                    positions=n * ho * wo,
+                    mid_positions=n * ho * x.shape[-1],
+                )
             if name in seen:
                 old = seen[name]
-                shape = LayerShape(old.kind, old.cin, old.cout, old.kh, old.kw, old.bias,
-                                   old.positions + shape.positions, old.mid_positions + shape.mid_positions)
+                shape = LayerShape(
+                    old.kind,
+                    old.cin,
+                    old.cout,
+                    old.kh,
+                    old.kw,
+                    old.bias,
+                    old.positions + shape.positions,
+                    old.mid_positions + shape.mid_positions,
+                )
             seen[name] = shape
+
         return hook
 
     for name, module in model.named_modules():

@@ -113,7 +113,9 @@ def allocate(layers: dict[str, list[Option]], kind: Cost, must_save: int) -> dic
     saved = sum(start[n] - hulls[n][0].cost(kind) for n in hulls)
     while saved < must_save:
         if not heap:
-            raise ValueError(f"the budget needs {must_save} fewer {kind} but factorizing every layer at its lowest rank saves {saved}")
+            raise ValueError(
+                f"the budget needs {must_save} fewer {kind} but factorizing every layer at its lowest rank saves {saved}"
+            )
         _, name = heapq.heappop(heap)
         h, i = hulls[name], at[name]
         saved += h[i].cost(kind) - h[i + 1].cost(kind)

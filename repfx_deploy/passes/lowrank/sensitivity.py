@@ -8,10 +8,10 @@ to the output (a layer before a BatchNorm or a residual add may tolerate more tr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
-
-from typing import TYPE_CHECKING
 
 from repfx_deploy.passes.lowrank.factorize import factorize
 from repfx_deploy.passes.lowrank.layers import set_submodule
@@ -48,7 +48,7 @@ def _relative_error(ys: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
 
 def measured_options(
     model: nn.Module,
-    layers: dict[str, "Candidate"],
+    layers: dict[str, Candidate],
     batches: list[torch.Tensor],
     *,
     round_to: int,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from repfx_deploy.passes.lowrank.factorize import Factorized, Scheme, weight_matrix
+from repfx_deploy.passes.lowrank.factorize import Factorized, Scheme, layer_weight, weight_matrix
 
 
 def nuclear_norm(model: nn.Module, layers: dict[str, Scheme]) -> torch.Tensor:
@@ -21,7 +21,7 @@ def nuclear_norm(model: nn.Module, layers: dict[str, Scheme]) -> torch.Tensor:
     total = None
     for name, scheme in layers.items():
         layer = model.get_submodule(name)
-        m = layer.effective_matrix() if isinstance(layer, Factorized) else weight_matrix(layer.weight, scheme)
+        m = layer.effective_matrix() if isinstance(layer, Factorized) else weight_matrix(layer_weight(layer), scheme)
         term = torch.linalg.svdvals(m if m.shape[0] >= m.shape[1] else m.T).sum()  # tall: see factorize.svd
         total = term if total is None else total + term
     if total is None:

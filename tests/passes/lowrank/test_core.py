@@ -113,7 +113,9 @@ def test_sensitivity_criterion_spends_the_cut_where_the_output_does_not_notice()
     measured = lowrank(model, VEC, _cfg(**config, criterion="sensitivity", sensitivity_points=16), calibration=calib)
     x = torch.from_numpy(calib.x)
     with torch.no_grad():
-        err = {k: float(((r.module(x) - model(x)) ** 2).mean()) for k, r in (("energy", energy), ("measured", measured))}
+        err = {
+            k: float(((r.module(x) - model(x)) ** 2).mean()) for k, r in (("energy", energy), ("measured", measured))
+        }
     # energy sees two alike spectra and cuts both; the measured loss cuts the quiet branch and keeps the loud one
     assert isinstance(measured.module.quiet, Factorized) and not isinstance(measured.module.loud, Factorized)
     assert err["measured"] < 0.1 * err["energy"]

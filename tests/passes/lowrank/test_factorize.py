@@ -83,8 +83,14 @@ def test_max_useful_rank_is_zero_when_no_rank_is_cheaper():
     assert LayerShape("linear", 2, 2).max_useful_rank("linear") == 0
 
 
-@pytest.mark.parametrize(("layer", "scheme"), [(nn.Linear(24, 40), "linear"), (nn.Conv2d(6, 10, 3, padding=1), "channel"),
-                                               (nn.Conv2d(6, 10, 3, padding=1), "spatial")])
+@pytest.mark.parametrize(
+    ("layer", "scheme"),
+    [
+        (nn.Linear(24, 40), "linear"),
+        (nn.Conv2d(6, 10, 3, padding=1), "channel"),
+        (nn.Conv2d(6, 10, 3, padding=1), "spatial"),
+    ],
+)
 def test_factorize_from_a_cached_decomposition_equals_factorizing_afresh(layer, scheme):
     from repfx_deploy.passes.lowrank.factorize import decompose
 

@@ -25,7 +25,11 @@ SPECS = (InputSpec("input", (1, 3, 16, 16)),)
 
 def _images(n: int, labeled: bool) -> Dataset:
     rng = np.random.default_rng(0)
-    return Dataset(x=rng.standard_normal((n, 3, 16, 16)).astype(np.float32), y=rng.integers(0, 10, n) if labeled else None, source="random")
+    return Dataset(
+        x=rng.standard_normal((n, 3, 16, 16)).astype(np.float32),
+        y=rng.integers(0, 10, n) if labeled else None,
+        source="random",
+    )
 
 
 def _parse(**keys) -> LowRankConfig:
@@ -86,7 +90,10 @@ def test_pass_recalibrates_batchnorm_then_recover_finetunes_on_calibration_with_
     torch.manual_seed(0)
     model = ConvBNNet().eval()
     context = make_context(SPECS, calibration=_images(64, labeled=False))
-    configs = (_parse(params_ratio=0.6, round_to=2), parse_pass({"kind": "recover", "finetune_steps": 2, "batch_size": 16}, 1))
+    configs = (
+        _parse(params_ratio=0.6, round_to=2),
+        parse_pass({"kind": "recover", "finetune_steps": 2, "batch_size": 16}, 1),
+    )
     with caplog.at_level(logging.WARNING, logger="repfx_deploy.passes"):
         run = run_passes(model, configs, context)
     lowrank, recover = run.results
@@ -107,11 +114,17 @@ def test_trained_rank_lowers_nuclear_norm_in_prepare_then_factorizes():
     torch.manual_seed(0)
     model = ConvBNNet().eval()
     context = make_context(SPECS, train=_images(64, labeled=True))
-    config = _parse(energy=0.9, round_to=1, trained_rank=True, nuclear_weight=0.01, trp_steps=4, trp_batch_size=16, trp_lr=0.01)
+    config = _parse(
+        energy=0.9, round_to=1, trained_rank=True, nuclear_weight=0.01, trp_steps=4, trp_batch_size=16, trp_lr=0.01
+    )
     the_pass = pass_for_kind("lowrank")
     prepared = the_pass.prepare(model, config, context)
     trp = prepared.trained_rank
-    assert trp["nuclear_norm_after"] < trp["nuclear_norm_before"] and trp["finetune"]["steps"] == 4 and trp["data"] == "train"
+    assert (
+        trp["nuclear_norm_after"] < trp["nuclear_norm_before"]
+        and trp["finetune"]["steps"] == 4
+        and trp["data"] == "train"
+    )
     result = the_pass.apply_assignment(prepared, {})
     assert result.extras["trained_rank"] == trp and result.extras["factorized"] >= 1
 
@@ -137,9 +150,9 @@ target = "host"
 arch = "repfx_deploy.examples.fashion_mnist:FashionCNN"
 input_shape = "1,1,28,28"
 [data]
-calibration = "{root / 'calibration/fashion-mnist/calib-512.npz'}"
+calibration = "{root / "calibration/fashion-mnist/calib-512.npz"}"
 calibration_samples = 256
-eval = "{root / 'examples/fashion-mnist/eval-1000.npz'}"
+eval = "{root / "examples/fashion-mnist/eval-1000.npz"}"
 eval_samples = 200
 [data.preprocess]
 size = 28
@@ -155,10 +168,15 @@ kind = "recover"
 finetune_steps = 10
 batch_size = 32
 ''')
-    report = compress(CompressRequest(
-        model_path=root / "examples/fashion-mnist/model.pt", out_dir=tmp_path / "out", recipe=load_recipe(recipe),
-        load=LoadOptions(), timing=TimingConfig(warmup=2, repeats=5, min_time_s=0.0, remeasure=0),
-    ))
+    report = compress(
+        CompressRequest(
+            model_path=root / "examples/fashion-mnist/model.pt",
+            out_dir=tmp_path / "out",
+            recipe=load_recipe(recipe),
+            load=LoadOptions(),
+            timing=TimingConfig(warmup=2, repeats=5, min_time_s=0.0, remeasure=0),
+        )
+    )
     lowrank, recover = report["passes"]
     assert report["compressed"]["params"] <= 0.5 * report["baseline"]["params"]
     assert lowrank["extras"]["factorized"] >= 1 and recover["extras"]["finetune"]["steps"] == 10

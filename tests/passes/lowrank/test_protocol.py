@@ -29,7 +29,9 @@ def _model(cls):
 
 def _data(shape, n=64, labeled=False) -> Dataset:
     rng = np.random.default_rng(0)
-    return Dataset(rng.standard_normal((n, *shape)).astype(np.float32), rng.integers(0, 10, n) if labeled else None, "random")
+    return Dataset(
+        rng.standard_normal((n, *shape)).astype(np.float32), rng.integers(0, 10, n) if labeled else None, "random"
+    )
 
 
 @pytest.mark.parametrize(
@@ -39,7 +41,11 @@ def _data(shape, n=64, labeled=False) -> Dataset:
         (WideMLP, VEC, LowRankConfig(energy=0.9, round_to=2, ranks={"fc2": 5})),
         (ConvBNNet, IMG, LowRankConfig(macs_ratio=0.6, conv_scheme="auto", round_to=2)),
         (TinyEncoder, SEQ, LowRankConfig(params_ratio=0.7, round_to=8)),
-        (QuietBranchMLP, VEC, LowRankConfig(params_ratio=0.7, round_to=4, criterion="sensitivity", sensitivity_points=4)),
+        (
+            QuietBranchMLP,
+            VEC,
+            LowRankConfig(params_ratio=0.7, round_to=4, criterion="sensitivity", sensitivity_points=4),
+        ),
     ],
     ids=["budget", "energy-pinned", "auto-schemes-bn", "encoder", "sensitivity"],
 )
@@ -53,7 +59,9 @@ def test_protocol_contracts_hold(cls, specs, config):
 
 
 def test_protocol_contracts_hold_with_trained_rank():
-    config = LowRankConfig(energy=0.9, round_to=2, trained_rank=True, trp_steps=2, trp_batch_size=16, nuclear_weight=0.01)
+    config = LowRankConfig(
+        energy=0.9, round_to=2, trained_rank=True, trp_steps=2, trp_batch_size=16, nuclear_weight=0.01
+    )
     context = make_context(VEC, train=_data((32,)))
     default, _ = check_protocol(_model(WideMLP), config, context, (torch.randn(2, 32),))
     assert default.extras["trained_rank"]["finetune"]["steps"] == 2
@@ -72,7 +80,9 @@ def test_space_of_wide_mlp_lists_ranks_up_to_the_last_cheaper_one_then_dense():
 
 def test_space_thins_long_rank_lists_keeping_ends_and_default():
     model = torch.nn.Sequential(torch.nn.Linear(256, 256))
-    space = LOWRANK.space(model, LowRankConfig(ranks={"0": 37}, round_to=1), make_context((InputSpec("input", (1, 256)),)))
+    space = LOWRANK.space(
+        model, LowRankConfig(ranks={"0": 37}, round_to=1), make_context((InputSpec("input", (1, 256)),))
+    )
     choices = space.site("0").choices
     # useful ranks 1..127; 12 evenly spaced plus the pinned default 37
     assert choices[0] == 1 and choices[-2] == 127 and choices[-1] == "dense" and 37 in choices
@@ -80,7 +90,9 @@ def test_space_thins_long_rank_lists_keeping_ends_and_default():
 
 
 def test_space_of_auto_conv_spells_the_second_scheme():
-    space = LOWRANK.space(_model(ConvBNNet), LowRankConfig(params_ratio=0.6, conv_scheme="auto", round_to=2), make_context(IMG))
+    space = LOWRANK.space(
+        _model(ConvBNNet), LowRankConfig(params_ratio=0.6, conv_scheme="auto", round_to=2), make_context(IMG)
+    )
     conv3 = space.site("conv3").choices
     assert any(isinstance(c, int) for c in conv3) and any(str(c).startswith("spatial:") for c in conv3)
     assert "spatial:4" not in space.site("fc").choices  # a linear has one scheme
@@ -144,8 +156,10 @@ def test_profile_from_a_file_sets_the_rank_multiple(tmp_path):
     from repfx_deploy.targets import load_profile_file
 
     path = tmp_path / "board.toml"
-    path.write_text('name = "board"\ndescription = "a test board"\nchannel_multiple = 4\n'
-                    '[tvm_target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\n')
+    path.write_text(
+        'name = "board"\ndescription = "a test board"\nchannel_multiple = 4\n'
+        '[tvm_target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\n'
+    )
     profile = load_profile_file(path)
     config = parse_pass({"kind": "lowrank", "params_ratio": 0.6}, 0)
     context = make_context(VEC, profile=profile)

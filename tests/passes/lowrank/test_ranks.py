@@ -36,7 +36,11 @@ def _opt(cost: int, loss: float) -> Option:
 def test_lower_hull_drops_points_above_the_hull_and_dominated_points():
     dense, a, above, b, cheapest = _opt(100, 0.0), _opt(80, 0.1), _opt(60, 0.5), _opt(40, 0.6), _opt(30, 0.6)
     hull = lower_hull([dense, a, above, b, cheapest], "params")
-    assert hull == [dense, a, cheapest]  # "above" lies over the a -> cheapest segment; "b" loses as much as "cheapest" for more cost
+    assert hull == [
+        dense,
+        a,
+        cheapest,
+    ]  # "above" lies over the a -> cheapest segment; "b" loses as much as "cheapest" for more cost
 
 
 def test_allocate_matches_brute_force_on_convex_layers():
@@ -50,8 +54,9 @@ def test_allocate_matches_brute_force_on_convex_layers():
     saved = sum(opts[0].params - chosen[n].params for n, opts in layers.items())
     assert saved >= must
     best = min(
-        (sum(o.loss for o in combo) for combo in itertools.product(*layers.values())
-         if sum(layers[n][0].params - o.params for n, o in zip(layers, combo)) >= must)
+        sum(o.loss for o in combo)
+        for combo in itertools.product(*layers.values())
+        if sum(layers[n][0].params - o.params for n, o in zip(layers, combo)) >= must
     )
     # greedy on hulls is optimal for the fractional problem: within one step of the integer optimum here
     assert sum(o.loss for o in chosen.values()) <= best + 0.2

@@ -17,9 +17,11 @@ def test_nuclear_norm_sums_singular_values_of_each_scheme_matrix():
     torch.manual_seed(0)
     model = ConvBNNet()
     got = nuclear_norm(model, {"conv2": "channel", "conv3": "spatial", "fc": "linear"})
-    want = (torch.linalg.svdvals(model.conv2.weight.reshape(32, -1)).sum()
-            + torch.linalg.svdvals(model.conv3.weight.permute(1, 2, 0, 3).reshape(96, 96)).sum()
-            + torch.linalg.svdvals(model.fc.weight).sum())
+    want = (
+        torch.linalg.svdvals(model.conv2.weight.reshape(32, -1)).sum()
+        + torch.linalg.svdvals(model.conv3.weight.permute(1, 2, 0, 3).reshape(96, 96)).sum()
+        + torch.linalg.svdvals(model.fc.weight).sum()
+    )
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
 
 
@@ -41,7 +43,13 @@ def test_penalty_in_distill_lowers_the_nuclear_norm():
         student = WideMLP()
         student.load_state_dict(teacher.state_dict())
         extra = nuclear_penalty(layers, weight) if weight else None
-        distill(student, teacher, data, FinetuneConfig(steps=20, batch_size=16, lr=0.01, weight_decay=0.0, progress=False), extra_loss=extra)
+        distill(
+            student,
+            teacher,
+            data,
+            FinetuneConfig(steps=20, batch_size=16, lr=0.01, weight_decay=0.0, progress=False),
+            extra_loss=extra,
+        )
         runs[weight] = nuclear_norm(student, layers).item()
     assert runs[0.5] < 0.9 * runs[None]
 
