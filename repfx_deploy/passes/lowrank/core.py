@@ -126,10 +126,10 @@ def site_choices(cand: Candidate, multiple: int, default: Choice) -> tuple[Choic
 
 
 def _choice_order(choice: Choice) -> tuple[int, int]:
+    """Integer ranks first, then the second scheme's ("spatial:8"), each ascending."""
     if isinstance(choice, int):
         return 0, choice
-    scheme, _, rank = str(choice).partition(":")
-    return 1, int(rank)
+    return 1, int(str(choice).partition(":")[2])
 
 
 def _pin(name: str, config: LowRankConfig) -> tuple[RankValue, bool] | None:
