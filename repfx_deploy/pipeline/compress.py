@@ -194,10 +194,11 @@ def compress(request: CompressRequest) -> dict:
         _check_int8_artifact(pass_records, art)
         report["warnings"] += _verification_warnings(art.verification)
         if art.tvm_dir is not None and not art.tvm_runs_here:
+            how = (f"with `repfx-deploy bench model.onnx --target {profile.name} --rpc HOST:PORT` in this folder (or compress "
+                   "with --rpc)" if profile.link == "shared" else
+                   "once tvm/model.tar is linked into a library there (the command is in tvm/manifest.json)")
             where = (f"so it was timed and verified on device {rpc.key!r} over TVM RPC" if rpc is not None else
-                     "so it was not verified here and its latency is the target's estimate; measure and verify it on the "
-                     f"device with `repfx-deploy bench model.onnx --target {profile.name} --rpc HOST:PORT` in this folder "
-                     "(or compress with --rpc)")
+                     f"so it was not verified here and its latency is the target's estimate; measure and verify it on the device {how}")
             report["notes"].append(
                 f"The TVM artifact is built for {profile.name} ({(tvm_target or {}).get('mtriple')}) and cannot run on this "
                 f"machine, {where}. Accuracy and fidelity are of the same model on ONNX Runtime here."
