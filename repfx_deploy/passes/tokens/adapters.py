@@ -14,6 +14,8 @@ Any other module holding an attention layer is refused with a ``PassError`` nami
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -21,7 +23,7 @@ from repfx_deploy.errors import PassError
 from repfx_deploy.passes.tokens.block import TokenReducedBlock
 
 
-def _has(module: nn.Module, dotted: str) -> bool:
+def _has(module: Any, dotted: str) -> bool:
     for part in dotted.split("."):
         module = getattr(module, part, None)
         if module is None:
@@ -29,7 +31,7 @@ def _has(module: nn.Module, dotted: str) -> bool:
     return True
 
 
-def _get(module: nn.Module, dotted: str):
+def _get(module: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         module = getattr(module, part)
     return module
@@ -43,18 +45,24 @@ class TorchEncoderBlock(TokenReducedBlock):
         return isinstance(module, nn.TransformerEncoderLayer)
 
     @classmethod
-    def build(cls, layer: nn.TransformerEncoderLayer, path: str) -> "TorchEncoderBlock":
-        mha = layer.self_attn
+    def build(cls, layer: nn.Module, path: str) -> TorchEncoderBlock:
+        mha = cast(nn.TransformerEncoderLayer, layer).self_attn  # matches() accepted only these
         if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
             raise PassError(
                 f"Cannot patch {path!r}: its MultiheadAttention uses separate key/value sizes, bias_k/bias_v or add_zero_attn.",
                 f"Leave this model out of the tokens pass, or rebuild {path!r} with plain self-attention.",
             )
-        return cls(layer)
+        return cls(cast(nn.TransformerEncoderLayer, layer))
 
     def __init__(self, layer: nn.TransformerEncoderLayer) -> None:
         mha = layer.self_attn
-        super().__init__(layer, num_heads=mha.num_heads, scale=mha.head_dim**-0.5, pre_norm=layer.norm_first, batch_first=mha.batch_first)
+        super().__init__(
+            layer,
+            num_heads=mha.num_heads,
+            scale=mha.head_dim**-0.5,
+            pre_norm=layer.norm_first,
+            batch_first=mha.batch_first,
+        )
         # the activation is a function (F.relu) or a module (already a child under the same name)
         if not isinstance(layer.activation, nn.Module):
             self._activation = layer.activation
@@ -81,18 +89,26 @@ class TimmBlock(TokenReducedBlock):
 
     @staticmethod
     def matches(module: nn.Module) -> bool:
-        return all(_has(module, p) for p in ("attn.qkv", "attn.proj", "norm1", "norm2", "mlp")) and isinstance(getattr(module.attn, "num_heads", None), int)
+        return all(_has(module, p) for p in ("attn.qkv", "attn.proj", "norm1", "norm2", "mlp")) and isinstance(
+            getattr(module.attn, "num_heads", None), int
+        )
 
     @classmethod
-    def build(cls, block: nn.Module, path: str) -> "TimmBlock":
-        if not isinstance(block.attn.qkv, nn.Linear):
-            raise PassError(f"Cannot patch {path!r}: its attn.qkv is a {type(block.attn.qkv).__name__}, not a Linear.", "Leave this model out of the tokens pass.")
+    def build(cls, block: nn.Module, path: str) -> TimmBlock:
+        qkv = _get(block, "attn.qkv")
+        if not isinstance(qkv, nn.Linear):
+            raise PassError(
+                f"Cannot patch {path!r}: its attn.qkv is a {type(qkv).__name__}, not a Linear.",
+                "Leave this model out of the tokens pass.",
+            )
         return cls(block)
 
     def __init__(self, block: nn.Module) -> None:
-        attn = block.attn
+        attn = _get(block, "attn")
         head_dim = attn.qkv.out_features // 3 // attn.num_heads
-        super().__init__(block, num_heads=attn.num_heads, scale=float(getattr(attn, "scale", head_dim**-0.5)), pre_norm=True)
+        super().__init__(
+            block, num_heads=attn.num_heads, scale=float(getattr(attn, "scale", head_dim**-0.5)), pre_norm=True
+        )
 
     def _project_qkv(self, h):
         return self.attn.qkv(h).chunk(3, dim=-1)
@@ -120,8 +136,10 @@ class TimmBlock(TokenReducedBlock):
         return self.ls2(x) if hasattr(self, "ls2") else x
 
 
-_HF_QKV = (("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
-           ("attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense"))
+_HF_QKV = (
+    ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
+    ("attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense"),
+)
 _HF_NORMS = (("layernorm_before", "layernorm_after"), ("norm1", "norm2"))
 
 
@@ -130,22 +148,32 @@ class HFViTBlock(TokenReducedBlock):
 
     @staticmethod
     def matches(module: nn.Module) -> bool:
-        return any(all(_has(module, p) for p in names) for names in _HF_QKV) and any(all(_has(module, p) for p in n) for n in _HF_NORMS)
+        return any(all(_has(module, p) for p in names) for names in _HF_QKV) and any(
+            all(_has(module, p) for p in n) for n in _HF_NORMS
+        )
 
     @classmethod
-    def build(cls, layer: nn.Module, path: str) -> "HFViTBlock":
+    def build(cls, layer: nn.Module, path: str) -> HFViTBlock:
         if not (_has(layer, "mlp") or (_has(layer, "intermediate.dense") and _has(layer, "output.dense"))):
-            raise PassError(f"Cannot patch {path!r}: no mlp (or intermediate/output) module found.", "Leave this model out of the tokens pass.")
+            raise PassError(
+                f"Cannot patch {path!r}: no mlp (or intermediate/output) module found.",
+                "Leave this model out of the tokens pass.",
+            )
         return cls(layer)
 
     def __init__(self, layer: nn.Module) -> None:
         self._paths = next(names for names in _HF_QKV if all(_has(layer, p) for p in names))
         self._norms = next(n for n in _HF_NORMS if all(_has(layer, p) for p in n))
         holder = _get(layer, self._paths[0].rsplit(".", 1)[0])
-        heads = getattr(holder, "num_attention_heads", None) or layer.attention.config.num_attention_heads
+        heads = getattr(holder, "num_attention_heads", None) or _get(layer, "attention").config.num_attention_heads
         head_dim = _get(layer, self._paths[0]).out_features // heads
-        super().__init__(layer, num_heads=heads, scale=float(getattr(holder, "scaling", head_dim**-0.5)), pre_norm=True,
-                         returns_tuple=_has(layer, "intermediate"))  # transformers 4 layers return a tuple
+        super().__init__(
+            layer,
+            num_heads=heads,
+            scale=float(getattr(holder, "scaling", head_dim**-0.5)),
+            pre_norm=True,
+            returns_tuple=_has(layer, "intermediate"),
+        )  # transformers 4 layers return a tuple
 
     def _project_qkv(self, h):
         return tuple(_get(self, p)(h) for p in self._paths[:3])
@@ -183,7 +211,7 @@ def patch_blocks(model: nn.Module) -> list[tuple[str, TokenReducedBlock]]:
     """Replace every supported transformer block of ``model`` (in place) by its token-reducing version, in
     model order. ``PassError`` names the first module with attention that is not inside a supported block,
     or the model when it has no attention at all."""
-    found: list[tuple[str, nn.Module, type]] = []
+    found: list[tuple[str, nn.Module, type[TorchEncoderBlock | TimmBlock | HFViTBlock]]] = []
     for path, module in model.named_modules():
         if any(path.startswith(p + ".") for p, _, _ in found):
             continue
@@ -201,15 +229,19 @@ def patch_blocks(model: nn.Module) -> list[tuple[str, TokenReducedBlock]]:
                 "Hugging Face ViT/DINOv2 layers. Leave this model out of the tokens pass.",
             )
     if not found:
-        raise PassError(f"No transformer block found in {type(model).__name__}: the tokens pass has nothing to patch.",
-                        "Use the tokens pass on a ViT built from nn.TransformerEncoderLayer, timm-style Blocks or Hugging Face ViT/DINOv2 layers.")
-    patched = []
+        raise PassError(
+            f"No transformer block found in {type(model).__name__}: the tokens pass has nothing to patch.",
+            "Use the tokens pass on a ViT built from nn.TransformerEncoderLayer, timm-style Blocks or Hugging Face ViT/DINOv2 layers.",
+        )
+    patched: list[tuple[str, TokenReducedBlock]] = []
     for path, module, family in found:
         block = family.build(module, path)
         parent_path, _, name = path.rpartition(".")
         parent = _get(model, parent_path) if parent_path else model
         if not path:
-            raise PassError("The model is itself a single transformer block.", "Wrap it in a model that embeds the tokens.")
+            raise PassError(
+                "The model is itself a single transformer block.", "Wrap it in a model that embeds the tokens."
+            )
         setattr(parent, name, block)
         patched.append((path, block))
     return patched

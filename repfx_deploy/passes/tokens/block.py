@@ -33,7 +33,16 @@ class TokenReducedBlock(nn.Module):
 
     family = "?"
 
-    def __init__(self, layer: nn.Module, *, num_heads: int, scale: float, pre_norm: bool, batch_first: bool = True, returns_tuple: bool = False) -> None:
+    def __init__(
+        self,
+        layer: nn.Module,
+        *,
+        num_heads: int,
+        scale: float,
+        pre_norm: bool,
+        batch_first: bool = True,
+        returns_tuple: bool = False,
+    ) -> None:
         super().__init__()
         for name, child in layer.named_children():
             self.add_module(name, child)
@@ -52,7 +61,14 @@ class TokenReducedBlock(nn.Module):
 
     def configure(self, config) -> None:
         """Set how removed tokens are chosen from a ``TokensConfig`` (its fields of the same names)."""
-        for name in ("method", "pagerank_iterations", "head_aggregation", "pagerank_start", "candidate_factor", "reduction"):
+        for name in (
+            "method",
+            "pagerank_iterations",
+            "head_aggregation",
+            "pagerank_start",
+            "candidate_factor",
+            "reduction",
+        ):
             setattr(self, name, getattr(config, name))
 
     # family hooks ---------------------------------------------------------------------------------------

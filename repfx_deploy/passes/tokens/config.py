@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from repfx_deploy.errors import RecipeError
 from repfx_deploy.passes.protocol import Assignment, PassConfig
@@ -78,16 +78,22 @@ class TokensConfig(PassConfig):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if (self.flops_reduction is None) == (self.keep is None):
-            raise ValueError("set exactly one of flops_reduction (e.g. 0.35 for -35 % MACs) and keep (tokens kept per block)")
+            raise ValueError(
+                "set exactly one of flops_reduction (e.g. 0.35 for -35 % MACs) and keep (tokens kept per block)"
+            )
         if self.flops_reduction is not None and not 0.0 < float(self.flops_reduction) < 1.0:
-            raise ValueError(f"flops_reduction is the fraction of MACs removed, in (0, 1); got {self.flops_reduction!r}")
+            raise ValueError(
+                f"flops_reduction is the fraction of MACs removed, in (0, 1); got {self.flops_reduction!r}"
+            )
         if self.keep is not None:
             self._check_keep(self.keep)
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
             if not self.layers or not all(isinstance(i, int) and i >= 0 for i in self.layers):
                 raise ValueError(f"layers holds block indices (0 = first block); got {self.layers!r}")
-        if self.token_multiple is not None and (not isinstance(self.token_multiple, int) or not 1 <= self.token_multiple <= 64):
+        if self.token_multiple is not None and (
+            not isinstance(self.token_multiple, int) or not 1 <= self.token_multiple <= 64
+        ):
             raise ValueError(f"token_multiple must be an integer in [1, 64]; got {self.token_multiple!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
@@ -106,44 +112,59 @@ class TokensConfig(PassConfig):
         if self.reduction not in ("drop", "merge"):
             raise ValueError(f"reduction must be drop or merge; got {self.reduction!r}")
 
-    def _check_keep(self, keep: object) -> None:
+    def _check_keep(self, given: Any) -> None:
         # a dict (a caller in Python) is accepted as the by-name form and stored as pairs, so the config hashes
-        if isinstance(keep, Mapping):
-            keep = tuple(keep.items())
-        keep = tuple(keep)  # type: ignore[call-overload]
+        keep: tuple[Any, ...] = tuple(given.items()) if isinstance(given, Mapping) else tuple(given)
         object.__setattr__(self, "keep", keep)
         if not keep:
-            raise ValueError("keep holds tokens kept per block (a list, one per block, or a table by block name); got an empty one")
+            raise ValueError(
+                "keep holds tokens kept per block (a list, one per block, or a table by block name); got an empty one"
+            )
         if all(isinstance(k, tuple) for k in keep):
-            names = [k[0] for k in keep]
             bad = [k for k in keep if len(k) != 2 or not isinstance(k[0], str) or not _count(k[1])]
             if bad:
-                raise ValueError(f"keep by block name maps each name to a positive token count; got {dict(keep)!r}")
+                raise ValueError(f"keep by block name maps each name to a positive token count; got {list(keep)!r}")
+            names = [k[0] for k in keep]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"keep names block(s) {dupes} more than once")
             return
         if not all(_count(k) for k in keep):
-            raise ValueError(f"keep holds one positive token count per block (or a table by block name); got {list(keep)!r}")
+            raise ValueError(
+                f"keep holds one positive token count per block (or a table by block name); got {list(keep)!r}"
+            )
         if any(b > a for a, b in zip(keep, keep[1:])):
-            raise ValueError(f"keep must not grow from one block to the next (tokens removed stay removed); got {list(keep)!r}")
+            raise ValueError(
+                f"keep must not grow from one block to the next (tokens removed stay removed); got {list(keep)!r}"
+            )
 
     @property
     def keep_by_name(self) -> dict[str, int] | None:
         """``keep`` as a table by block name, or None when it is positional (or unset)."""
-        if self.keep and all(isinstance(k, tuple) for k in self.keep):
-            return {name: count for name, count in self.keep}  # type: ignore[misc]
+        pairs: tuple[Any, ...] = self.keep or ()
+        if pairs and all(isinstance(k, tuple) for k in pairs):
+            return {name: count for name, count in pairs}
         return None
 
-    def with_assignment(self, assignment: Assignment) -> "TokensConfig":
+    @property
+    def keep_counts(self) -> tuple[int, ...] | None:
+        """``keep`` when it is one count per block, or None (by name, or unset)."""
+        counts: tuple[Any, ...] = self.keep or ()
+        return counts if counts and not any(isinstance(k, tuple) for k in counts) else None
+
+    def with_assignment(self, assignment: Assignment) -> TokensConfig:
         """This config with ``keep`` set to ``assignment`` (tokens kept by block name: the complete assignment
         ``SearchSpace.complete`` gives) and no FLOPs target; the method's options are kept as they are."""
         bad = {name: count for name, count in assignment.items() if not _count(count)}
         if bad:
-            raise RecipeError(f"The tokens pass counts tokens kept per block (positive integers); got {bad}.",
-                              "Use choices of the pass's space.")
+            raise RecipeError(
+                f"The tokens pass counts tokens kept per block (positive integers); got {bad}.",
+                "Use choices of the pass's space.",
+            )
         if not assignment:
-            raise RecipeError("The tokens pass needs an assignment of every block.", "Pass SearchSpace.complete(assignment).")
+            raise RecipeError(
+                "The tokens pass needs an assignment of every block.", "Pass SearchSpace.complete(assignment)."
+            )
         return replace(self, keep=tuple((name, int(count)) for name, count in assignment.items()), flops_reduction=None)
 
 

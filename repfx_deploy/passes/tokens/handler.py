@@ -47,7 +47,7 @@ class TokensPass(Pass[TokensConfig]):
     kind = "tokens"
     config_type = TokensConfig
 
-    def prepare(self, module: "nn.Module", config: TokensConfig, context: PassContext) -> Prepared[TokensConfig]:
+    def prepare(self, module: nn.Module, config: TokensConfig, context: PassContext) -> Prepared[TokensConfig]:
         """Once per model and config (``core.prepare_tokens``): copy the model and patch its blocks (the
         adapters), check the patched copy is exact with every token kept, test whether the last block may keep
         the class token alone, count per-block MACs and search the schedule for a ``flops_reduction`` (the
@@ -81,9 +81,24 @@ class TokensPass(Pass[TokensConfig]):
         result = finish(prepared, module, decisions, started, extras)
         reached = 1.0 - result.macs_after / max(result.macs_before, 1)
         result.extras["flops_reduction"] = round(reached, 4)
-        if keep == prepared.default_keep and prepared.searched_reduction is not None and abs(reached - prepared.searched_reduction) > 1e-9:
+        if (
+            keep == prepared.default_keep
+            and prepared.searched_reduction is not None
+            and abs(reached - prepared.searched_reduction) > 1e-9
+        ):
             # the search summed per-block MACs; the whole-model count must agree, or the target was not what it seemed
-            log.warning("tokens: the searched schedule reaches %.4f by its per-block MACs but %.4f counted on the model; "
-                        "the reported figure is the model's", prepared.searched_reduction, reached)
-        log.info("tokens: %s keep %s, MACs %d -> %d (-%.1f %%)", config.method, list(keep), result.macs_before, result.macs_after, 100 * reached)
+            log.warning(
+                "tokens: the searched schedule reaches %.4f by its per-block MACs but %.4f counted on the model; "
+                "the reported figure is the model's",
+                prepared.searched_reduction,
+                reached,
+            )
+        log.info(
+            "tokens: %s keep %s, MACs %d -> %d (-%.1f %%)",
+            config.method,
+            list(keep),
+            result.macs_before,
+            result.macs_after,
+            100 * reached,
+        )
         return result

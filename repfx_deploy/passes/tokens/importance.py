@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def pagerank_importance(probs: torch.Tensor, iterations: int, aggregation: str = "rms", start: str = "uniform") -> torch.Tensor:
+def pagerank_importance(
+    probs: torch.Tensor, iterations: int, aggregation: str = "rms", start: str = "uniform"
+) -> torch.Tensor:
     """(B, H, N, N) attention probabilities -> (B, N) token importance.
 
     ``start`` "uniform" is Zero-TPrune's start (every token equally important); "cls" starts from the class

@@ -58,7 +58,9 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, remove: int) -> torch
     a, b = patches[:, 0::2], patches[:, 1::2]
     ma, mb = m[:, 0::2], m[:, 1::2]
     if remove > a.shape[1]:
-        raise ValueError(f"token merging removes at most {a.shape[1]} of {patches.shape[1]} patch tokens in one block; asked {remove}")
+        raise ValueError(
+            f"token merging removes at most {a.shape[1]} of {patches.shape[1]} patch tokens in one block; asked {remove}"
+        )
     best, match = (ma @ mb.transpose(1, 2)).max(dim=-1)
     order = torch.topk(best, a.shape[1], dim=1).indices
     src, unmerged = order[:, :remove], order[:, remove:]

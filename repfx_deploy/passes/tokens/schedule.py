@@ -26,12 +26,22 @@ def round_count(n: int, before: int, multiple: int, method: str) -> int:
     from ``before`` (at least 2 tokens, at most ``before``); ``n`` itself when none can."""
     if multiple <= 1 or n == before:
         return n
-    reachable = [c for c in range(multiple, before + 1, multiple) if c >= 2 and before - c <= max_remove(before, method)]
+    reachable = [
+        c for c in range(multiple, before + 1, multiple) if c >= 2 and before - c <= max_remove(before, method)
+    ]
     return min(reachable, key=lambda c: (abs(c - n), c)) if reachable else n
 
 
-def keep_counts(tokens: int, blocks: int, layers: tuple[int, ...], step: float, schedule: str, method: str, cls_only_last: bool,
-                multiple: int = 1) -> tuple[int, ...]:
+def keep_counts(
+    tokens: int,
+    blocks: int,
+    layers: tuple[int, ...],
+    step: float,
+    schedule: str,
+    method: str,
+    cls_only_last: bool,
+    multiple: int = 1,
+) -> tuple[int, ...]:
     """Tokens leaving each of ``blocks`` blocks when each block in ``layers`` removes ``step`` tokens
     (``schedule = "constant"``; a fractional step is spread by cumulative rounding, so 2.5 removes 3, 2, 3, 2)
     or the fraction ``step`` of its tokens (``"ratio"``); each reduced count is then rounded to a ``multiple``
@@ -59,17 +69,24 @@ def check_keep(keep: tuple[int, ...], tokens: int, method: str, names: tuple[str
         if k > n:
             if i == 0:
                 raise ValueError(f"{names[0]} keeps {k} tokens but receives only {tokens}")
-            raise ValueError(f"{names[i]} keeps {k} tokens but {names[i - 1]} before it keeps only {n}: counts must not grow along depth")
+            raise ValueError(
+                f"{names[i]} keeps {k} tokens but {names[i - 1]} before it keeps only {n}: counts must not grow along depth"
+            )
         if k == 1 and i != len(keep) - 1:
-            raise ValueError(f"{names[i]} keeps 1 token (the class token alone), which is allowed only in the last block ({names[-1]})")
+            raise ValueError(
+                f"{names[i]} keeps 1 token (the class token alone), which is allowed only in the last block ({names[-1]})"
+            )
         if k > 1 and n - k > max_remove(n, method):
             came = f"{names[i - 1]}'s {n}" if i else f"the {n} it receives"
-            raise ValueError(f"{names[i]} cannot go from {came} to {k} tokens with method {method!r} (at most {max_remove(n, method)} removed per block)")
+            raise ValueError(
+                f"{names[i]} cannot go from {came} to {k} tokens with method {method!r} (at most {max_remove(n, method)} removed per block)"
+            )
         n = k
 
 
-def site_choices(tokens: int, defaults: tuple[int, ...], multiple: int, method: str, *, cls_only_last: bool,
-                 steps: int = 12) -> tuple[tuple[int, ...], ...]:
+def site_choices(
+    tokens: int, defaults: tuple[int, ...], multiple: int, method: str, *, cls_only_last: bool, steps: int = 12
+) -> tuple[tuple[int, ...], ...]:
     """The counts each block's site offers (ascending, class token included): multiples of ``multiple`` from a
     floor up to ``tokens`` (the count every block receives in the unreduced model), thinned to about ``steps``,
     plus ``tokens`` itself (unchanged), the block's default, and 1 on the last block when ``cls_only_last``.

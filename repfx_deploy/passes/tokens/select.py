@@ -20,7 +20,9 @@ def candidate_pool(patches: int, remove: int, factor: float) -> int:
     return max(remove, min(patches - 1, int(round(factor * remove))))
 
 
-def zero_tprune(x: torch.Tensor, metric: torch.Tensor, importance: torch.Tensor, remove: int, factor: float, reduction: str) -> torch.Tensor:
+def zero_tprune(
+    x: torch.Tensor, metric: torch.Tensor, importance: torch.Tensor, remove: int, factor: float, reduction: str
+) -> torch.Tensor:
     """Remove ``remove`` patch tokens from (B, N, C) ``x``; ``metric`` (B, N, D) measures similarity and
     ``importance`` (B, N) ranks the tokens. ``reduction`` is "drop" or "merge".
 
@@ -37,7 +39,9 @@ def zero_tprune(x: torch.Tensor, metric: torch.Tensor, importance: torch.Tensor,
         return x
     patches = x.shape[1] - 1
     if remove >= patches:
-        raise ValueError(f"cannot remove {remove} of {patches} patch tokens and keep one (keep=1 computes the class token alone)")
+        raise ValueError(
+            f"cannot remove {remove} of {patches} patch tokens and keep one (keep=1 computes the class token alone)"
+        )
     pool = candidate_pool(patches, remove, factor)
     sure_n = patches - pool
     order = torch.topk(importance[:, 1:], patches, dim=1).indices + 1  # most important first, class token excluded

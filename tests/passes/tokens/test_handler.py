@@ -40,7 +40,10 @@ def test_unknown_key_raises_recipe_error_naming_key_path():
         ({"flops_reduction": 0.3, "layers": 2}, r"passes\[0\]\.layers must be a list, each an integer"),
         ({"flops_reduction": 0.3, "token_multiple": 1.5}, r"passes\[0\]\.token_multiple must be an integer"),
         ({"flops_reduction": 0.3, "head_aggregation": "max"}, r"passes\[0\]\.head_aggregation must be one of"),
-        ({"flops_reduction": 0.3, "cls_only_last": True}, r"passes\[0\]\.cls_only_last must be one of 'auto', 'on', 'off'"),
+        (
+            {"flops_reduction": 0.3, "cls_only_last": True},
+            r"passes\[0\]\.cls_only_last must be one of 'auto', 'on', 'off'",
+        ),
     ],
 )
 def test_wrong_type_raises_recipe_error_naming_key_path(table, match):

@@ -107,7 +107,9 @@ def _zero_tprune_direct(x, metric, importance, remove, factor, reduction):
     gone, spared = by_redundancy[:, :remove], by_redundancy[:, remove:]
     kept_sure = gather_tokens(x, sure)
     if reduction == "merge":
-        kept_sure = merge_into(kept_sure, gather_tokens(x, torch.gather(candidates, 1, gone)), torch.gather(match, 1, gone))
+        kept_sure = merge_into(
+            kept_sure, gather_tokens(x, torch.gather(candidates, 1, gone)), torch.gather(match, 1, gone)
+        )
     return torch.cat([x[:, :1], kept_sure, gather_tokens(x, torch.gather(candidates, 1, spared))], dim=1)
 
 
@@ -118,7 +120,9 @@ def test_zero_tprune_matches_direct_form(reduction, factor):
     metric = _tokens(33, 8, seed=6)
     importance = torch.rand(2, 33, generator=torch.Generator().manual_seed(7))
     got = zero_tprune(x, metric, importance, remove=7, factor=factor, reduction=reduction)
-    torch.testing.assert_close(got, _zero_tprune_direct(x, metric, importance, 7, factor, reduction), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        got, _zero_tprune_direct(x, metric, importance, 7, factor, reduction), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "rms"])
@@ -131,7 +135,9 @@ def test_pagerank_matches_power_iteration(aggregation, start, iterations):
         s = s @ probs
     s = s.squeeze(2)
     expected = (s * s).mean(1).sqrt() if aggregation == "rms" else s.mean(1)
-    torch.testing.assert_close(pagerank_importance(probs, iterations, aggregation, start), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        pagerank_importance(probs, iterations, aggregation, start), expected, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_head_mean_equals_mean_over_heads():

@@ -15,7 +15,14 @@ SPECS = (InputSpec("input", (1, 3, 16, 16)),)
 
 
 def test_keep_counts_spreads_fractional_constant_step():
-    assert keep_counts(65, 6, (0, 1, 2, 3), 2.5, "constant", "zero-tprune", cls_only_last=False) == (62, 60, 57, 55, 55, 55)
+    assert keep_counts(65, 6, (0, 1, 2, 3), 2.5, "constant", "zero-tprune", cls_only_last=False) == (
+        62,
+        60,
+        57,
+        55,
+        55,
+        55,
+    )
     assert keep_counts(65, 6, (0, 1, 2, 3, 4), 7.0, "constant", "merge", cls_only_last=True)[-1] == 1
 
 
