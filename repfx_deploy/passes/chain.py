@@ -117,8 +117,6 @@ class PreparedChain:
 
     def apply(self, assignment: Assignment) -> PassRun:
         """Apply the passes with ``assignment`` (keys ``"<prefix>/<site>"``; left out: default)."""
-        from repfx_deploy.analyze.torch_stats import torch_stats
-
         per_pass = self.space.split(assignment)
         results = []
         current = self.module
@@ -130,7 +128,7 @@ class PreparedChain:
             current = result.module
             upstream += (tuple(sorted(chosen.items())),)
         configs = tuple(c.with_assignment(a) for c, a in zip(self.configs, per_pass))
-        return PassRun(current, results, configs, torch_stats(current, self.context.input_specs))
+        return PassRun(current, results, configs, self.context.input_specs)
 
 
 def prepare_chain(module: "nn.Module", configs: Sequence[PassConfig], context: PassContext) -> PreparedChain:

@@ -13,6 +13,7 @@ recipe names their kind, so one pass's heavy dependencies never slow down the ot
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -158,12 +159,19 @@ def _guarded(config: PassConfig, run: Any) -> Any:
 
 @dataclass(frozen=True)
 class PassRun:
-    """What ``run_passes`` returns: the final module, one result per pass, and the final module's counts."""
+    """What ``run_passes`` returns: the final module, one result per pass (with the config that reproduces it),
+    and, counted when first asked for, the final module's per-layer counts."""
 
     module: "nn.Module"
     results: list[PassResult]
     configs: tuple[PassConfig, ...]
-    stats: "ModelStats"
+    input_specs: tuple[Any, ...]
+
+    @functools.cached_property
+    def stats(self) -> "ModelStats":
+        from repfx_deploy.analyze.torch_stats import torch_stats
+
+        return torch_stats(self.module, self.input_specs)
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -175,8 +183,6 @@ def run_passes(module: "nn.Module", configs: Sequence[PassConfig], context: Pass
     """Apply ``configs`` in order, each to the previous one's output; ``module`` itself is left unchanged."""
     from dataclasses import replace
 
-    from repfx_deploy.analyze.torch_stats import torch_stats
-
     if context.reference is None:
         context = replace(context, reference=module)
     results = []
@@ -186,4 +192,4 @@ def run_passes(module: "nn.Module", configs: Sequence[PassConfig], context: Pass
         result = apply(current, config, context)
         results.append(result)
         current = result.module
-    return PassRun(current, results, tuple(configs), torch_stats(current, context.input_specs))
+    return PassRun(current, results, tuple(configs), context.input_specs)
