@@ -239,7 +239,7 @@ class Pass(ABC, Generic[C]):
     """One pass. Subclasses set ``kind`` and ``config_type`` and implement ``prepare`` and ``apply_assignment``."""
 
     kind: ClassVar[str]
-    config_type: ClassVar[type]
+    config_type: ClassVar[type[PassConfig]]
 
     @abstractmethod
     def prepare(self, module: "nn.Module", config: C, context: PassContext) -> Prepared[C]:
@@ -259,9 +259,15 @@ class Pass(ABC, Generic[C]):
 
 
 def count(module: "nn.Module", context: PassContext) -> "ModelStats":
+    """Parameters and MACs of ``module``; its train/eval modes are left as they were (counting runs it in eval)."""
     from repfx_deploy.analyze.torch_stats import torch_stats
 
-    return torch_stats(module, context.input_specs)
+    modes = {m: m.training for m in module.modules()}
+    try:
+        return torch_stats(module, context.input_specs)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def finish(prepared: Prepared[Any], module: "nn.Module", decisions: Mapping[str, Choice], started: float,

@@ -122,7 +122,7 @@ def parse_pass(entry: Any, index: int) -> PassConfig:
     table = {k: v for k, v in entry.items() if k != "kind"}
     if kind != "recover":
         _refuse_inner_recovery(table, kind, the_pass.config_type, where)
-    return the_pass.config_type.from_table(table, where)  # type: ignore[no-any-return]
+    return the_pass.config_type.from_table(table, where)
 
 
 def _refuse_inner_recovery(table: Mapping[str, Any], kind: str, config_type: type, where: str) -> None:
