@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 
 
 def apply_plan(
-    module: "nn.Module",
-    graph: "DependencyGraph",
+    module: nn.Module,
+    graph: DependencyGraph,
     keep: dict[int, bool],
-    example: tuple["torch.Tensor", ...],
+    example: tuple[torch.Tensor, ...],
     *,
-    gm: "fx.GraphModule | None" = None,
+    gm: fx.GraphModule | None = None,
     find: Callable[[int], int] | None = None,
-) -> tuple["nn.Module", dict]:
+) -> tuple[nn.Module, dict]:
     """Prune ``module`` (the module ``graph`` was traced from, or a copy of it) in place; returns the module to
     use (itself, or ``gm`` when a forward literal could not be updated through an attribute) and a record.
 
@@ -41,7 +41,9 @@ def apply_plan(
 
     find = find or graph.classes.find
     if gm is None and literals_change(graph, keep, find):
-        raise ValueError("apply_plan: this plan changes literals of the traced forward, so it needs the graph module (gm)")
+        raise ValueError(
+            "apply_plan: this plan changes literals of the traced forward, so it needs the graph module (gm)"
+        )
 
     def kept(elems) -> list[int]:
         return [i for i, e in enumerate(elems) if keep.get(find(e), True)]
@@ -69,21 +71,21 @@ def apply_plan(
     return _choose(module, gm, example, changed)
 
 
-def literals_change(graph: "DependencyGraph", keep: dict[int, bool], find: Callable[[int], int] | None = None) -> bool:
+def literals_change(graph: DependencyGraph, keep: dict[int, bool], find: Callable[[int], int] | None = None) -> bool:
     """Whether ``keep`` changes a literal of the traced forward (a pad amount, a reshape size): only then does
     applying it need (a copy of) the traced graph module."""
     find = find or graph.classes.find
     return any(sum(1 for e in edit.elems if keep.get(find(e), True)) // edit.per != edit.old for edit in graph.edits)
 
 
-def _owner(root: "nn.Module", name: str):
+def _owner(root: nn.Module, name: str):
     try:
         return root.get_submodule(name) if name else root
     except AttributeError:
         return None
 
 
-def update_module(root: "nn.Module", layer, kept) -> None:
+def update_module(root: nn.Module, layer, kept) -> None:
     """Make ``layer``'s attributes agree with its sliced weights."""
     m = _owner(root, layer.name)
     if m is None:
@@ -116,7 +118,7 @@ def update_module(root: "nn.Module", layer, kept) -> None:
                 setattr(m, attr, new_inner)
 
 
-def _update_literals(gm: "fx.GraphModule", graph: "DependencyGraph", kept) -> list[dict]:
+def _update_literals(gm: fx.GraphModule, graph: DependencyGraph, kept) -> list[dict]:
     """Write the new literals into the traced graph ``gm`` (the owning modules' int attributes: ``_choose``)."""
     nodes = {n.name: n for n in gm.graph.nodes}
     changed = []
@@ -139,7 +141,7 @@ def _update_literals(gm: "fx.GraphModule", graph: "DependencyGraph", kept) -> li
     return changed
 
 
-def _choose(module: "nn.Module", gm: "fx.GraphModule | None", example, changed: list[dict]) -> tuple["nn.Module", dict]:
+def _choose(module: nn.Module, gm: fx.GraphModule | None, example, changed: list[dict]) -> tuple[nn.Module, dict]:
     """Keep the module's own class when its forward agrees with the traced graph after attribute updates.
 
     With no literal changed, the traced graph computes what the module's own forward does on the same weights,
@@ -176,7 +178,10 @@ def _choose(module: "nn.Module", gm: "fx.GraphModule | None", example, changed: 
         try:
             reference = gm(*example)
         except Exception as e:
-            raise PassError(f"The pruned graph does not run: {type(e).__name__}: {e}", "Report this model; add the failing layer to ignore.") from e
+            raise PassError(
+                f"The pruned graph does not run: {type(e).__name__}: {e}",
+                "Report this model; add the failing layer to ignore.",
+            ) from e
         try:
             ok = fixable and _same(module(*example), reference)
         except Exception as e:

@@ -67,28 +67,38 @@ class PruneConfig(PassConfig):
             raise ValueError(f"macs_ratio is the fraction of MACs kept, in (0, 1]; got {self.macs_ratio}")
         for pattern, r in self.layer_ratios:
             if not isinstance(pattern, str) or not pattern or _bad_number(r) or not 0.0 <= float(r) < 1.0:
-                raise ValueError(f"layer_ratios maps a layer name pattern to a fraction removed in [0, 1); got {pattern!r} = {r!r}")
+                raise ValueError(
+                    f"layer_ratios maps a layer name pattern to a fraction removed in [0, 1); got {pattern!r} = {r!r}"
+                )
         names = [name for name, _ in self.channels]
         for name, kept in self.channels:
             if not isinstance(name, str) or not name or isinstance(kept, bool) or not isinstance(kept, int) or kept < 1:
-                raise ValueError(f"channels maps a site (layer name) to the channels it keeps, an integer >= 1; got {name!r} = {kept!r}")
+                raise ValueError(
+                    f"channels maps a site (layer name) to the channels it keeps, an integer >= 1; got {name!r} = {kept!r}"
+                )
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"channels names each site once; repeated: {repeated}")
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}; got {self.importance!r}")
-        if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1):
-            raise ValueError(f"round_to must be a positive integer (or left out for the target's channel_multiple); got {self.round_to!r}")
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
+        ):
+            raise ValueError(
+                f"round_to must be a positive integer (or left out for the target's channel_multiple); got {self.round_to!r}"
+            )
         if not isinstance(self.ignore, tuple) or not all(isinstance(p, str) and p for p in self.ignore):
-            raise ValueError(f"ignore is a list of layer name patterns, e.g. [\"fc\"]; got {self.ignore!r}")
+            raise ValueError(f'ignore is a list of layer name patterns, e.g. ["fc"]; got {self.ignore!r}')
         if not 0.0 < self.max_ratio < 1.0:
             raise ValueError(f"max_ratio is the largest fraction of a group removed, in (0, 1); got {self.max_ratio}")
         if self.taylor_batches < 1 or self.taylor_batch_size < 1:
-            raise ValueError(f"taylor_batches and taylor_batch_size must be >= 1; got {self.taylor_batches}, {self.taylor_batch_size}")
+            raise ValueError(
+                f"taylor_batches and taylor_batch_size must be >= 1; got {self.taylor_batches}, {self.taylor_batch_size}"
+            )
         if self.bn_batches < 1:
             raise ValueError(f"bn_batches must be >= 1; got {self.bn_batches}")
 
-    def with_assignment(self, assignment: Assignment) -> "PruneConfig":
+    def with_assignment(self, assignment: Assignment) -> PruneConfig:
         """This config with ``channels`` set to ``assignment`` (site -> channels kept), which then decides
         every site; the other keys stay, for the record (they no longer change a site that ``channels`` sets)."""
         return replace(self, channels=tuple((name, int(kept)) for name, kept in assignment.items()))

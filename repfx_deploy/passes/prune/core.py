@@ -41,20 +41,20 @@ class PrunePrepared(Prepared[PruneConfig]):
     whose traced ``graph.gm`` shares its parameters; both are deep-copied together before slicing.
     """
 
-    model: "nn.Module"
-    graph: "DependencyGraph"
-    groups: "list[Group]"
+    model: nn.Module
+    graph: DependencyGraph
+    groups: list[Group]
     scores: dict[int, float]
-    sites: "list[SiteGroup]"
-    plan: "Plan"  # the config's own plan: its kept counts are the space's defaults
+    sites: list[SiteGroup]
+    plan: Plan  # the config's own plan: its kept counts are the space's defaults
     round_to: int
-    example: "tuple[torch.Tensor, ...]"
+    example: tuple[torch.Tensor, ...]
     full_macs: int  # the MAC model's count of the unpruned graph
     notes: list[str]
     roots: list[int]  # element -> class root, resolved once (the union-find's find() per element is slow)
 
 
-def prepare(module: "nn.Module", config: PruneConfig, context: PassContext) -> PrunePrepared:
+def prepare(module: nn.Module, config: PruneConfig, context: PassContext) -> PrunePrepared:
     """The assignment-independent work, once: copy ``module`` (left unchanged) and make it traceable, trace it
     and build the channel dependency graph, find the groups (the sites), score every channel class by
     ``config.importance`` (Taylor: gradients on the calibration set), and compute the config's own plan (with
@@ -68,7 +68,10 @@ def prepare(module: "nn.Module", config: PruneConfig, context: PassContext) -> P
     from repfx_deploy.passes.prune.torch_layers import make_traceable
 
     if config.importance == "taylor" and (context.calibration is None or len(context.calibration) == 0):
-        raise RecipeError('importance = "taylor" needs calibration data.', "Set [data] calibration in the recipe (or --calibration), or use importance = \"l2\".")
+        raise RecipeError(
+            'importance = "taylor" needs calibration data.',
+            'Set [data] calibration in the recipe (or --calibration), or use importance = "l2".',
+        )
     before = count(module, context)
     model = copy.deepcopy(module).eval()
     swapped = make_traceable(model)
@@ -78,13 +81,37 @@ def prepare(module: "nn.Module", config: PruneConfig, context: PassContext) -> P
     groups = find_groups(graph)
     sites = site_groups(graph, groups, round_to, [n for n, _ in model.named_modules()])
     fixed = fixed_widths(sites, groups, dict(config.channels))
-    scores = class_scores(model, graph, config.importance, calibration=context.calibration,
-                          batches=config.taylor_batches, batch_size=config.taylor_batch_size)
+    scores = class_scores(
+        model,
+        graph,
+        config.importance,
+        calibration=context.calibration,
+        batches=config.taylor_batches,
+        batch_size=config.taylor_batch_size,
+    )
     plan = config_plan(graph, groups, scores, config, round_to, fixed=fixed, sites=[s.group for s in sites])
     space = build_space(sites, plan, config.max_ratio)
-    notes = graph.notes + [f"{n}: replaced by an equivalent traceable module with separate q/k/v projections" for n in swapped]
-    return PrunePrepared(module, config, context, space, before, model, graph, groups, scores, sites, plan, round_to,
-                         example, estimate_macs(graph, None), notes, [graph.classes.find(e) for e in range(len(graph.classes.parent))])
+    notes = graph.notes + [
+        f"{n}: replaced by an equivalent traceable module with separate q/k/v projections" for n in swapped
+    ]
+    return PrunePrepared(
+        module=module,
+        config=config,
+        context=context,
+        space=space,
+        before=before,
+        model=model,
+        graph=graph,
+        groups=groups,
+        scores=scores,
+        sites=sites,
+        plan=plan,
+        round_to=round_to,
+        example=example,
+        full_macs=estimate_macs(graph, None),
+        notes=notes,
+        roots=[graph.classes.find(e) for e in range(len(graph.classes.parent))],
+    )
 
 
 def apply_assignment(prepared: PrunePrepared, assignment: Assignment) -> PassResult:
@@ -99,8 +126,16 @@ def apply_assignment(prepared: PrunePrepared, assignment: Assignment) -> PassRes
     decisions = prepared.space.complete(assignment)
     config, graph = prepared.config, prepared.graph
     widths = {s.group: int(decisions[s.name]) for s in prepared.sites}
-    plan = make_plan(graph, prepared.groups, prepared.scores, ratio=prepared.plan.ratio, layer_ratios=config.layer_ratios,
-                     round_to=prepared.round_to, max_ratio=config.max_ratio, widths=widths)
+    plan = make_plan(
+        graph,
+        prepared.groups,
+        prepared.scores,
+        ratio=prepared.plan.ratio,
+        layer_ratios=config.layer_ratios,
+        round_to=prepared.round_to,
+        max_ratio=config.max_ratio,
+        widths=widths,
+    )
     find = prepared.roots.__getitem__
     if literals_change(graph, plan.keep, find):
         # one deepcopy call, so the parameters the traced graph shares with the model stay shared in the copy
@@ -127,17 +162,17 @@ def apply_assignment(prepared: PrunePrepared, assignment: Assignment) -> PassRes
 
 
 def prune(
-    module: "nn.Module",
-    example_inputs: "tuple[torch.Tensor, ...]",
-    config: PruneConfig = PruneConfig(),
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    config: PruneConfig | None = None,
     *,
-    calibration: "Dataset | None" = None,
-    profile: "TargetProfile | None" = None,
+    calibration: Dataset | None = None,
+    profile: TargetProfile | None = None,
     assignment: Assignment | None = None,
 ) -> PassResult:
     """Remove whole channels, heads and hidden units from a copy of ``module`` (left unchanged).
 
-    ``example_inputs`` give the input shapes and dtypes (batch size 1 is fine). ``profile`` (default: the host
+    ``config`` defaults to ``PruneConfig()``. ``example_inputs`` give the input shapes and dtypes (batch size 1 is fine). ``profile`` (default: the host
     profile) supplies ``channel_multiple`` when ``config.round_to`` is None; ``assignment`` (site -> channels
     kept) overrides sites of the config's plan. The result is a dense module of the same class (or a
     ``torch.fx.GraphModule`` when a channel count is a bare literal in a forward; ``extras["module_type"]``
@@ -149,18 +184,23 @@ def prune(
     from repfx_deploy.spec import InputSpec
     from repfx_deploy.targets import get_profile
 
-    specs = tuple(InputSpec(f"input{i}", tuple(x.shape), str(x.dtype).removeprefix("torch.")) for i, x in enumerate(example_inputs))
+    specs = tuple(
+        InputSpec(f"input{i}", tuple(x.shape), str(x.dtype).removeprefix("torch."))
+        for i, x in enumerate(example_inputs)
+    )
     context = PassContext(input_specs=specs, profile=profile or get_profile("host"), calibration=calibration)
-    prepared = prepare(module, config, context)
+    prepared = prepare(module, config or PruneConfig(), context)
     return apply_assignment(prepared, assignment or {})
 
 
-def _recalibrate(module: "nn.Module", data: "Dataset | None", batches: int) -> int:
+def _recalibrate(module: nn.Module, data: Dataset | None, batches: int) -> int:
     from repfx_deploy.passes.recovery import recalibrate_bn
 
     if data is None or len(data) == 0:
         if any(isinstance(m, _batchnorm()) for m in module.modules()):
-            log.warning("prune: no calibration data, so BatchNorm statistics were not re-calibrated (set [data] calibration)")
+            log.warning(
+                "prune: no calibration data, so BatchNorm statistics were not re-calibrated (set [data] calibration)"
+            )
         return 0
     return recalibrate_bn(module, data, batches=batches)
 
@@ -171,7 +211,7 @@ def _batchnorm() -> type:
     return nn.modules.batchnorm._BatchNorm
 
 
-def _layer_changes(before: "nn.Module", after: "nn.Module") -> list[dict[str, Any]]:
+def _layer_changes(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
     """Per layer whose weight shrank: its weight shape before and after."""
     shapes = {n: tuple(p.shape) for n, p in after.named_parameters()}
     out = []

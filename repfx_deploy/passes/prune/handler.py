@@ -38,7 +38,7 @@ class PrunePass(Pass[PruneConfig]):
     kind = "prune"
     config_type = PruneConfig
 
-    def prepare(self, module: "nn.Module", config: PruneConfig, context: PassContext) -> core.PrunePrepared:
+    def prepare(self, module: nn.Module, config: PruneConfig, context: PassContext) -> core.PrunePrepared:
         return core.prepare(module, config, context)
 
     def apply_assignment(self, prepared: Prepared[PruneConfig], assignment: Assignment) -> PassResult:

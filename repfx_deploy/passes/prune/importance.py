@@ -20,11 +20,11 @@ if TYPE_CHECKING:
 
 
 def class_scores(
-    module: "nn.Module",
-    graph: "DependencyGraph",
+    module: nn.Module,
+    graph: DependencyGraph,
     criterion: str,
     *,
-    calibration: "Dataset | None" = None,
+    calibration: Dataset | None = None,
     batches: int = 8,
     batch_size: int = 32,
 ) -> dict[int, float]:
@@ -61,11 +61,11 @@ def class_scores(
     return scores
 
 
-def _get(module: "nn.Module", owner: str, name: str) -> "torch.Tensor":
+def _get(module: nn.Module, owner: str, name: str) -> torch.Tensor:
     return getattr(module.get_submodule(owner) if owner else module, name)
 
 
-def _taylor_grads(module: "nn.Module", data: "Dataset | None", batches: int, batch_size: int) -> dict[str, "torch.Tensor"]:
+def _taylor_grads(module: nn.Module, data: Dataset | None, batches: int, batch_size: int) -> dict[str, torch.Tensor]:
     """Gradients of the loss summed over ``batches`` calibration batches, by parameter name."""
     import torch
     import torch.nn.functional as F
@@ -73,7 +73,7 @@ def _taylor_grads(module: "nn.Module", data: "Dataset | None", batches: int, bat
     if data is None or len(data) == 0:
         raise DataError(
             "Taylor importance needs calibration data, but none was given.",
-            "Set the recipe's [data] calibration (or --calibration), or use importance = \"l2\".",
+            'Set the recipe\'s [data] calibration (or --calibration), or use importance = "l2".',
         )
     was_training = module.training
     flags = {n: p.requires_grad for n, p in module.named_parameters()}
@@ -89,7 +89,8 @@ def _taylor_grads(module: "nn.Module", data: "Dataset | None", batches: int, bat
             idx = order[b * size : (b + 1) * size]
             out = module(x[idx])
             out = out[0] if isinstance(out, (tuple, list)) else out
-            target = torch.from_numpy(data.y[idx.numpy()]).long() if data.labeled else out.detach().argmax(-1)
+            labels = data.y if data.labeled else None
+            target = torch.from_numpy(labels[idx.numpy()]).long() if labels is not None else out.detach().argmax(-1)
             F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1)).backward()
         return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
     finally:

@@ -83,7 +83,9 @@ def make_plan(
                 pair_of[find(e)] = (i, side)
     report = []
     for i, g in enumerate(groups):
-        r = min(max_ratio, next((float(lr) for p, lr in layer_ratios if any(matches(n, (p,)) for n in g.producers)), ratio))
+        r = min(
+            max_ratio, next((float(lr) for p, lr in layer_ratios if any(matches(n, (p,)) for n in g.producers)), ratio)
+        )
         target = widths[i] if widths and i in widths else _rounded(g.width * (1.0 - r), g.width, round_to)
         kept = 0
         undecided = []
@@ -103,7 +105,15 @@ def make_plan(
             if take:
                 need -= size
         after = sum(g.positions[c] for c in g.classes if keep[c])
-        report.append({"group": g.name, "layers": list(g.producers), "channels_before": g.width, "channels_after": after, "ratio": round(r, 4)})
+        report.append(
+            {
+                "group": g.name,
+                "layers": list(g.producers),
+                "channels_before": g.width,
+                "channels_after": after,
+                "ratio": round(r, 4),
+            }
+        )
     return Plan(keep, ratio, report)
 
 
@@ -111,7 +121,7 @@ def config_plan(
     graph: DependencyGraph,
     groups: list[Group],
     scores: dict[int, float],
-    config: "PruneConfig",
+    config: PruneConfig,
     round_to: int,
     *,
     fixed: Mapping[int, int],
@@ -123,17 +133,37 @@ def config_plan(
     the groups a choice can change; when ``fixed`` covers them all, no search runs (nothing is left to search)."""
 
     def plan_for(ratio: float, widths: Mapping[int, int] | None = None) -> Plan:
-        return make_plan(graph, groups, scores, ratio=ratio, layer_ratios=config.layer_ratios, round_to=round_to,
-                         max_ratio=config.max_ratio, widths={**(widths or {}), **fixed})
+        return make_plan(
+            graph,
+            groups,
+            scores,
+            ratio=ratio,
+            layer_ratios=config.layer_ratios,
+            round_to=round_to,
+            max_ratio=config.max_ratio,
+            widths={**(widths or {}), **fixed},
+        )
 
     if config.macs_ratio is None or set(sites) <= set(fixed):
         return plan_for(config.ratio)
     plan = search_ratio(plan_for, graph, config.macs_ratio, config.max_ratio)
     if config.refine:
-        by_ratio = {i for i, g in enumerate(groups) if any(matches(n, (p,)) for p, _ in config.layer_ratios for n in g.producers)}
+        by_ratio = {
+            i
+            for i, g in enumerate(groups)
+            if any(matches(n, (p,)) for p, _ in config.layer_ratios for n in g.producers)
+        }
         found = plan
-        plan = refine_to_target(plan, lambda widths: plan_for(found.ratio, widths), graph, groups, scores,
-                                config.macs_ratio, round_to, frozen=frozenset(by_ratio | set(fixed)))
+        plan = refine_to_target(
+            plan,
+            lambda widths: plan_for(found.ratio, widths),
+            graph,
+            groups,
+            scores,
+            config.macs_ratio,
+            round_to,
+            frozen=frozenset(by_ratio | set(fixed)),
+        )
     return plan
 
 
@@ -145,21 +175,23 @@ def _rounded(channels: float, width: int, round_to: int) -> int:
     return min(width, max(round_to, round(channels / round_to) * round_to))
 
 
-def _units(undecided: list[int], pair_of: dict[int, tuple[int, int]], scores: dict[int, float]) -> list[tuple[int, ...]]:
+def _units(
+    undecided: list[int], pair_of: dict[int, tuple[int, int]], scores: dict[int, float]
+) -> list[tuple[int, ...]]:
     """Undecided classes as selection units, best first. Classes of a symmetric pad are paired front-to-back
     (best front with best back), so both sides keep the same count."""
-    singles = [(c,) for c in undecided if c not in pair_of]
+    singles: list[tuple[int, ...]] = [(c,) for c in undecided if c not in pair_of]
     sides: dict[int, list[list[int]]] = {}
     for c in undecided:
         if c in pair_of:
             i, side = pair_of[c]
             sides.setdefault(i, [[], []])[side].append(c)
-    paired = []
+    paired: list[tuple[int, ...]] = []
     for front, back in sides.values():
         front.sort(key=lambda c: -scores.get(c, 0.0))
         back.sort(key=lambda c: -scores.get(c, 0.0))
         paired += list(zip(front, back))
-        paired += [(c,) for c in front[len(back):] + back[len(front):]]
+        paired += [(c,) for c in front[len(back) :] + back[len(front) :]]
     units = singles + paired
     units.sort(key=lambda u: -sum(scores.get(c, 0.0) for c in u) / len(u))
     return units
@@ -187,7 +219,14 @@ def estimate_macs(graph: DependencyGraph, keep: dict[int, bool] | None) -> int:
     return total
 
 
-def search_ratio(plan_for: Callable[[float], Plan], graph: DependencyGraph, macs_ratio: float, max_ratio: float, *, iterations: int = 20) -> Plan:
+def search_ratio(
+    plan_for: Callable[[float], Plan],
+    graph: DependencyGraph,
+    macs_ratio: float,
+    max_ratio: float,
+    *,
+    iterations: int = 20,
+) -> Plan:
     """The smallest global ratio whose plan keeps at most ``macs_ratio`` of the (estimated) MACs, by bisection
     (MACs fall in steps as widths cross ``round_to`` multiples, so the result is the first step below target).
     ``plan_for(ratio) -> Plan``. When even ``max_ratio`` cannot reach the target, its plan is returned."""

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from repfx_deploy.errors import RecipeError
+from repfx_deploy.passes.protocol import SearchSpace, Site, kept_choices
 from repfx_deploy.passes.prune.channels import DependencyGraph
 from repfx_deploy.passes.prune.plan import Group, Plan
-from repfx_deploy.passes.protocol import SearchSpace, Site, kept_choices
 
 # choices per site: enough to search, few enough that a space of 50 sites stays tractable for a search
 STEPS = 12
@@ -33,7 +33,9 @@ class SiteGroup:
     step: int
 
 
-def site_groups(graph: DependencyGraph, groups: Sequence[Group], round_to: int, order: Sequence[str] = ()) -> list[SiteGroup]:
+def site_groups(
+    graph: DependencyGraph, groups: Sequence[Group], round_to: int, order: Sequence[str] = ()
+) -> list[SiteGroup]:
     """The sites, in the model's module order (``order``: module names as ``named_modules`` lists them).
 
     A site's step is ``round_to``, made a multiple of the channels its classes move together (a head's
@@ -66,12 +68,17 @@ def fixed_widths(sites: Sequence[SiteGroup], groups: Sequence[Group], channels: 
         site = by_name.get(name)
         if site is None:
             owner = next((s.name for s in sites if name in groups[s.group].producers), None)
-            hint = f"{name!r} shares its channels with site {owner!r}: set that one." if owner else (
-                f"Sites of this model: {', '.join(list(by_name)[:12])}{' ...' if len(by_name) > 12 else ''}.")
+            hint = (
+                f"{name!r} shares its channels with site {owner!r}: set that one."
+                if owner
+                else (f"Sites of this model: {', '.join(list(by_name)[:12])}{' ...' if len(by_name) > 12 else ''}.")
+            )
             raise RecipeError(f"prune: channels names {name!r}, which is not a prunable site of this model.", hint)
         if kept > site.width:
-            raise RecipeError(f"prune: channels sets {name!r} to {kept}, but it has only {site.width} channels.",
-                              f"Use at most {site.width}.")
+            raise RecipeError(
+                f"prune: channels sets {name!r} to {kept}, but it has only {site.width} channels.",
+                f"Use at most {site.width}.",
+            )
         out[site.group] = kept
     return out
 

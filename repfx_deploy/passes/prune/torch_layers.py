@@ -48,8 +48,17 @@ class SplitMultiheadAttention(nn.Module):
             self.out_proj.load_state_dict(source.out_proj.state_dict())
         self.to(source.out_proj.weight.device, source.out_proj.weight.dtype)
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, q_len, k_len, h, d = query.shape[0], query.shape[1], key.shape[1], self.num_heads, self.head_dim
@@ -97,7 +106,9 @@ class EncoderLayer(nn.Module):
         return self.norm2(x + self._feed_forward(x))
 
     def _attend(self, x, mask, padding, is_causal):
-        out = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding, need_weights=False, is_causal=is_causal)[0]
+        out = self.self_attn(
+            x, x, x, attn_mask=mask, key_padding_mask=padding, need_weights=False, is_causal=is_causal
+        )[0]
         return self.dropout1(out)
 
     def _feed_forward(self, x):
@@ -129,7 +140,9 @@ def make_traceable(model: nn.Module) -> list[str]:
     for name, child in list(model.named_children()):
         replacement: nn.Module | None = None
         if isinstance(child, nn.TransformerEncoder):
-            if all(_splittable(layer.self_attn) for layer in child.layers if isinstance(layer, nn.TransformerEncoderLayer)):
+            if all(
+                _splittable(layer.self_attn) for layer in child.layers if isinstance(layer, nn.TransformerEncoderLayer)
+            ):
                 replacement = Encoder(child)
         elif isinstance(child, nn.TransformerEncoderLayer):
             replacement = EncoderLayer(child) if _splittable(child.self_attn) else None

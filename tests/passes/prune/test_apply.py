@@ -10,10 +10,18 @@ from repfx_deploy.passes.prune import PruneConfig, prune
 
 def test_apply_updates_head_counts_of_attention_layers():
     vit = prune(TinyViT().eval(), (torch.zeros(1, 3, 16, 16),), PruneConfig(ratio=0.5, round_to=8)).module
-    assert vit.block.attn.num_heads == 2 and vit.block.attn.qkv.out_features == 48 and vit.block.attn.proj.in_features == 16
+    assert (
+        vit.block.attn.num_heads == 2
+        and vit.block.attn.qkv.out_features == 48
+        and vit.block.attn.proj.in_features == 16
+    )
     assert vit.cls_token.shape[-1] == vit.patch.out_channels == vit.pos_embed.shape[-1] == 16
     bert = prune(BertLayer().eval(), (torch.zeros(1, 8, 32),), PruneConfig(ratio=0.5, round_to=8)).module
-    assert bert.attention.num_attention_heads == 2 and bert.attention.all_head_size == 16 and bert.attn_out.in_features == 16
+    assert (
+        bert.attention.num_attention_heads == 2
+        and bert.attention.all_head_size == 16
+        and bert.attn_out.in_features == 16
+    )
     assert bert.attn_norm.normalized_shape == (32,)  # the residual stream is the model output: kept
 
 

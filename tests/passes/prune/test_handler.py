@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-from prune_zoo import OptionANet
 from protocol_checks import make_context
+from prune_zoo import OptionANet
 
 from repfx_deploy.data.datasets import Dataset
 from repfx_deploy.errors import RecipeError
@@ -25,7 +25,11 @@ SPECS = (InputSpec("input", (1, 3, 16, 16)),)
 
 def _images(n: int, labeled: bool) -> Dataset:
     rng = np.random.default_rng(0)
-    return Dataset(x=rng.standard_normal((n, 3, 16, 16)).astype(np.float32), y=rng.integers(0, 10, n) if labeled else None, source="random")
+    return Dataset(
+        x=rng.standard_normal((n, 3, 16, 16)).astype(np.float32),
+        y=rng.integers(0, 10, n) if labeled else None,
+        source="random",
+    )
 
 
 def test_prune_kind_is_registered_for_its_config_type():
@@ -50,8 +54,10 @@ def test_prune_rounds_to_the_target_profiles_channel_multiple_when_round_to_is_u
 def test_prune_then_recover_recalibrates_and_finetunes_on_calibration_with_warning(caplog):
     model = OptionANet().eval()
     context = make_context(SPECS, calibration=_images(64, labeled=False))
-    configs = (parse_pass({"kind": "prune", "ratio": 0.5, "round_to": 4}, 0),
-               parse_pass({"kind": "recover", "finetune_steps": 3, "batch_size": 16}, 1))
+    configs = (
+        parse_pass({"kind": "prune", "ratio": 0.5, "round_to": 4}, 0),
+        parse_pass({"kind": "recover", "finetune_steps": 3, "batch_size": 16}, 1),
+    )
     with caplog.at_level(logging.WARNING, logger="repfx_deploy.passes"):
         run = run_passes(model, configs, context)
     prune, recover = run.records
@@ -84,9 +90,9 @@ target = "host"
 arch = "repfx_deploy.examples.fashion_mnist:FashionCNN"
 input_shape = "1,1,28,28"
 [data]
-calibration = "{root / 'calibration/fashion-mnist/calib-512.npz'}"
+calibration = "{root / "calibration/fashion-mnist/calib-512.npz"}"
 calibration_samples = 256
-eval = "{root / 'examples/fashion-mnist/eval-1000.npz'}"
+eval = "{root / "examples/fashion-mnist/eval-1000.npz"}"
 eval_samples = 200
 [data.preprocess]
 size = 28
@@ -102,10 +108,15 @@ kind = "recover"
 finetune_steps = 20
 batch_size = 32
 ''')
-    report = compress(CompressRequest(
-        model_path=root / "examples/fashion-mnist/model.pt", out_dir=tmp_path / "out", recipe=load_recipe(recipe),
-        load=LoadOptions(), timing=TimingConfig(warmup=2, repeats=5, min_time_s=0.0, remeasure=0),
-    ))
+    report = compress(
+        CompressRequest(
+            model_path=root / "examples/fashion-mnist/model.pt",
+            out_dir=tmp_path / "out",
+            recipe=load_recipe(recipe),
+            load=LoadOptions(),
+            timing=TimingConfig(warmup=2, repeats=5, min_time_s=0.0, remeasure=0),
+        )
+    )
     prune, recover = report["passes"]
     assert report["compressed"]["macs"] <= 0.55 * report["baseline"]["macs"]
     assert prune["extras"]["bn_recalibrated"] > 0 and recover["extras"]["finetune"]["steps"] == 20

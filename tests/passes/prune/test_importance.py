@@ -41,7 +41,9 @@ def test_taylor_importance_removes_channels_the_loss_does_not_use():
     model = _model_with_weak_channels()
     rng = np.random.default_rng(0)
     data = Dataset(x=rng.standard_normal((64, 3, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 64), source="random")
-    pruned = prune(model, X, PruneConfig(ratio=0.25, round_to=1, importance="taylor", taylor_batches=2), calibration=data).module
+    pruned = prune(
+        model, X, PruneConfig(ratio=0.25, round_to=1, importance="taylor", taylor_batches=2), calibration=data
+    ).module
     assert _kept_rows(model, pruned) == {0, 2, 3, 4, 5, 7}
     assert all(p.grad is None for p in model.parameters())
 

@@ -27,7 +27,9 @@ def test_plan_keeps_group_whole_when_not_wider_than_round_to():
 
 
 def test_plan_applies_layer_ratios_by_pattern():
-    m = prune(BasicBlockNet().eval(), X, PruneConfig(ratio=0.5, round_to=4, layer_ratios=(("c1", 0.0), ("a1", 0.25)))).module
+    m = prune(
+        BasicBlockNet().eval(), X, PruneConfig(ratio=0.5, round_to=4, layer_ratios=(("c1", 0.0), ("a1", 0.25)))
+    ).module
     assert m.c1.out_channels == 32 and m.a1.out_channels == 12 and m.stem[0].out_channels == 8
 
 
@@ -48,7 +50,8 @@ def test_plan_lands_closer_to_macs_target_when_refined():
     model = BasicBlockNet().eval()
     full = torch_stats(model, SPECS).macs
     kept = {
-        refine: torch_stats(prune(model, X, PruneConfig(macs_ratio=0.6, round_to=8, refine=refine)).module, SPECS).macs / full
+        refine: torch_stats(prune(model, X, PruneConfig(macs_ratio=0.6, round_to=8, refine=refine)).module, SPECS).macs
+        / full
         for refine in (False, True)
     }
     assert kept[False] < kept[True] <= 0.6 + 0.02

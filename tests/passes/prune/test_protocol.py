@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-from prune_zoo import BasicBlockNet, DenseNet, LiteralFlattenNet, OptionANet, TinyViT
 from protocol_checks import check_protocol, make_context
+from prune_zoo import BasicBlockNet, DenseNet, LiteralFlattenNet, OptionANet, TinyViT
 
 from repfx_deploy.data.datasets import Dataset
 from repfx_deploy.errors import RecipeError
@@ -27,7 +27,11 @@ RPI4 = get_profile("rpi4")  # channel_multiple 8
 
 def _images(n: int, shape=SHAPE[1:], labeled: bool = False) -> Dataset:
     rng = np.random.default_rng(0)
-    return Dataset(x=rng.standard_normal((n, *shape)).astype(np.float32), y=rng.integers(0, 10, n) if labeled else None, source="random")
+    return Dataset(
+        x=rng.standard_normal((n, *shape)).astype(np.float32),
+        y=rng.integers(0, 10, n) if labeled else None,
+        source="random",
+    )
 
 
 def _model(cls, **kwargs) -> torch.nn.Module:
@@ -41,7 +45,11 @@ def _model(cls, **kwargs) -> torch.nn.Module:
         (OptionANet, SHAPE, {"ratio": 0.5}),  # zero-pad shortcut: a literal per block, a group nested in another
         (BasicBlockNet, SHAPE, {"macs_ratio": 0.5, "importance": "l1"}),  # bisection and refinement
         (TinyViT, SHAPE, {"ratio": 0.5}),  # attention heads, class token, position embedding
-        (DenseNet, SHAPE, {"ratio": 0.5, "layer_ratios": {"dense.1.conv": 0.0}}),  # concatenations: groups without a site
+        (
+            DenseNet,
+            SHAPE,
+            {"ratio": 0.5, "layer_ratios": {"dense.1.conv": 0.0}},
+        ),  # concatenations: groups without a site
         (LiteralFlattenNet, (1, 1, 8, 8), {"ratio": 0.5}),  # a bare literal: the result is a GraphModule
     ],
 )
@@ -84,7 +92,9 @@ def test_prune_space_thins_long_choice_lists_keeping_default_and_full_width():
 
 
 def test_prune_channels_fixes_each_site_exactly_and_wins_over_ratios():
-    config = parse_pass({"kind": "prune", "ratio": 0.5, "layer_ratios": {"c1": 0.75}, "channels": {"c1": 24, "stem.0": 16}}, 0)
+    config = parse_pass(
+        {"kind": "prune", "ratio": 0.5, "layer_ratios": {"c1": 0.75}, "channels": {"c1": 24, "stem.0": 16}}, 0
+    )
     result = registry.apply(_model(BasicBlockNet), config, make_context(SPECS, profile=RPI4))
     assert result.module.c1.out_channels == 24 and result.module.stem[0].out_channels == 16
     assert result.module.a1.out_channels == 8  # the others still follow ratio
@@ -144,7 +154,11 @@ def test_parse_pass_shows_the_recover_form_when_prune_sets_finetuning_keys():
     with pytest.raises(RecipeError) as info:
         parse_pass({"kind": "prune", "ratio": 0.5, "finetune_steps": 10, "lr": 0.1}, 0)
     message = str(info.value)
-    assert "fine-tuning is now its own pass" in message and 'kind = "recover"' in message and "finetune_steps = 10" in message
+    assert (
+        "fine-tuning is now its own pass" in message
+        and 'kind = "recover"' in message
+        and "finetune_steps = 10" in message
+    )
 
 
 def test_parse_pass_keeps_the_bn_keys_as_prune_keys():
@@ -154,8 +168,10 @@ def test_parse_pass_keeps_the_bn_keys_as_prune_keys():
 
 def test_prune_rounds_to_the_channel_multiple_of_a_profile_loaded_from_a_file(tmp_path):
     path = tmp_path / "quad.toml"
-    path.write_text('name = "quad"\ndescription = "a test board"\nchannel_multiple = 4\n'
-                    '[tvm_target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\nmcpu = "cortex-a53"\n')
+    path.write_text(
+        'name = "quad"\ndescription = "a test board"\nchannel_multiple = 4\n'
+        '[tvm_target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\nmcpu = "cortex-a53"\n'
+    )
     context = make_context(SPECS, profile=load_profile_file(path))
     result = registry.apply(_model(BasicBlockNet), parse_pass({"kind": "prune", "ratio": 0.3}, 0), context)
     assert result.extras["round_to"] == 4
@@ -173,8 +189,14 @@ def test_prune_apply_assignment_neither_traces_nor_scores_nor_searches(monkeypat
     def refuse(*args, **kwargs):
         raise AssertionError("apply_assignment redid work that prepare caches")
 
-    for module, name in ((graph, "analyze"), (importance, "class_scores"), (plan, "search_ratio"), (plan, "refine_to_target"),
-                         (plan, "config_plan"), (plan, "find_groups")):
+    for module, name in (
+        (graph, "analyze"),
+        (importance, "class_scores"),
+        (plan, "search_ratio"),
+        (plan, "refine_to_target"),
+        (plan, "config_plan"),
+        (plan, "find_groups"),
+    ):
         monkeypatch.setattr(module, name, refuse)
     sizes = []
     for width in (8, 16, 32):
@@ -198,4 +220,6 @@ def test_prune_warns_and_skips_batchnorm_recalibration_without_calibration_data(
 
 def test_prune_taylor_importance_raises_recipe_error_without_calibration_data():
     with pytest.raises(RecipeError, match="calibration"):
-        pass_for_kind("prune").prepare(_model(OptionANet), PruneConfig(importance="taylor"), make_context(SPECS, profile=RPI4))
+        pass_for_kind("prune").prepare(
+            _model(OptionANet), PruneConfig(importance="taylor"), make_context(SPECS, profile=RPI4)
+        )
