@@ -25,9 +25,12 @@ T = TypeVar("T")
 class _Mismatch(Exception):
     """A value does not fit an annotation; carries the expected type in words."""
 
-    def __init__(self, expected: str) -> None:
+    def __init__(self, expected: str, path: str = "", got: Any = None) -> None:
         super().__init__(expected)
         self.expected = expected
+        # where inside the value the mismatch is (".name" of a table entry, "[i]" of a list item), and that part
+        self.path = path
+        self.got = got
 
 
 def describe(annotation: Any) -> str:
@@ -103,10 +106,13 @@ def coerce(value: Any, annotation: Any) -> Any:
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             inner = args[0]
-            if isinstance(value, Mapping) and get_origin(inner) is tuple and len(get_args(inner)) == 2:
-                return tuple(coerce((k, v), inner) for k, v in value.items())
+            pairs = get_origin(inner) is tuple and len(get_args(inner)) == 2 and get_args(inner)[0] is str
+            if pairs:  # name = value entries are written as a TOML table
+                if not isinstance(value, Mapping):
+                    raise _Mismatch(describe(annotation))
+                return tuple(_entry((k, v), inner, f".{k}", v) for k, v in value.items())
             if isinstance(value, (list, tuple)):
-                return tuple(coerce(v, inner) for v in value)
+                return tuple(_entry(v, inner, f"[{i}]", v) for i, v in enumerate(value))
             raise _Mismatch(describe(annotation))
         if isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(coerce(v, a) for v, a in zip(value, args))
@@ -114,6 +120,18 @@ def coerce(value: Any, annotation: Any) -> Any:
     if isinstance(annotation, type) and isinstance(value, annotation):
         return value
     raise _Mismatch(describe(annotation))
+
+
+def _entry(value: Any, annotation: Any, path: str, shown: Any) -> Any:
+    """``coerce`` of one entry of a table or list; a mismatch names the entry (``.name`` or ``[i]``)."""
+    try:
+        return coerce(value, annotation)
+    except _Mismatch as e:
+        if isinstance(value, tuple) and len(value) == 2 and get_origin(annotation) is tuple:
+            expected = describe(get_args(annotation)[1])  # a table entry: the value's type is what is wrong
+        else:
+            expected = e.expected
+        raise _Mismatch(expected, path + e.path, shown if not e.path else e.got) from None
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -143,9 +161,9 @@ def parse_config(cls: type[T], table: Any, where: str, *, fix: str | None = None
         try:
             kwargs[key] = coerce(value, fields[key])
         except _Mismatch as e:
+            path, got = f"{where}.{key}{e.path}", (e.got if e.path else value)
             raise RecipeError(
-                f"{where}.{key} must be {e.expected}; got {value!r} ({type(value).__name__}).",
-                f"Fix {where}.{key} in the recipe.",
+                f"{path} must be {e.expected}; got {got!r} ({type(got).__name__}).", f"Fix {path} in the recipe."
             ) from None
     try:
         return cls(**kwargs)
