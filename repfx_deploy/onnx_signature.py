@@ -21,7 +21,9 @@ def onnx_input_specs(path: Path, overrides: tuple[InputSpec, ...] = ()) -> tuple
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise ModelLoadError(f"Cannot parse {str(path)!r} as ONNX: {e}", "Check that the file is a complete .onnx model.") from e
+        raise ModelLoadError(
+            f"Cannot parse {str(path)!r} as ONNX: {e}", "Check that the file is a complete .onnx model."
+        ) from e
     return graph_input_specs(model, overrides)
 
 
@@ -47,13 +49,19 @@ def graph_input_specs(model, overrides: tuple[InputSpec, ...] | None = ()) -> tu
         tensor_type = value.type.tensor_type
         dtype = _ONNX_DTYPES.get(tensor_type.elem_type)
         if dtype is None:
-            raise InputShapeError(f"Input {value.name!r} has an unsupported ONNX element type {tensor_type.elem_type}.", "Use float32 or integer inputs.")
+            raise InputShapeError(
+                f"Input {value.name!r} has an unsupported ONNX element type {tensor_type.elem_type}.",
+                "Use float32 or integer inputs.",
+            )
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
         if overrides:
             o = overrides[idx]
             name = value.name if o.name in ("input", f"input_{idx}") else o.name
             if name != value.name:
-                raise InputShapeError(f"Input shape {idx} names {o.name!r}, but input {idx} of the graph is {value.name!r}.", "Use the graph's input names.")
+                raise InputShapeError(
+                    f"Input shape {idx} names {o.name!r}, but input {idx} of the graph is {value.name!r}.",
+                    "Use the graph's input names.",
+                )
             if len(o.shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, o.shape)):
                 raise InputShapeError(
                     f"Input {value.name!r} is {['?' if d is None else d for d in dims]} in the ONNX file, but {list(o.shape)} was given.",

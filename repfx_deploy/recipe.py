@@ -37,9 +37,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.calibration_samples <= 0:
-            raise RecipeError(f"data.calibration_samples must be positive, got {self.calibration_samples}.", "Use e.g. 256.")
+            raise RecipeError(
+                f"data.calibration_samples must be positive, got {self.calibration_samples}.", "Use e.g. 256."
+            )
         if self.eval_samples is not None and self.eval_samples <= 0:
-            raise RecipeError(f"data.eval_samples must be positive, got {self.eval_samples}.", "Leave it out to use every sample.")
+            raise RecipeError(
+                f"data.eval_samples must be positive, got {self.eval_samples}.", "Leave it out to use every sample."
+            )
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class Recipe:
     tune_trials: int = 0
     threads: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    passes: tuple["PassConfig", ...] = ()
+    passes: tuple[PassConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tune_trials < 0:
@@ -62,7 +66,7 @@ class Recipe:
         if self.threads < 0:
             raise RecipeError(f"threads must be >= 0, got {self.threads}.", "Use 0 for the target's default.")
 
-    def with_overrides(self, **overrides: Any) -> "Recipe":
+    def with_overrides(self, **overrides: Any) -> Recipe:
         """Command-line flags win over the recipe; ``None`` means "not given"."""
         data_keys = {"calibration", "eval", "train"}
         data_over = {k: v for k, v in overrides.items() if k in data_keys and v is not None}
@@ -112,13 +116,17 @@ def _typed(table: dict, key: str, annotation: Any, default: Any, where: str) -> 
         return coerce(value, annotation)
     except _Mismatch as e:
         path = f"{where}.{key}" if where else key
-        raise RecipeError(f"{path} must be {e.expected}; got {value!r} ({type(value).__name__}).", f"Fix {path} in the recipe.") from None
+        raise RecipeError(
+            f"{path} must be {e.expected}; got {value!r} ({type(value).__name__}).", f"Fix {path} in the recipe."
+        ) from None
 
 
 def _table(raw: dict, key: str, where: str, allowed: set[str]) -> dict:
     value = raw.get(key, {})
     if not isinstance(value, dict):
-        raise RecipeError(f"{where} must be a table, got {type(value).__name__} {value!r}.", f"Write it as [{where}] with its keys.")
+        raise RecipeError(
+            f"{where} must be a table, got {type(value).__name__} {value!r}.", f"Write it as [{where}] with its keys."
+        )
     _check_keys(value, allowed, f"[{where}]")
     return value
 
@@ -163,8 +171,10 @@ def parse_recipe(raw: dict[str, Any], base: Path) -> Recipe:
     shapes = [shapes] if isinstance(shapes, str) else list(shapes)
     entries = raw.get("passes", [])
     if not isinstance(entries, list):
-        raise RecipeError(f"passes must be an array of tables, got {type(entries).__name__} {entries!r}.",
-                          'Write each pass as [[passes]] with kind = "...".')
+        raise RecipeError(
+            f"passes must be an array of tables, got {type(entries).__name__} {entries!r}.",
+            'Write each pass as [[passes]] with kind = "...".',
+        )
     passes = tuple(parse_pass(entry, i) for i, entry in enumerate(entries))
     data = DataConfig(
         calibration=_path(data_raw, "calibration", base),
@@ -197,7 +207,9 @@ def load_recipe(path: Path | None) -> Recipe:
     except FileNotFoundError as e:
         raise RecipeError(f"The recipe {str(path)!r} does not exist.", "Check the --recipe path.") from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise RecipeError(f"The recipe {str(path)!r} is not valid TOML: {e}", "Fix the syntax at the position given.") from e
+        raise RecipeError(
+            f"The recipe {str(path)!r} is not valid TOML: {e}", "Fix the syntax at the position given."
+        ) from e
     return parse_recipe(raw, path.resolve().parent)
 
 

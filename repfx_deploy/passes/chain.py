@@ -18,7 +18,15 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from repfx_deploy.errors import RecipeError
-from repfx_deploy.passes.protocol import Assignment, Choice, PassConfig, PassContext, Prepared, SearchSpace
+from repfx_deploy.passes.protocol import (
+    Assignment,
+    Choice,
+    PassConfig,
+    PassContext,
+    PassResult,
+    Prepared,
+    SearchSpace,
+)
 from repfx_deploy.passes.registry import PassRun, _guarded, pass_for
 
 if TYPE_CHECKING:
@@ -57,7 +65,9 @@ class RecipeSpace:
         return [f"{p}/{s.name}" for p, space in zip(self.prefixes, self.spaces) for s in space.sites]
 
     def defaults(self) -> dict[str, Choice]:
-        return {f"{p}/{name}": c for p, space in zip(self.prefixes, self.spaces) for name, c in space.defaults().items()}
+        return {
+            f"{p}/{name}": c for p, space in zip(self.prefixes, self.spaces) for name, c in space.defaults().items()
+        }
 
     def split(self, assignment: Assignment) -> list[dict[str, Choice]]:
         """One complete per-pass assignment per pass; ``RecipeError`` for a key that names no pass or site."""
@@ -65,21 +75,29 @@ class RecipeSpace:
         for key, choice in assignment.items():
             prefix, _, site = key.partition("/")
             if prefix not in per or not site:
-                raise RecipeError(f"{key!r} names no site of the recipe's passes.",
-                                  f"Keys are <pass>/<site>, with <pass> one of {', '.join(self.prefixes)}.")
+                raise RecipeError(
+                    f"{key!r} names no site of the recipe's passes.",
+                    f"Keys are <pass>/<site>, with <pass> one of {', '.join(self.prefixes)}.",
+                )
             per[prefix][site] = choice
         return [space.complete(per[p]) for p, space in zip(self.prefixes, self.spaces)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size,
-                "passes": [{"prefix": p, **space.to_dict()} for p, space in zip(self.prefixes, self.spaces)],
-                "default": self.defaults()}
+        return {
+            "size": self.size,
+            "passes": [{"prefix": p, **space.to_dict()} for p, space in zip(self.prefixes, self.spaces)],
+            "default": self.defaults(),
+        }
+
+
+def _apply_assignment(config: PassConfig, prepared: Prepared[Any], assignment: Assignment) -> PassResult:
+    return _guarded(config, lambda p: p.apply_assignment(prepared, assignment))
 
 
 class PreparedChain:
     """A recipe's passes prepared for many assignments (see the module docstring)."""
 
-    def __init__(self, module: "nn.Module", configs: Sequence[PassConfig], context: PassContext) -> None:
+    def __init__(self, module: nn.Module, configs: Sequence[PassConfig], context: PassContext) -> None:
         if context.reference is None:
             context = replace(context, reference=module)
         self.module = module
@@ -95,11 +113,11 @@ class PreparedChain:
             prepared = self._prepared(index, upstream, current)
             spaces.append(prepared.space)
             defaults = prepared.space.defaults()
-            current = _guarded(config, lambda p: p.apply_assignment(prepared, defaults)).module
+            current = _apply_assignment(config, prepared, defaults).module
             upstream += (tuple(sorted(defaults.items())),)
         self.space = RecipeSpace(self.prefixes, tuple(spaces))
 
-    def _prepared(self, index: int, upstream: tuple, module: "nn.Module") -> Prepared[Any]:
+    def _prepared(self, index: int, upstream: tuple, module: nn.Module) -> Prepared[Any]:
         config = self.configs[index]
         if index == 0:
             if self._first is None:
@@ -123,7 +141,7 @@ class PreparedChain:
         upstream: tuple = ()
         for index, (config, chosen) in enumerate(zip(self.configs, per_pass)):
             prepared = self._prepared(index, upstream, current)
-            result = _guarded(config, lambda p: p.apply_assignment(prepared, chosen))
+            result = _apply_assignment(config, prepared, chosen)
             results.append(result)
             current = result.module
             upstream += (tuple(sorted(chosen.items())),)
@@ -131,7 +149,7 @@ class PreparedChain:
         return PassRun(current, results, configs, self.context.input_specs)
 
 
-def prepare_chain(module: "nn.Module", configs: Sequence[PassConfig], context: PassContext) -> PreparedChain:
+def prepare_chain(module: nn.Module, configs: Sequence[PassConfig], context: PassContext) -> PreparedChain:
     """Prepare ``configs`` on ``module`` for many assignments; ``module`` is left unchanged."""
     for config in configs:
         pass_for(config)  # an unregistered config fails here, before any work

@@ -39,8 +39,19 @@ if TYPE_CHECKING:
 Choice = int | str
 Assignment = Mapping[str, Choice]
 # What a site's choices count. Widths and counts are what is *kept*; bits name a precision ("4", "8", "float").
-Knob = Literal["channels_kept", "rank_kept", "width_kept", "weight_bits", "activation_bits", "bits", "tokens_kept", "timesteps"]
-KNOBS: tuple[str, ...] = ("channels_kept", "rank_kept", "width_kept", "weight_bits", "activation_bits", "bits", "tokens_kept", "timesteps")
+Knob = Literal[
+    "channels_kept", "rank_kept", "width_kept", "weight_bits", "activation_bits", "bits", "tokens_kept", "timesteps"
+]
+KNOBS: tuple[str, ...] = (
+    "channels_kept",
+    "rank_kept",
+    "width_kept",
+    "weight_bits",
+    "activation_bits",
+    "bits",
+    "tokens_kept",
+    "timesteps",
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +76,13 @@ class Site:
             raise ValueError(f"site {self.name!r}: default {self.default!r} is not one of its choices {self.choices!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "knob": self.knob, "choices": list(self.choices), "default": self.default,
-                "unchanged": self.unchanged}
+        return {
+            "name": self.name,
+            "knob": self.knob,
+            "choices": list(self.choices),
+            "default": self.default,
+            "unchanged": self.unchanged,
+        }
 
 
 @dataclass(frozen=True)
@@ -104,19 +120,27 @@ class SearchSpace:
         unknown = sorted(set(assignment) - set(by_name))
         if unknown:
             shown = ", ".join(list(by_name)[:8]) + (" ..." if len(by_name) > 8 else "")
-            raise RecipeError(f"The {self.kind} pass has no site(s) {unknown}.", f"Use sites of its space: {shown or 'none'}.")
+            raise RecipeError(
+                f"The {self.kind} pass has no site(s) {unknown}.", f"Use sites of its space: {shown or 'none'}."
+            )
         out = self.defaults()
         for name, choice in assignment.items():
             site = by_name[name]
             if choice not in site.choices:
-                raise RecipeError(f"{self.kind} site {name!r} ({site.knob}) cannot take {choice!r}.",
-                                  f"Choose one of {list(site.choices)}.")
+                raise RecipeError(
+                    f"{self.kind} site {name!r} ({site.knob}) cannot take {choice!r}.",
+                    f"Choose one of {list(site.choices)}.",
+                )
             out[name] = choice
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "size": self.size, "sites": [s.to_dict() for s in self.sites],
-                "default": self.defaults()}
+        return {
+            "kind": self.kind,
+            "size": self.size,
+            "sites": [s.to_dict() for s in self.sites],
+            "default": self.defaults(),
+        }
 
 
 def kept_choices(full: int, multiple: int, *, minimum: int = 1, steps: int | None = None) -> tuple[int, ...]:
@@ -143,11 +167,11 @@ class PassContext:
     profile from a file works the same as a built-in one), the user's data, and the model before any pass
     (``reference``: the teacher of a recovery pass)."""
 
-    input_specs: tuple["InputSpec", ...]
-    profile: "TargetProfile"
-    calibration: "Dataset | None" = None
-    train: "Dataset | None" = None
-    reference: "nn.Module | None" = None
+    input_specs: tuple[InputSpec, ...]
+    profile: TargetProfile
+    calibration: Dataset | None = None
+    train: Dataset | None = None
+    reference: nn.Module | None = None
     # True when the caller exports the result and checks that artifact itself (compress does): a pass then skips
     # its own scratch export, whose settings could differ from the artifact's
     artifact_checks: bool = False
@@ -168,7 +192,7 @@ class PassResult:
     the pass under ``extras`` (JSON-ready)."""
 
     kind: str
-    module: "nn.Module"
+    module: nn.Module
     params_before: int
     params_after: int
     macs_before: int
@@ -189,8 +213,12 @@ class PassResult:
         """The JSON-ready record of this result (the report's entry for the pass, without the module)."""
         return {
             "kind": self.kind,
-            "params_before": self.params_before, "params_after": self.params_after, "params_kept": round(self.params_kept, 4),
-            "macs_before": self.macs_before, "macs_after": self.macs_after, "macs_kept": round(self.macs_kept, 4),
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "params_kept": round(self.params_kept, 4),
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "macs_kept": round(self.macs_kept, 4),
             "decisions": dict(self.decisions),
             "time_s": round(self.time_s, 3),
             "extras": self.extras,
@@ -228,11 +256,11 @@ class Prepared(Generic[C]):
     """The result of ``Pass.prepare``: the untouched input module, the config, the context, the space and the
     counts of the input; passes subclass it to keep what they computed (scores, factors, statistics)."""
 
-    module: "nn.Module"
+    module: nn.Module
     config: C
     context: PassContext
     space: SearchSpace
-    before: "ModelStats"
+    before: ModelStats
 
 
 class Pass(ABC, Generic[C]):
@@ -242,7 +270,7 @@ class Pass(ABC, Generic[C]):
     config_type: ClassVar[type[PassConfig]]
 
     @abstractmethod
-    def prepare(self, module: "nn.Module", config: C, context: PassContext) -> Prepared[C]:
+    def prepare(self, module: nn.Module, config: C, context: PassContext) -> Prepared[C]:
         """The expensive, assignment-independent work; must not change ``module``."""
 
     @abstractmethod
@@ -250,15 +278,15 @@ class Pass(ABC, Generic[C]):
         """A new module with ``assignment`` applied (sites left out take their default); ``prepared.module`` is
         left unchanged, so this may be called many times."""
 
-    def space(self, module: "nn.Module", config: C, context: PassContext) -> SearchSpace:
+    def space(self, module: nn.Module, config: C, context: PassContext) -> SearchSpace:
         return self.prepare(module, config, context).space
 
-    def apply(self, module: "nn.Module", config: C, context: PassContext) -> PassResult:
+    def apply(self, module: nn.Module, config: C, context: PassContext) -> PassResult:
         prepared = self.prepare(module, config, context)
         return self.apply_assignment(prepared, prepared.space.defaults())
 
 
-def count(module: "nn.Module", context: PassContext) -> "ModelStats":
+def count(module: nn.Module, context: PassContext) -> ModelStats:
     """Parameters and MACs of ``module``; its train/eval modes are left as they were (counting runs it in eval)."""
     from repfx_deploy.analyze.torch_stats import torch_stats
 
@@ -270,14 +298,24 @@ def count(module: "nn.Module", context: PassContext) -> "ModelStats":
             m.training = mode
 
 
-def finish(prepared: Prepared[Any], module: "nn.Module", decisions: Mapping[str, Choice], started: float,
-           extras: dict[str, Any] | None = None) -> PassResult:
+def finish(
+    prepared: Prepared[Any],
+    module: nn.Module,
+    decisions: Mapping[str, Choice],
+    started: float,
+    extras: dict[str, Any] | None = None,
+) -> PassResult:
     """The ``PassResult`` of ``module`` made from ``prepared``: counts it, times it from ``started``
     (``time.perf_counter()`` at the start of ``apply_assignment``)."""
     after = count(module, prepared.context)
     return PassResult(
-        kind=prepared.config.kind, module=module,
-        params_before=prepared.before.params, params_after=after.params,
-        macs_before=prepared.before.macs, macs_after=after.macs,
-        decisions=dict(decisions), time_s=time.perf_counter() - started, extras=dict(extras or {}),
+        kind=prepared.config.kind,
+        module=module,
+        params_before=prepared.before.params,
+        params_after=after.params,
+        macs_before=prepared.before.macs,
+        macs_after=after.macs,
+        decisions=dict(decisions),
+        time_s=time.perf_counter() - started,
+        extras=dict(extras or {}),
     )

@@ -17,7 +17,7 @@ import functools
 import importlib
 import importlib.util
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,13 +44,26 @@ BUILTIN_PASSES = {
 PASS_KINDS = tuple(BUILTIN_PASSES)
 
 # Keys that belong to the recover pass; a recipe that still sets them inside a lossy pass is shown the new form.
-RECOVER_KEYS = ("finetune_epochs", "finetune_steps", "lr", "batch_size", "augment", "temperature", "alpha",
-                "optimizer", "weight_decay", "seed", "checkpoint", "bn_batches")
+RECOVER_KEYS = (
+    "finetune_epochs",
+    "finetune_steps",
+    "lr",
+    "batch_size",
+    "augment",
+    "temperature",
+    "alpha",
+    "optimizer",
+    "weight_decay",
+    "seed",
+    "checkpoint",
+    "bn_batches",
+)
 
 _BY_CONFIG: dict[type, Pass[Any]] = {}
 _BY_KIND: dict[str, Pass[Any]] = {}
 
 P = TypeVar("P", bound=type)
+_T = TypeVar("_T")
 
 
 def register_pass(cls: P) -> P:
@@ -60,7 +73,9 @@ def register_pass(cls: P) -> P:
     if getattr(config_type, "kind", None) != kind:
         raise ValueError(f"{cls.__qualname__}: its config type {config_type.__qualname__} must have kind = {kind!r}")
     if config_type in _BY_CONFIG:
-        raise ValueError(f"a pass for {config_type.__qualname__} is already registered ({type(_BY_CONFIG[config_type]).__qualname__})")
+        raise ValueError(
+            f"a pass for {config_type.__qualname__} is already registered ({type(_BY_CONFIG[config_type]).__qualname__})"
+        )
     if kind in _BY_KIND:
         raise ValueError(f"a pass of kind {kind!r} is already registered ({type(_BY_KIND[kind]).__qualname__})")
     instance = cls()
@@ -94,8 +109,10 @@ def pass_for_kind(kind: str) -> Pass[Any]:
         raise RecipeError(f"Unknown pass kind {kind!r}.", f"Use one of: {', '.join(PASS_KINDS)}.")
     _load_builtin(kind)
     if kind not in _BY_KIND:
-        raise RecipeError(f"The pass kind {kind!r} is not available in this version of repfx-deploy.",
-                          f"Remove that [[passes]] entry (available: {', '.join(registered_kinds())}).")
+        raise RecipeError(
+            f"The pass kind {kind!r} is not available in this version of repfx-deploy.",
+            f"Remove that [[passes]] entry (available: {', '.join(registered_kinds())}).",
+        )
     return _BY_KIND[kind]
 
 
@@ -105,18 +122,24 @@ def pass_for(config: PassConfig) -> Pass[Any]:
     try:
         return _BY_CONFIG[type(config)]
     except KeyError:
-        raise PassError(f"No pass is registered for the config type {type(config).__qualname__}.",
-                        "Register its Pass subclass with @register_pass.") from None
+        raise PassError(
+            f"No pass is registered for the config type {type(config).__qualname__}.",
+            "Register its Pass subclass with @register_pass.",
+        ) from None
 
 
 def parse_pass(entry: Any, index: int) -> PassConfig:
     """One ``[[passes]]`` table -> that kind's config; ``RecipeError`` naming ``passes[index].key``."""
     where = f"passes[{index}]"
     if not isinstance(entry, Mapping):
-        raise RecipeError(f"{where} must be a table, got {type(entry).__name__} {entry!r}.",
-                          'Write each pass as a [[passes]] table with a kind, e.g. kind = "prune".')
+        raise RecipeError(
+            f"{where} must be a table, got {type(entry).__name__} {entry!r}.",
+            'Write each pass as a [[passes]] table with a kind, e.g. kind = "prune".',
+        )
     if "kind" not in entry:
-        raise RecipeError(f"{where} has no kind.", f'Give it one of: kind = "{PASS_KINDS[0]}", ... ({", ".join(PASS_KINDS)}).')
+        raise RecipeError(
+            f"{where} has no kind.", f'Give it one of: kind = "{PASS_KINDS[0]}", ... ({", ".join(PASS_KINDS)}).'
+        )
     kind = entry["kind"]
     the_pass = pass_for_kind(kind)
     table = {k: v for k, v in entry.items() if k != "kind"}
@@ -135,26 +158,29 @@ def _refuse_inner_recovery(table: Mapping[str, Any], kind: str, config_type: typ
         return
     import tomli_w
 
-    new_form = "[[passes]]\nkind = \"recover\"\n" + tomli_w.dumps(moved)
+    new_form = '[[passes]]\nkind = "recover"\n' + tomli_w.dumps(moved)
     raise RecipeError(
         f"{where} ({kind}) sets fine-tuning key(s) {sorted(moved)}; fine-tuning is now its own pass.",
         f"Move them into a recover pass right after it:\n{new_form}",
     )
 
 
-def apply(module: "nn.Module", config: PassConfig, context: PassContext) -> PassResult:
+def apply(module: nn.Module, config: PassConfig, context: PassContext) -> PassResult:
     """Apply one pass as its config says (``module`` is left unchanged)."""
     return _guarded(config, lambda p: p.apply(module, config, context))
 
 
-def _guarded(config: PassConfig, run: Any) -> Any:
+def _guarded(config: PassConfig, run: Callable[[Pass[Any]], _T]) -> _T:
+    """``run(the config's pass)``, with any failure but a recipe or pass error reported as the pass's failure."""
     the_pass = pass_for(config)
     try:
         return run(the_pass)
     except (RecipeError, PassError):
         raise
     except Exception as e:
-        raise PassError(f"The {config.kind} pass failed: {type(e).__name__}: {e}", "Check the pass's keys in the recipe.") from e
+        raise PassError(
+            f"The {config.kind} pass failed: {type(e).__name__}: {e}", "Check the pass's keys in the recipe."
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -162,13 +188,13 @@ class PassRun:
     """What ``run_passes`` returns: the final module, one result per pass (with the config that reproduces it),
     and, counted when first asked for, the final module's per-layer counts."""
 
-    module: "nn.Module"
+    module: nn.Module
     results: list[PassResult]
     configs: tuple[PassConfig, ...]
     input_specs: tuple[Any, ...]
 
     @functools.cached_property
-    def stats(self) -> "ModelStats":
+    def stats(self) -> ModelStats:
         from repfx_deploy.analyze.torch_stats import torch_stats
 
         return torch_stats(self.module, self.input_specs)
@@ -179,7 +205,7 @@ class PassRun:
         return [{**r.to_record(), "config": c.to_table()} for r, c in zip(self.results, self.configs)]
 
 
-def run_passes(module: "nn.Module", configs: Sequence[PassConfig], context: PassContext) -> PassRun:
+def run_passes(module: nn.Module, configs: Sequence[PassConfig], context: PassContext) -> PassRun:
     """Apply ``configs`` in order, each to the previous one's output; ``module`` itself is left unchanged."""
     from dataclasses import replace
 

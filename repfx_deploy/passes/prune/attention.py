@@ -34,7 +34,7 @@ class AttentionSpec:
     out: str | None
 
 
-def find_attention(m: "nn.Module") -> AttentionSpec | None:
+def find_attention(m: nn.Module) -> AttentionSpec | None:
     """The attention layout of ``m``, or None when it is not an attention layer this pass can prune by head."""
     import torch.nn as nn
 
@@ -68,7 +68,7 @@ def find_attention(m: "nn.Module") -> AttentionSpec | None:
     return AttentionSpec(heads_attr, heads, inner, qkv, out)
 
 
-def walk(w, node, m: "nn.Module", name: str, spec: AttentionSpec):
+def walk(w, node, m: nn.Module, name: str, spec: AttentionSpec):
     """The walker rule for an attention call: input columns, head rows, output projection."""
     x = node.args[0] if node.args else next(iter(node.kwargs.values()))
     rank = len(w.shape(x))
@@ -86,8 +86,20 @@ def walk(w, node, m: "nn.Module", name: str, spec: AttentionSpec):
             w.cuts.append(Cut(f"{name}.{proj}", "bias", 0, rows, "other"))
         w.layers[f"{name}.{proj}"] = Layer(f"{name}.{proj}", "linear")
     tokens = _tokens(w.shape(x))
-    w.macs.append({"kind": "attention", "name": name, "rows": tokens, "in": tuple(ins), "heads": tuple(heads), "qkv": 3, "attn_tokens": w.shape(x)[-2] if rank >= 3 else 1})
-    w.layers[name] = Layer(name, "attention", {"heads_attr": spec.heads_attr, "head_dim": head_dim, "inner": spec.inner})
+    w.macs.append(
+        {
+            "kind": "attention",
+            "name": name,
+            "rows": tokens,
+            "in": tuple(ins),
+            "heads": tuple(heads),
+            "qkv": 3,
+            "attn_tokens": w.shape(x)[-2] if rank >= 3 else 1,
+        }
+    )
+    w.layers[name] = Layer(
+        name, "attention", {"heads_attr": spec.heads_attr, "head_dim": head_dim, "inner": spec.inner}
+    )
     if spec.out is None:
         t = w.space(name, Tensor(rank - 1, heads))
     else:
@@ -98,7 +110,9 @@ def walk(w, node, m: "nn.Module", name: str, spec: AttentionSpec):
         if proj.bias is not None:
             w.cuts.append(Cut(f"{name}.{spec.out}", "bias", 0, tuple(outs), "other"))
         w.layers[f"{name}.{spec.out}"] = Layer(f"{name}.{spec.out}", "linear")
-        w.macs.append({"kind": "linear", "name": f"{name}.{spec.out}", "rows": tokens, "in": tuple(heads), "out": tuple(outs)})
+        w.macs.append(
+            {"kind": "linear", "name": f"{name}.{spec.out}", "rows": tokens, "in": tuple(heads), "out": tuple(outs)}
+        )
         w.spaces.append((name, tuple(heads)))
         t = w.space(f"{name}.{spec.out}", Tensor(rank - 1, outs))
     meta = node.meta.get("tensor_meta")

@@ -112,7 +112,7 @@ class DependencyGraph:
     """The result of the analysis: classes, the cuts and literals they drive, the spaces (element lists of
     tracked tensors, used to form groups), and what the MAC model needs."""
 
-    gm: "fx.GraphModule"
+    gm: fx.GraphModule
     classes: Classes
     cuts: list[Cut]
     edits: list[LiteralEdit]

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 
-def analyze(module: "nn.Module", example: tuple["torch.Tensor", ...], *, ignore: tuple[str, ...] = ()) -> DependencyGraph:
+def analyze(module: nn.Module, example: tuple[torch.Tensor, ...], *, ignore: tuple[str, ...] = ()) -> DependencyGraph:
     """Trace ``module`` (not modified) on ``example`` inputs and build its channel dependency graph."""
     from torch.fx.passes.shape_prop import ShapeProp
 
@@ -41,19 +41,21 @@ def analyze(module: "nn.Module", example: tuple["torch.Tensor", ...], *, ignore:
     try:
         ShapeProp(gm).propagate(*example)
     except Exception as e:
-        raise PassError(f"The traced model does not run on the example inputs: {type(e).__name__}: {e}", "Check the input shape.") from e
+        raise PassError(
+            f"The traced model does not run on the example inputs: {type(e).__name__}: {e}", "Check the input shape."
+        ) from e
     walker = Walker(gm, dict(gm.named_modules()), ignore)
     walker.run()
     return walker.result()
 
 
-def _trace(module: "nn.Module", ignore: tuple[str, ...]) -> "fx.GraphModule":
+def _trace(module: nn.Module, ignore: tuple[str, ...]) -> fx.GraphModule:
     import torch.fx as fx
 
     class Tracer(fx.Tracer):
         # attention layers and ignored layers are traced as one call each: their insides (head reshapes, a
         # layer the analysis does not know) are handled as a whole, or left alone
-        def is_leaf_module(self, m: "nn.Module", qualname: str) -> bool:
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             if qualname and matches(qualname, ignore) and not _is_container(m):
                 return True
             if find_attention(m) is not None:
@@ -74,7 +76,7 @@ def _trace(module: "nn.Module", ignore: tuple[str, ...]) -> "fx.GraphModule":
 
 
 @contextlib.contextmanager
-def _len_recorded(module: "nn.Module"):
+def _len_recorded(module: nn.Module):
     """While tracing, ``len(x)`` in the model's forward code is recorded as a call (what ``torch.fx.wrap("len")``
     would do in the model's own source), so the common ``x.expand(len(x), ...)`` of a class token traces."""
     import torch.fx._symbolic_trace as st
@@ -94,7 +96,7 @@ def _len_recorded(module: "nn.Module"):
             table.pop(key, None)
 
 
-def _is_container(m: "nn.Module") -> bool:
+def _is_container(m: nn.Module) -> bool:
     import torch.nn as nn
 
     return isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))

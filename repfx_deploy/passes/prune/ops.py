@@ -31,7 +31,7 @@ def _names(*fns) -> set:
 class Walker(ShapeRules):
     """Walks the nodes in order, giving each tensor a ``Tensor`` (tracked channel axis), ``ParamRef`` or None."""
 
-    def __init__(self, gm: "fx.GraphModule", modules: dict, ignore: tuple[str, ...]) -> None:
+    def __init__(self, gm: fx.GraphModule, modules: dict, ignore: tuple[str, ...]) -> None:
         import torch
         import torch.nn as nn
         import torch.nn.functional as F
@@ -47,37 +47,115 @@ class Walker(ShapeRules):
         self.notes: list[str] = []
         self.env: dict[str, Any] = {}
         self.passthrough_modules = (
-            nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
-            nn.ELU, nn.Mish, nn.PReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.Upsample,
-            nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-            nn.AdaptiveMaxPool2d, nn.Softmax,
+            nn.ReLU,
+            nn.ReLU6,
+            nn.GELU,
+            nn.SiLU,
+            nn.Sigmoid,
+            nn.Tanh,
+            nn.Hardswish,
+            nn.Hardsigmoid,
+            nn.LeakyReLU,
+            nn.ELU,
+            nn.Mish,
+            nn.PReLU,
+            nn.Dropout,
+            nn.Dropout1d,
+            nn.Dropout2d,
+            nn.Identity,
+            nn.Upsample,
+            nn.MaxPool1d,
+            nn.MaxPool2d,
+            nn.AvgPool1d,
+            nn.AvgPool2d,
+            nn.AdaptiveAvgPool1d,
+            nn.AdaptiveAvgPool2d,
+            nn.AdaptiveMaxPool2d,
+            nn.Softmax,
         )
         self.passthrough_fns = _names(
-            F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.tanh, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu,
-            F.mish, F.dropout, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-            F.max_pool1d, F.avg_pool1d, F.interpolate, F.softmax, F.log_softmax, torch.relu, torch.sigmoid,
-            torch.tanh, torch.softmax, torch.nn.functional.dropout2d, torch.exp, torch.abs, torch.neg,
+            F.relu,
+            F.relu6,
+            F.gelu,
+            F.silu,
+            F.sigmoid,
+            F.tanh,
+            F.hardswish,
+            F.hardsigmoid,
+            F.leaky_relu,
+            F.elu,
+            F.mish,
+            F.dropout,
+            F.max_pool2d,
+            F.avg_pool2d,
+            F.adaptive_avg_pool2d,
+            F.adaptive_max_pool2d,
+            F.max_pool1d,
+            F.avg_pool1d,
+            F.interpolate,
+            F.softmax,
+            F.log_softmax,
+            torch.relu,
+            torch.sigmoid,
+            torch.tanh,
+            torch.softmax,
+            torch.nn.functional.dropout2d,
+            torch.exp,
+            torch.abs,
+            torch.neg,
         )
         self.passthrough_methods = {
-            "relu", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "to", "softmax", "exp", "abs",
-            "neg", "relu_", "sigmoid_", "type_as", "sqrt", "rsqrt", "pow", "clamp", "clamp_min",
+            "relu",
+            "sigmoid",
+            "tanh",
+            "contiguous",
+            "clone",
+            "detach",
+            "float",
+            "to",
+            "softmax",
+            "exp",
+            "abs",
+            "neg",
+            "relu_",
+            "sigmoid_",
+            "type_as",
+            "sqrt",
+            "rsqrt",
+            "pow",
+            "clamp",
+            "clamp_min",
         }
-        self.binary_fns = _names(operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
-                                 operator.imul, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum)
+        self.binary_fns = _names(
+            operator.add,
+            operator.sub,
+            operator.mul,
+            operator.truediv,
+            operator.iadd,
+            operator.imul,
+            torch.add,
+            torch.sub,
+            torch.mul,
+            torch.div,
+            torch.maximum,
+            torch.minimum,
+        )
         self.binary_methods = {"add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_"}
         self.reduce_fns = _names(torch.mean, torch.sum, torch.amax, torch.amin)
         self.reduce_methods = {"mean", "sum", "amax", "amin", "std", "var"}
 
     # ------------------------------------------------------------------ helpers
     def result(self) -> DependencyGraph:
-        return DependencyGraph(self.gm, self.c, self.cuts, self.edits, self.layers, self.spaces, self.pairs, self.macs, self.notes)
+        return DependencyGraph(
+            self.gm, self.c, self.cuts, self.edits, self.layers, self.spaces, self.pairs, self.macs, self.notes
+        )
 
     @staticmethod
-    def owner(node: "fx.Node") -> str:
+    def owner(node: fx.Node) -> str:
         stack = node.meta.get("nn_module_stack") or {}
         return list(stack.keys())[-1] if stack else ""
 
-    def fail(self, node: "fx.Node", reason: str) -> PassError:
+    def fail(self, node: fx.Node, reason: str) -> PassError:
         where = node.target if node.op == "call_module" else self.owner(node)
         layer = f"layer {where!r}" if where else "the top-level forward"
         what = node.target if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
@@ -88,7 +166,7 @@ class Walker(ShapeRules):
         )
 
     @staticmethod
-    def shape(node: "fx.Node") -> tuple[int, ...] | None:
+    def shape(node: fx.Node) -> tuple[int, ...] | None:
         meta = node.meta.get("tensor_meta")
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
@@ -97,7 +175,7 @@ class Walker(ShapeRules):
 
         return self.env.get(a.name) if isinstance(a, fx.Node) else None
 
-    def tensor_in(self, node: "fx.Node", arg, axis: int, size: int) -> list[int]:
+    def tensor_in(self, node: fx.Node, arg, axis: int, size: int) -> list[int]:
         """Elements of ``arg`` along ``axis`` (a consumer's input side); fresh pinned ones when untracked."""
         v = self.value(arg)
         shape = self.shape(arg)
@@ -143,11 +221,11 @@ class Walker(ShapeRules):
                 if isinstance(t, Tensor):
                     self.c.pin(t.elems)
 
-    def pin_inputs(self, node: "fx.Node") -> None:
+    def pin_inputs(self, node: fx.Node) -> None:
         self.pin_all(list(node.args) + list(node.kwargs.values()))
 
     # ------------------------------------------------------------------ modules
-    def call_module(self, node: "fx.Node"):
+    def call_module(self, node: fx.Node):
         import torch.nn as nn
 
         m = self.modules[node.target]
@@ -165,7 +243,15 @@ class Walker(ShapeRules):
             if m.bias is not None:
                 self.cuts.append(Cut(name, "bias", 0, tuple(outs), "other"))
             self.layers[name] = Layer(name, "linear")
-            self.macs.append({"kind": "linear", "name": name, "rows": math.prod(out_shape[:-1]), "in": tuple(ins), "out": tuple(outs)})
+            self.macs.append(
+                {
+                    "kind": "linear",
+                    "name": name,
+                    "rows": math.prod(out_shape[:-1]),
+                    "in": tuple(ins),
+                    "out": tuple(outs),
+                }
+            )
             return self.space(name, Tensor(len(out_shape) - 1, outs))
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if isinstance(xv, Tensor):
@@ -193,7 +279,12 @@ class Walker(ShapeRules):
             if isinstance(m, nn.PReLU) and m.num_parameters > 1 and isinstance(xv, Tensor):
                 self.cuts.append(Cut(name, "weight", 0, tuple(xv.elems), "other"))
                 self.layers[name] = Layer(name, "prelu")
-            if isinstance(m, nn.Softmax) and isinstance(xv, Tensor) and m.dim is not None and m.dim % len(out_shape) == xv.axis:
+            if (
+                isinstance(m, nn.Softmax)
+                and isinstance(xv, Tensor)
+                and m.dim is not None
+                and m.dim % len(out_shape) == xv.axis
+            ):
                 self.notes.append(f"{name}: softmax over the pruned channels")
             return xv
         spec = attention.find_attention(m)
@@ -201,13 +292,17 @@ class Walker(ShapeRules):
             return attention.walk(self, node, m, name, spec)
         if isinstance(m, nn.MultiheadAttention):
             self.pin_inputs(node)
-            self.notes.append(f"{name}: nn.MultiheadAttention is left whole (its fused projections have no head-level handler)")
+            self.notes.append(
+                f"{name}: nn.MultiheadAttention is left whole (its fused projections have no head-level handler)"
+            )
             return [Tensor(len(self.shape(x)) - 1, self.c.new(m.embed_dim, pinned=True)), None]
         if matches(name, self.ignore):
             self.pin_inputs(node)
             self.notes.append(f"{name}: ignored, left whole")
             return None  # what comes out is untracked: consumers pin it
-        if not any(True for _ in m.parameters(recurse=True)) and not any(isinstance(self.value(a), Tensor) for a in node.args):
+        if not any(True for _ in m.parameters(recurse=True)) and not any(
+            isinstance(self.value(a), Tensor) for a in node.args
+        ):
             return None
         raise self.fail(node, f"{type(m).__name__} is a layer the pruning pass does not know")
 
@@ -240,10 +335,17 @@ class Walker(ShapeRules):
         if m.bias is not None:
             self.cuts.append(Cut(name, "bias", 0, tuple(outs), "other"))
         self.layers[name] = Layer(name, kind, {"multiplier": out_per if kind == "conv-depthwise" else 1})
-        self.macs.append({
-            "kind": kind, "name": name, "rows": math.prod(out_shape[2:]), "kernel": math.prod(m.kernel_size),
-            "in": tuple(ins[:in_per] if kind == "conv-grouped" else ins), "out": tuple(outs), "groups": groups,
-        })
+        self.macs.append(
+            {
+                "kind": kind,
+                "name": name,
+                "rows": math.prod(out_shape[2:]),
+                "kernel": math.prod(m.kernel_size),
+                "in": tuple(ins[:in_per] if kind == "conv-grouped" else ins),
+                "out": tuple(outs),
+                "groups": groups,
+            }
+        )
         return self.space(name, Tensor(1, outs))
 
     def group_norm(self, node, m, name, xv):
@@ -262,7 +364,7 @@ class Walker(ShapeRules):
         return xv
 
     # ------------------------------------------------------------------ functions and methods
-    def call(self, node: "fx.Node"):
+    def call(self, node: fx.Node):
         import torch
         import torch.nn.functional as F
 
@@ -270,7 +372,11 @@ class Walker(ShapeRules):
         is_method = node.op == "call_method"
         args = node.args
         out_shape = self.shape(node)
-        tracked = [a for a in _flat(args) + _flat(list(node.kwargs.values())) if isinstance(self.value(a), (Tensor, ParamRef, list))]
+        tracked = [
+            a
+            for a in _flat(args) + _flat(list(node.kwargs.values()))
+            if isinstance(self.value(a), (Tensor, ParamRef, list))
+        ]
         if not any(isinstance(self.value(a), (Tensor, list)) for a in tracked):
             return None if not (is_method and target in ("expand", "to", "contiguous")) else self.param_view(node)
         if target is operator.getitem:
@@ -301,6 +407,13 @@ class Walker(ShapeRules):
             return self.pad(node, xv, out_shape)
         if is_method and target in ("unsqueeze", "squeeze") or target in (torch.unsqueeze, torch.squeeze):
             return self.squeeze(node, xv, out_shape)
-        if target is torch.bmm or target is torch.matmul or target is operator.matmul or target is F.scaled_dot_product_attention:
-            raise self.fail(node, "a matrix product over tracked channels (attention written inline) cannot be split by channel")
+        if (
+            target is torch.bmm
+            or target is torch.matmul
+            or target is operator.matmul
+            or target is F.scaled_dot_product_attention
+        ):
+            raise self.fail(
+                node, "a matrix product over tracked channels (attention written inline) cannot be split by channel"
+            )
         raise self.fail(node, "an operation the pruning pass does not know is applied to tracked channels")

@@ -79,7 +79,10 @@ class ShapeRules:
                 b = cand
                 break
         if b is None:
-            raise self.fail(node, f"a reshape from {list(shape)} to {list(out_shape)} splits the channels (dim {v.axis}) or mixes them with other dims")
+            raise self.fail(
+                node,
+                f"a reshape from {list(shape)} to {list(out_shape)} splits the channels (dim {v.axis}) or mixes them with other dims",
+            )
         size = out_shape[b]
         per = size // c
         elems = [e for e in v.elems for _ in range(per)]
@@ -120,7 +123,11 @@ class ShapeRules:
         if name == "unsqueeze":
             d = dim % len(out_shape)
             return Tensor(v.axis + (1 if d <= v.axis else 0), v.elems)
-        dims = range(len(in_shape)) if dim is None else [d % len(in_shape) for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
+        dims = (
+            range(len(in_shape))
+            if dim is None
+            else [d % len(in_shape) for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
+        )
         return Tensor(v.axis - sum(1 for d in dims if d < v.axis and in_shape[d] == 1), v.elems)
 
     def reduce(self, node, v, out_shape):
@@ -129,7 +136,9 @@ class ShapeRules:
         rank = len(self.shape(node.args[0]))
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-        dims = set(range(rank)) if dim is None else {d % rank for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
+        dims = (
+            set(range(rank)) if dim is None else {d % rank for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
+        )
         if v.axis in dims:
             return None  # reduced over the channels (a hand-written norm): nothing tracked comes out
         return Tensor(v.axis if keep else v.axis - sum(1 for d in dims if d < v.axis), v.elems)
@@ -187,7 +196,6 @@ class ShapeRules:
         if axis is None:
             axis = d_out + (v.axis - d_in)
         return Tensor(axis, v.elems)
-
 
 
 def _flat(args) -> list:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from repfx_deploy.data.datasets import Dataset
 
 
-def recalibrate_bn(module: "nn.Module", data: "Dataset", *, batches: int = 32, batch_size: int = 64, seed: int = 0) -> int:
+def recalibrate_bn(module: nn.Module, data: Dataset, *, batches: int = 32, batch_size: int = 64, seed: int = 0) -> int:
     """Reset every BatchNorm's running stats in ``module`` and re-estimate them on ``data``; returns how many
     BatchNorm layers were re-calibrated (0: nothing to do, nothing run).
 

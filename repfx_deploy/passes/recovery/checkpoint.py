@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 FORMAT = "repfx-finetune-checkpoint/1"
 
 
-def fingerprint(student: "nn.Module", trajectory: dict[str, Any]) -> str:
+def fingerprint(student: nn.Module, trajectory: dict[str, Any]) -> str:
     """A digest of what decides the training trajectory: the student's parameter/buffer names and shapes and
     the config fields that change the result (not the checkpoint path or the progress bar)."""
     shapes = {name: list(t.shape) for name, t in student.state_dict().items()}
@@ -29,7 +29,7 @@ def fingerprint(student: "nn.Module", trajectory: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save(path: Path, *, student: "nn.Module", optimizer: Any, step: int, digest: str, trajectory: dict[str, Any]) -> None:
+def save(path: Path, *, student: nn.Module, optimizer: Any, step: int, digest: str, trajectory: dict[str, Any]) -> None:
     """Write the checkpoint to a temporary sibling and rename it into place (an interrupt never leaves half a file)."""
     import torch
 
@@ -56,9 +56,15 @@ def load(path: Path, *, digest: str, trajectory: dict[str, Any]) -> dict[str, An
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"Cannot read the fine-tuning checkpoint {str(path)!r}: {e}", "Delete it to start over, or point checkpoint elsewhere.") from e
+        raise InputError(
+            f"Cannot read the fine-tuning checkpoint {str(path)!r}: {e}",
+            "Delete it to start over, or point checkpoint elsewhere.",
+        ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise InputError(f"{str(path)!r} is not a repfx-deploy fine-tuning checkpoint.", "Point checkpoint at a new path, or delete that file.")
+        raise InputError(
+            f"{str(path)!r} is not a repfx-deploy fine-tuning checkpoint.",
+            "Point checkpoint at a new path, or delete that file.",
+        )
     if state["fingerprint"] != digest:
         saved = json.loads(state.get("trajectory", "{}"))
         changed = sorted(k for k in set(saved) | set(trajectory) if saved.get(k) != trajectory.get(k))

@@ -60,13 +60,19 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 0 or (self.steps == 0 and not self.epochs > 0):
-            raise ValueError(f"FinetuneConfig needs epochs > 0 or steps > 0 (got epochs={self.epochs}, steps={self.steps})")
+            raise ValueError(
+                f"FinetuneConfig needs epochs > 0 or steps > 0 (got epochs={self.epochs}, steps={self.steps})"
+            )
         if self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError(f"FinetuneConfig needs batch_size >= 1 and checkpoint_every >= 1 (got {self.batch_size}, {self.checkpoint_every})")
+            raise ValueError(
+                f"FinetuneConfig needs batch_size >= 1 and checkpoint_every >= 1 (got {self.batch_size}, {self.checkpoint_every})"
+            )
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError(f"FinetuneConfig needs lr > 0 and weight_decay >= 0 (got {self.lr}, {self.weight_decay})")
         if not self.temperature > 0 or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"FinetuneConfig needs temperature > 0 and 0 <= alpha <= 1 (got {self.temperature}, {self.alpha})")
+            raise ValueError(
+                f"FinetuneConfig needs temperature > 0 and 0 <= alpha <= 1 (got {self.temperature}, {self.alpha})"
+            )
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"FinetuneConfig optimizer must be 'sgd' or 'adam', not {self.optimizer!r}")
         if self.augment not in ("none", "crop-flip"):
@@ -76,7 +82,11 @@ class FinetuneConfig:
 
     def total_steps(self, samples: int) -> int:
         """Optimizer steps this config runs on ``samples`` samples (an epoch is ``samples // batch_size`` steps)."""
-        return self.steps if self.steps > 0 else max(1, math.ceil(self.epochs * _steps_per_epoch(samples, self.batch_size)))
+        return (
+            self.steps
+            if self.steps > 0
+            else max(1, math.ceil(self.epochs * _steps_per_epoch(samples, self.batch_size)))
+        )
 
 
 @dataclass(frozen=True)
@@ -97,12 +107,12 @@ class FinetuneResult:
 
 
 def distill(
-    student: "nn.Module",
-    teacher: "nn.Module",
-    data: "Dataset",
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Dataset,
     config: FinetuneConfig,
     *,
-    extra_loss: "Callable[[nn.Module], torch.Tensor] | None" = None,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> FinetuneResult:
     """Train ``student`` in place to match ``teacher`` on ``data`` (labels used when present) for
     ``config``'s budget; ``extra_loss(student)`` is added to every step's loss (e.g. a regularizer).
@@ -114,11 +124,14 @@ def distill(
     import torch
 
     if data is None or len(data) == 0:
-        raise DataError("Fine-tuning needs training samples, but the data set is empty or missing.", "Give training data (the recipe's [data] train).")
+        raise DataError(
+            "Fine-tuning needs training samples, but the data set is empty or missing.",
+            "Give training data (the recipe's [data] train).",
+        )
     if config.augment == "crop-flip" and data.x.ndim != 4:
         raise DataError(
             f"augment='crop-flip' needs images N x C x H x W, but the samples have shape {tuple(data.x.shape)}.",
-            "Set augment = \"none\" for non-image inputs.",
+            'Set augment = "none" for non-image inputs.',
         )
     n = len(data)
     batch = min(config.batch_size, n)
@@ -192,7 +205,14 @@ def distill(
                 losses.append(float(loss.detach()))
                 advance(losses[-1])
                 if config.checkpoint is not None and (step % config.checkpoint_every == 0 or step == total):
-                    ckpt.save(config.checkpoint, student=student, optimizer=optimizer, step=step, digest=digest, trajectory=trajectory)
+                    ckpt.save(
+                        config.checkpoint,
+                        student=student,
+                        optimizer=optimizer,
+                        step=step,
+                        digest=digest,
+                        trajectory=trajectory,
+                    )
     except KeyboardInterrupt:
         # keep the steps already done: the next call with the same checkpoint resumes from here. An interrupt
         # inside optimizer.step() leaves weights half-updated, so then only the last periodic checkpoint stands.
@@ -201,7 +221,9 @@ def distill(
             with torch.no_grad():
                 for k, b in buffers.items():
                     named[k].copy_(b)
-            ckpt.save(config.checkpoint, student=student, optimizer=optimizer, step=step, digest=digest, trajectory=trajectory)
+            ckpt.save(
+                config.checkpoint, student=student, optimizer=optimizer, step=step, digest=digest, trajectory=trajectory
+            )
         raise
     finally:
         student.train(modes[0])
@@ -252,7 +274,10 @@ def _kd_loss(student_logits, teacher_logits, temperature: float):
     s = student_logits.reshape(-1, student_logits.shape[-1]) / temperature
     t = teacher_logits.reshape(-1, teacher_logits.shape[-1]) / temperature
     # T^2 keeps the gradient scale of the soft loss comparable to cross-entropy's as T changes (Hinton et al.)
-    return F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean", log_target=True) * temperature**2
+    return (
+        F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean", log_target=True)
+        * temperature**2
+    )
 
 
 def _crop_flip(x):
@@ -297,8 +322,13 @@ class _RichProgress:
         )
 
         self.bar = Progress(
-            TextColumn("fine-tune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+            TextColumn("fine-tune"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
         )
         self.bar.__enter__()
         task = self.bar.add_task("fine-tune", total=self.total, completed=self.start, loss=float("nan"))

@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from repfx_deploy.errors import RecipeError
-from repfx_deploy.passes.protocol import Assignment, Pass, PassConfig, PassContext, PassResult, Prepared, SearchSpace, count, finish
+from repfx_deploy.passes.protocol import (
+    Assignment,
+    Pass,
+    PassConfig,
+    PassContext,
+    PassResult,
+    Prepared,
+    SearchSpace,
+    count,
+    finish,
+)
 from repfx_deploy.passes.registry import register_pass
 
 if TYPE_CHECKING:
@@ -64,39 +74,54 @@ class RecoverConfig(PassConfig):
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0 or self.finetune_steps < 0:
-            raise ValueError(f"finetune_epochs and finetune_steps must be >= 0; got {self.finetune_epochs}, {self.finetune_steps}")
+            raise ValueError(
+                f"finetune_epochs and finetune_steps must be >= 0; got {self.finetune_epochs}, {self.finetune_steps}"
+            )
         if self.bn_batches < 1:
             raise ValueError(f"bn_batches must be >= 1; got {self.bn_batches}")
         _ = self.finetune  # builds a FinetuneConfig, which checks the remaining keys
 
     @property
-    def finetune(self) -> "FinetuneConfig | None":
+    def finetune(self) -> FinetuneConfig | None:
         """The distillation run, or None when the budget is zero."""
         from repfx_deploy.passes.recovery.distill import FinetuneConfig
 
         if self.finetune_epochs <= 0 and self.finetune_steps <= 0:
             return None
         return FinetuneConfig(
-            epochs=self.finetune_epochs if self.finetune_epochs > 0 else 1.0, steps=self.finetune_steps,
-            batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay,
-            temperature=self.temperature, alpha=self.alpha, augment=self.augment, checkpoint=self.checkpoint, seed=self.seed,
+            epochs=self.finetune_epochs if self.finetune_epochs > 0 else 1.0,
+            steps=self.finetune_steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            augment=self.augment,
+            checkpoint=self.checkpoint,
+            seed=self.seed,
         )
 
-    def with_assignment(self, assignment: Assignment) -> "RecoverConfig":
+    def with_assignment(self, assignment: Assignment) -> RecoverConfig:
         if assignment:
-            raise RecipeError(f"The recover pass has no sites; got {sorted(assignment)}.", "Leave it out of the assignment.")
+            raise RecipeError(
+                f"The recover pass has no sites; got {sorted(assignment)}.", "Leave it out of the assignment."
+            )
         return self
 
 
-def finetune_data(context: PassContext, choice: str, who: str) -> tuple["Dataset", str]:
+def finetune_data(context: PassContext, choice: str, who: str) -> tuple[Dataset, str]:
     """The data a fine-tune trains on: ``[data] train``, else (``choice`` "auto") the calibration set with a
     warning; ``RecipeError`` when there is none."""
     if choice in ("auto", "train") and context.train is not None and len(context.train) > 0:
         return context.train, "train"
     if choice in ("auto", "calibration") and context.calibration is not None and len(context.calibration) > 0:
         if choice == "auto":
-            log.warning("%s: fine-tuning on the calibration set (%d samples): a small set overfits; set [data] train",
-                        who, len(context.calibration))
+            log.warning(
+                "%s: fine-tuning on the calibration set (%d samples): a small set overfits; set [data] train",
+                who,
+                len(context.calibration),
+            )
         return context.calibration, "calibration"
     raise RecipeError(
         f"The {who} pass needs {'training' if choice != 'calibration' else 'calibration'} data, and none was given.",
@@ -109,7 +134,7 @@ class RecoverPass(Pass[RecoverConfig]):
     kind = "recover"
     config_type = RecoverConfig
 
-    def prepare(self, module: "nn.Module", config: RecoverConfig, context: PassContext) -> Prepared[RecoverConfig]:
+    def prepare(self, module: nn.Module, config: RecoverConfig, context: PassContext) -> Prepared[RecoverConfig]:
         if config.finetune is not None:
             finetune_data(context, config.data, "recover")  # fail before anything runs
         return Prepared(module, config, context, SearchSpace("recover"), count(module, context))
@@ -126,7 +151,9 @@ class RecoverPass(Pass[RecoverConfig]):
             if context.calibration is not None and len(context.calibration) > 0:
                 extras["bn_recalibrated"] = recalibrate_bn(student, context.calibration, batches=config.bn_batches)
             else:
-                log.warning("recover: no calibration data, so BatchNorm statistics were not re-calibrated (set [data] calibration)")
+                log.warning(
+                    "recover: no calibration data, so BatchNorm statistics were not re-calibrated (set [data] calibration)"
+                )
                 extras["bn_recalibrated"] = 0
         finetune = config.finetune
         if finetune is not None:

@@ -21,7 +21,17 @@ from repfx_deploy.errors import RecipeError
 if TYPE_CHECKING:
     from repfx_deploy.passes.recovery.distill import FinetuneConfig
 
-FINETUNE_KEYS = ("lr", "batch_size", "augment", "temperature", "alpha", "optimizer", "weight_decay", "seed", "checkpoint")
+FINETUNE_KEYS = (
+    "lr",
+    "batch_size",
+    "augment",
+    "temperature",
+    "alpha",
+    "optimizer",
+    "weight_decay",
+    "seed",
+    "checkpoint",
+)
 RECOVERY_KEYS = ("bn_recalibrate", "bn_batches", "finetune_epochs", "finetune_steps", *FINETUNE_KEYS)
 
 
@@ -31,7 +41,7 @@ class RecoveryOptions:
 
     bn_recalibrate: bool = True
     bn_batches: int = 32
-    finetune: "FinetuneConfig | None" = None
+    finetune: FinetuneConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.bn_recalibrate, bool):
@@ -40,7 +50,9 @@ class RecoveryOptions:
             raise ValueError(f"bn_batches must be a positive integer; got {self.bn_batches!r}")
 
 
-def parse_recovery(options: Mapping[str, Any], pass_kind: str, *, overrides: Mapping[str, Any] | None = None) -> RecoveryOptions:
+def parse_recovery(
+    options: Mapping[str, Any], pass_kind: str, *, overrides: Mapping[str, Any] | None = None
+) -> RecoveryOptions:
     """The recovery keys of a pass's recipe table (other keys are the caller's to check).
 
     ``overrides`` are FinetuneConfig defaults the pass prefers (e.g. a smaller learning rate), still overridden
@@ -49,7 +61,9 @@ def parse_recovery(options: Mapping[str, Any], pass_kind: str, *, overrides: Map
     from repfx_deploy.passes.recovery.distill import FinetuneConfig
 
     def bad(e: Exception) -> RecipeError:
-        return RecipeError(f"Bad recovery option in the {pass_kind} pass: {e}", "Fix the value in the recipe's [[passes]] table.")
+        return RecipeError(
+            f"Bad recovery option in the {pass_kind} pass: {e}", "Fix the value in the recipe's [[passes]] table."
+        )
 
     try:
         epochs = float(options.get("finetune_epochs", 0.0))

@@ -52,7 +52,9 @@ class ActivationProbe(nn.Module):
 
 
 @torch.no_grad()
-def calibrate(module: nn.Module, probes: list[ActivationProbe], batches: list[torch.Tensor], percentile: float) -> list[float]:
+def calibrate(
+    module: nn.Module, probes: list[ActivationProbe], batches: list[torch.Tensor], percentile: float
+) -> list[float]:
     """Run ``module`` on ``batches`` with ``probes`` collecting; returns each probe's threshold in order."""
     for p in probes:
         p.collecting, p.samples = True, []

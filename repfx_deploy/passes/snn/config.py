@@ -87,15 +87,31 @@ class SnnConfig(PassConfig):
         if not is_int(self.iir_start) or not 1 <= self.iir_start <= MAX_TIMESTEPS:
             raise bad("iir_start", self.iir_start, "Use an integer >= 1, e.g. 5.")
         if self.iir and not self.iir_stages and self.iir_start < self.timesteps:
-            raise bad("iir_start", self.iir_start, f"IIR retrains from iir_start down to timesteps ({self.timesteps}): use iir_start >= timesteps.")
+            raise bad(
+                "iir_start",
+                self.iir_start,
+                f"IIR retrains from iir_start down to timesteps ({self.timesteps}): use iir_start >= timesteps.",
+            )
         if self.iir_stages:
             s = self.iir_stages
-            if not all(is_int(t) and t >= 1 for t in s) or any(a <= b for a, b in zip(s, s[1:])) or s[-1] != self.timesteps:
-                raise bad("iir_stages", list(s), f"Use a strictly decreasing list of integers ending at timesteps ({self.timesteps}), e.g. [5, 2, 1].")
+            if (
+                not all(is_int(t) and t >= 1 for t in s)
+                or any(a <= b for a, b in zip(s, s[1:]))
+                or s[-1] != self.timesteps
+            ):
+                raise bad(
+                    "iir_stages",
+                    list(s),
+                    f"Use a strictly decreasing list of integers ending at timesteps ({self.timesteps}), e.g. [5, 2, 1].",
+                )
         if not isinstance(self.percentile, (int, float)) or not 50.0 <= self.percentile <= 100.0:
             raise bad("percentile", self.percentile, "Use a value in [50, 100] (100 = the maximum), e.g. 99.9.")
         if not self.epochs_per_stage > 0 or not is_int(self.steps_per_stage) or self.steps_per_stage < 0:
-            raise bad("epochs_per_stage/steps_per_stage", (self.epochs_per_stage, self.steps_per_stage), "Use epochs_per_stage > 0 and steps_per_stage >= 0.")
+            raise bad(
+                "epochs_per_stage/steps_per_stage",
+                (self.epochs_per_stage, self.steps_per_stage),
+                "Use epochs_per_stage > 0 and steps_per_stage >= 0.",
+            )
         if self.surrogate not in SURROGATES:
             raise bad("surrogate", self.surrogate, f"Use one of: {', '.join(SURROGATES)}.")
         if self.optimizer not in ("sgd", "adam"):
@@ -105,7 +121,9 @@ class SnnConfig(PassConfig):
         if not self.lr > 0 or self.weight_decay < 0:
             raise bad("lr/weight_decay", (self.lr, self.weight_decay), "Use lr > 0 and weight_decay >= 0.")
         if not 0.0 <= self.kd_alpha <= 1.0 or not self.temperature > 0:
-            raise bad("kd_alpha/temperature", (self.kd_alpha, self.temperature), "Use 0 <= kd_alpha <= 1 and temperature > 0.")
+            raise bad(
+                "kd_alpha/temperature", (self.kd_alpha, self.temperature), "Use 0 <= kd_alpha <= 1 and temperature > 0."
+            )
         if self.maxpool not in ("count", "or", "current"):
             raise bad("maxpool", self.maxpool, "Use count, or or current.")
         if not 0.0 <= self.initial_membrane < 1.0:
@@ -114,7 +132,9 @@ class SnnConfig(PassConfig):
             if not is_int(getattr(self, key)) or getattr(self, key) < 1:
                 raise bad(key, getattr(self, key), "Use a positive integer.")
         if not self.energy_mac_pj > 0 or not self.energy_ac_pj > 0:
-            raise bad("energy_mac_pj/energy_ac_pj", (self.energy_mac_pj, self.energy_ac_pj), "Use positive energies in pJ.")
+            raise bad(
+                "energy_mac_pj/energy_ac_pj", (self.energy_mac_pj, self.energy_ac_pj), "Use positive energies in pJ."
+            )
 
     def stages(self) -> tuple[int, ...]:
         """The T of each training stage, highest first; ``()`` when IIR is off (conversion only)."""
@@ -127,7 +147,7 @@ class SnnConfig(PassConfig):
         """The T the network is converted at: the first IIR stage, or ``timesteps``."""
         return self.stages()[0] if self.iir else self.timesteps
 
-    def with_assignment(self, assignment: Mapping[str, Any]) -> "SnnConfig":
+    def with_assignment(self, assignment: Mapping[str, Any]) -> SnnConfig:
         """The config deploying at the assigned ``timesteps``; with IIR the stages stop there (they are the same
         stages as this config's, which is why the space offers only the stages' T)."""
         T = assignment.get(TIMESTEPS_SITE, self.timesteps)
@@ -135,6 +155,8 @@ class SnnConfig(PassConfig):
             return dataclasses.replace(self, timesteps=T)
         stages = self.stages()
         if T not in stages:
-            raise RecipeError(f"snn: with IIR the timesteps must be one of the stages {list(stages)}, got {T}.",
-                              "Choose a T the IIR schedule trains at.")
+            raise RecipeError(
+                f"snn: with IIR the timesteps must be one of the stages {list(stages)}, got {T}.",
+                "Choose a T the IIR schedule trains at.",
+            )
         return dataclasses.replace(self, timesteps=T, iir_stages=stages[: stages.index(T) + 1])

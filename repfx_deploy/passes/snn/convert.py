@@ -42,12 +42,37 @@ _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _MAXPOOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
 _REFUSED_MODULES = (
-    nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.ELU,
-    nn.Mish, nn.Softmax, nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.ELU,
+    nn.Mish,
+    nn.Softmax,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.MultiheadAttention,
 )
 _REFUSED_FUNCTIONS = (
-    F.gelu, F.silu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.relu6, F.leaky_relu, F.hardswish, F.elu,
-    F.softmax, torch.softmax, F.layer_norm, F.group_norm, F.scaled_dot_product_attention,
+    F.gelu,
+    F.silu,
+    torch.sigmoid,
+    F.sigmoid,
+    torch.tanh,
+    F.tanh,
+    F.relu6,
+    F.leaky_relu,
+    F.hardswish,
+    F.elu,
+    F.softmax,
+    torch.softmax,
+    F.layer_norm,
+    F.group_norm,
+    F.scaled_dot_product_attention,
 )
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -98,7 +123,9 @@ def convert(
     moved = _move_maxpools(gm, every_layer=config.maxpool == "current")
     probes = _insert_probes(gm)
     if not probes:
-        raise PassError("snn: the model has no ReLU, so there is nothing to turn into spiking neurons.", "Convert a ReLU network.")
+        raise PassError(
+            "snn: the model has no ReLU, so there is nothing to turn into spiking neurons.", "Convert a ReLU network."
+        )
     if calibration is not None:
         gm.recompile()
         thresholds = calibrate(gm, [p for _, _, p in probes], list(calibration), config.percentile)
@@ -263,7 +290,9 @@ def _mark_time(gm: fx.GraphModule, config: SnnConfig) -> int:
             if not any_timed:
                 raise PassError("snn: the model's output does not depend on any ReLU layer.", "Convert a ReLU network.")
             if not isinstance(node.args[0], fx.Node):
-                raise PassError("snn: models with several outputs are not supported.", "Convert a model with one output tensor.")
+                raise PassError(
+                    "snn: models with several outputs are not supported.", "Convert a model with one output tensor."
+                )
             continue
         if any_timed and _is_maxpool(node, modules) and config.maxpool == "count":
             _use_spike_maxpool(gm, node, modules)
@@ -289,7 +318,10 @@ def _use_spike_maxpool(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.
     else:
         dims = {F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d}[node.target]
         if node.kwargs.get("return_indices") or (len(node.args) > 6 and node.args[6]):
-            raise PassError(f"snn: {node.name} returns max-pool indices, which a spiking max-pool cannot give.", "Pool without return_indices.")
+            raise PassError(
+                f"snn: {node.name} returns max-pool indices, which a spiking max-pool cannot give.",
+                "Pool without return_indices.",
+            )
         pool = dims(*node.args[1:], **node.kwargs)
     name = f"snn_spike_maxpool_{sum(isinstance(m, SpikeMaxPool) for m in gm.modules())}"
     gm.add_submodule(name, SpikeMaxPool(pool))
@@ -307,4 +339,9 @@ def _is_shape_value(node: fx.Node) -> bool:
     """A value derived from a shape query (e.g. ``x.size()[3]``), never expanded over time."""
     if _is_shape_query(node):
         return True
-    return node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) and _is_shape_value(node.args[0])
+    return (
+        node.op == "call_function"
+        and node.target is operator.getitem
+        and isinstance(node.args[0], fx.Node)
+        and _is_shape_value(node.args[0])
+    )

@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from repfx_deploy.errors import PassError
-from repfx_deploy.passes.protocol import Assignment, Pass, PassContext, PassResult, Prepared, SearchSpace, Site, count, finish
+from repfx_deploy.passes.protocol import (
+    Assignment,
+    Pass,
+    PassContext,
+    PassResult,
+    Prepared,
+    SearchSpace,
+    Site,
+    count,
+    finish,
+)
 from repfx_deploy.passes.registry import register_pass
 from repfx_deploy.passes.snn.config import MAX_TIMESTEPS, TIMESTEPS_SITE, SnnConfig
 
@@ -36,7 +46,7 @@ PLAIN_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64)
 class SnnPrepared(Prepared[SnnConfig]):
     """The converted network (without IIR) or the network after each IIR stage, keyed by T."""
 
-    networks: dict[int, "SpikingNet"] = field(default_factory=dict)
+    networks: dict[int, SpikingNet] = field(default_factory=dict)
     conversion: dict[str, Any] = field(default_factory=dict)
     stage_records: list[dict[str, Any]] = field(default_factory=list)
 
@@ -72,7 +82,7 @@ class SnnPass(Pass[SnnConfig]):
     kind = "snn"
     config_type = SnnConfig
 
-    def prepare(self, module: "nn.Module", config: SnnConfig, context: PassContext) -> SnnPrepared:
+    def prepare(self, module: nn.Module, config: SnnConfig, context: PassContext) -> SnnPrepared:
         """Convert once (threshold balancing on the calibration data); with IIR, also run every stage and keep
         a copy of the network after each."""
         import torch
@@ -87,17 +97,26 @@ class SnnPass(Pass[SnnConfig]):
         networks: dict[int, SpikingNet] = {}
         records: list[dict[str, Any]] = []
         if config.iir:
-            def keep(T: int, net: "SpikingNet") -> dict[str, Any]:
+
+            def keep(T: int, net: SpikingNet) -> dict[str, Any]:
                 networks[T] = copy.deepcopy(net)
                 return {}
 
             records = iir_train(snn, module, train, config, after_stage=keep)
         else:
             networks[0] = snn  # one converted network serves every T
-        return SnnPrepared(module, config, context, _space(config), count(module, context),
-                           networks=networks, conversion=report.to_dict(), stage_records=records)
+        return SnnPrepared(
+            module,
+            config,
+            context,
+            _space(config),
+            count(module, context),
+            networks=networks,
+            conversion=report.to_dict(),
+            stage_records=records,
+        )
 
-    def space(self, module: "nn.Module", config: SnnConfig, context: PassContext) -> SearchSpace:
+    def space(self, module: nn.Module, config: SnnConfig, context: PassContext) -> SearchSpace:
         """The same space ``prepare`` gives, without converting or training."""
         _check_data(config, context)
         return _space(config)
@@ -113,19 +132,26 @@ class SnnPass(Pass[SnnConfig]):
         snn = copy.deepcopy(prepared.networks[T if config.iir else 0])
         snn.set_timesteps(T)
         snn.eval()
-        extras: dict[str, Any] = {"config": {**config.to_table(), "iir_stages": list(config.stages())},
-                                  "conversion": prepared.conversion}
+        extras: dict[str, Any] = {
+            "config": {**config.to_table(), "iir_stages": list(config.stages())},
+            "conversion": prepared.conversion,
+        }
         if config.iir:
             extras["iir_stages"] = [r for r in prepared.stage_records if r["timesteps"] in config.stages()]
             extras["thresholds_after_iir"] = {name: round(float(n.threshold.detach()), 6) for name, n in snn.neurons()}
             # the forward clamps the leak to [0, 1]; report what it uses
-            extras["leaks_after_iir"] = {name: round(float(n.leak.detach().clamp(0, 1)), 6) for name, n in snn.neurons()}
+            extras["leaks_after_iir"] = {
+                name: round(float(n.leak.detach().clamp(0, 1)), 6) for name, n in snn.neurons()
+            }
         calibration = prepared.context.calibration
         assert calibration is not None
         import torch
 
         probe = torch.from_numpy(calibration.x[: config.stats_samples])
-        extras["spikes"] = spike_stats(snn, probe.split(config.calibration_batch_size),
-                                       energy_mac_pj=config.energy_mac_pj, energy_ac_pj=config.energy_ac_pj)
+        extras["spikes"] = spike_stats(
+            snn,
+            probe.split(config.calibration_batch_size),
+            energy_mac_pj=config.energy_mac_pj,
+            energy_ac_pj=config.energy_ac_pj,
+        )
         return finish(prepared, snn, decisions, started, extras)
-

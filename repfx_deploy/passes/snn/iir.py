@@ -47,12 +47,12 @@ def stage_config(config: SnnConfig, stages_so_far: tuple[int, ...]) -> FinetuneC
 
 
 def iir_train(
-    snn: "SpikingNet",
-    ann: "nn.Module",
-    data: "Dataset",
+    snn: SpikingNet,
+    ann: nn.Module,
+    data: Dataset,
     config: SnnConfig,
     *,
-    after_stage: "Callable[[int, SpikingNet], dict[str, Any]] | None" = None,
+    after_stage: Callable[[int, SpikingNet], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every stage of ``config.stages()`` on ``snn`` in place (it ends at ``config.timesteps``); returns one
     record per stage, with whatever ``after_stage(T, snn)`` returns (e.g. an accuracy) merged in."""

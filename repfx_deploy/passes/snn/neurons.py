@@ -93,8 +93,10 @@ class IFNeuron(nn.Module):
         self.constant_input = constant_input
 
     def extra_repr(self) -> str:
-        return (f"threshold={float(self.threshold.detach()):.4g}, leak={float(self.leak.detach()):.4g}, T={self.timesteps}, "
-                f"constant_input={self.constant_input}")
+        return (
+            f"threshold={float(self.threshold.detach()):.4g}, leak={float(self.leak.detach()):.4g}, T={self.timesteps}, "
+            f"constant_input={self.constant_input}"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = self.timesteps

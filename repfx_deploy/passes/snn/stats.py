@@ -40,7 +40,9 @@ def _macs_per_pass(layer: nn.Module, out: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def spike_stats(snn: SpikingNet, batches: Sequence[torch.Tensor], *, energy_mac_pj: float = 4.6, energy_ac_pj: float = 0.9) -> dict[str, Any]:
+def spike_stats(
+    snn: SpikingNet, batches: Sequence[torch.Tensor], *, energy_mac_pj: float = 4.6, energy_ac_pj: float = 0.9
+) -> dict[str, Any]:
     """Spike rates, operation counts and the energy estimate of ``snn`` at its current T, on ``batches``."""
     T = snn.timesteps
     rates: dict[str, list[float]] = {}
@@ -53,6 +55,7 @@ def spike_stats(snn: SpikingNet, batches: Sequence[torch.Tensor], *, energy_mac_
             entry = rates.setdefault(name, [0.0, 0.0])
             entry[0] += float((out != 0).sum())
             entry[1] += out.numel()
+
         return hook
 
     def layer_hook(name):
@@ -63,10 +66,15 @@ def spike_stats(snn: SpikingNet, batches: Sequence[torch.Tensor], *, energy_mac_
             nonzero = x[x != 0]
             # spikes carry one value, the threshold (up to float rounding: a spiking max-pool emits differences
             # of summed thresholds)
-            spikes = nonzero.numel() == 0 or bool(torch.allclose(nonzero, nonzero[0].expand_as(nonzero), rtol=1e-4, atol=0.0))
+            spikes = nonzero.numel() == 0 or bool(
+                torch.allclose(nonzero, nonzero[0].expand_as(nonzero), rtol=1e-4, atol=0.0)
+            )
             density = nonzero.numel() / x.numel()
             macs = _macs_per_pass(mod, out)
-            e = layers.setdefault(name, {"ann_macs": 0.0, "mac_ops": 0.0, "ac_ops": 0.0, "density": 0.0, "batches": 0, "spike_input": True})
+            e = layers.setdefault(
+                name,
+                {"ann_macs": 0.0, "mac_ops": 0.0, "ac_ops": 0.0, "density": 0.0, "batches": 0, "spike_input": True},
+            )
             e["ann_macs"] += macs * n
             e["spike_input"] = e["spike_input"] and spikes
             if spikes:
@@ -75,6 +83,7 @@ def spike_stats(snn: SpikingNet, batches: Sequence[torch.Tensor], *, energy_mac_
                 e["mac_ops"] += macs * passes * n
             e["density"] += density
             e["batches"] += 1
+
         return hook
 
     for name, m in snn.body.named_modules():
@@ -103,14 +112,16 @@ def spike_stats(snn: SpikingNet, batches: Sequence[torch.Tensor], *, energy_mac_
         ann_macs += e["ann_macs"] / total
         mac_ops += e["mac_ops"] / total
         ac_ops += e["ac_ops"] / total
-        per_layer.append({
-            "layer": name,
-            "input": "spikes" if e["spike_input"] else "analog",
-            "input_density_per_step": round(e["density"] / e["batches"], 6),
-            "ann_macs": round(e["ann_macs"] / total),
-            "snn_mac_ops": round(e["mac_ops"] / total),
-            "snn_ac_ops": round(e["ac_ops"] / total),
-        })
+        per_layer.append(
+            {
+                "layer": name,
+                "input": "spikes" if e["spike_input"] else "analog",
+                "input_density_per_step": round(e["density"] / e["batches"], 6),
+                "ann_macs": round(e["ann_macs"] / total),
+                "snn_mac_ops": round(e["mac_ops"] / total),
+                "snn_ac_ops": round(e["ac_ops"] / total),
+            }
+        )
     ann_pj = ann_macs * energy_mac_pj
     snn_pj = mac_ops * energy_mac_pj + ac_ops * energy_ac_pj
     return {
