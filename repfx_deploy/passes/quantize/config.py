@@ -133,4 +133,5 @@ class QuantizeConfig(PassConfig):
         The mixed-precision budget is dropped: the explicit bits are the choice it would otherwise make."""
         if not isinstance(assignment, Mapping):
             raise TypeError(f"an assignment is a mapping of layer name to bits; got {type(assignment).__name__}")
-        return dataclasses.replace(self, layer_bits=tuple(assignment.items()), size_budget_bytes=0)
+        layer_bits = tuple((name, bits) for name, bits in assignment.items())  # values checked in __post_init__
+        return dataclasses.replace(self, layer_bits=layer_bits, size_budget_bytes=0)  # type: ignore[arg-type]

@@ -134,7 +134,8 @@ def layer_weights(gm: fx.GraphModule) -> list[tuple[str, str, torch.Tensor]]:
     for node in gm.graph.nodes:
         w_node = _weight_node(node)
         if w_node is not None:
-            out.append((_layer_name(w_node.target), w_node.target, _fetch_weight(gm, w_node.target)))
+            target = str(w_node.target)
+            out.append((_layer_name(target), target, _fetch_weight(gm, target)))
     return out
 
 
@@ -235,9 +236,10 @@ def quantize_graph(
         w_node = _weight_node(node)
         if w_node is None:
             continue  # not a layer, or a computed weight: left in float
-        name = _layer_name(w_node.target)
+        target = str(w_node.target)
+        name = _layer_name(target)
         bits = layer_bits.get(name, weight_bits)
-        weight = _fetch_weight(gm, w_node.target)
+        weight = _fetch_weight(gm, target)
         if bits == "float":
             layers.append(LayerInfo(name, LAYER_OPS[node.target], "float", None, weight.numel(), weight.shape[0], node=node.name))
             continue
@@ -250,14 +252,14 @@ def quantize_graph(
         node.replace_input_with(w_node, wq_node)
         if not w_node.users:
             graph.erase_node(w_node)
-            _drop_attr(gm, w_node.target)
+            _drop_attr(gm, target)
         x = node.args[0]
         node.replace_input_with(x, quantized_input(x))
         out_quant = quantize_output(node)
         bias = node.args[2] if len(node.args) > 2 and isinstance(node.args[2], fx.Node) and node.args[2].op == "get_attr" else None
         layers.append(LayerInfo(
             name, LAYER_OPS[node.target], int(bits), wq_name, weight.numel(), weight.shape[0], out_quant,
-            bias.target if bias else None, node=node.name,
+            str(bias.target) if bias else None, node=node.name,
         ))
 
     if quantize_add:

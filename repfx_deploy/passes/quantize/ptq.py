@@ -210,20 +210,18 @@ def correct_bias(model: QuantizedModel, inputs: list[torch.Tensor], calibration:
     All layers are corrected from one quantized pass (not layer by layer), so a layer's shift is measured with
     its inputs already quantized, which is what the deployed model sees."""
     acts = model.act_quants()
-    targets = [(L, acts[L.out_quant]) for L in model.layers if L.out_quant and L.bias and L.weight_quant]
-    for _, q in targets:
-        q.probe = ProbeSums()
+    targets = [(L, L.bias, acts[L.out_quant], ProbeSums()) for L in model.layers if L.out_quant and L.bias and L.weight_quant]
+    for _, _, q, probe in targets:
+        q.probe = probe
     model.set_state(acts="frozen", weights="frozen")
     with torch.no_grad():
         for x in inputs:
             model(x)
-    quant_means = {L.name: q.probe.mean for L, q in targets}
-    for _, q in targets:
+    for layer, bias_path, q, probe in targets:
         q.probe = None
-    for layer, _ in targets:
-        bias = fetch(model.net, layer.bias)
+        bias = fetch(model.net, bias_path)
         with torch.no_grad():
-            bias.add_((calibration.float_means[layer.node] - quant_means[layer.name]).to(bias.dtype))
+            bias.add_((calibration.float_means[layer.node] - probe.mean).to(bias.dtype))
     return len(targets)
 
 
