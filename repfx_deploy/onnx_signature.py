@@ -69,11 +69,12 @@ def graph_input_specs(model, overrides: tuple[InputSpec, ...] | None = ()) -> tu
                 )
             specs.append(InputSpec(name=name, shape=o.shape, dtype=o.dtype))
             continue
-        if any(d is None for d in dims):
+        static = [d for d in dims if d is not None]
+        if len(static) != len(dims):
             shown = ",".join("?" if d is None else str(d) for d in dims)
             raise InputShapeError(
                 f"Input {value.name!r} has dynamic dimensions ({shown}); TVM needs static shapes to schedule kernels.",
                 "Pin them with --input-shape, e.g. --input-shape 1,3,224,224.",
             )
-        specs.append(InputSpec(name=value.name, shape=tuple(dims), dtype=dtype))
+        specs.append(InputSpec(name=value.name, shape=tuple(static), dtype=dtype))
     return tuple(specs)

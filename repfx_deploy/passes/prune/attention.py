@@ -44,27 +44,24 @@ def find_attention(m: nn.Module) -> AttentionSpec | None:
     if heads_attr is None:
         return None
     heads = getattr(m, heads_attr)
-    children = dict(m.named_children())
+    linears = {n: c for n, c in m.named_children() if isinstance(c, nn.Linear)}
 
-    def linear(n: str) -> bool:
-        return isinstance(children.get(n), nn.Linear)
-
-    if linear("qkv"):
+    if "qkv" in linears:
         qkv: tuple[str, ...] = ("qkv",)
-        if children["qkv"].out_features % 3:
+        if linears["qkv"].out_features % 3:
             return None
-        inner = children["qkv"].out_features // 3
+        inner = linears["qkv"].out_features // 3
     else:
-        names = next((t for t in QKV_NAMES if all(linear(n) for n in t)), None)
+        names = next((t for t in QKV_NAMES if all(n in linears for n in t)), None)
         if names is None:
             return None
         qkv = names
-        inner = children[names[0]].out_features
-        if any(children[n].out_features != inner for n in names):
+        inner = linears[names[0]].out_features
+        if any(linears[n].out_features != inner for n in names):
             return None  # grouped-query attention: not handled by head here
     if heads < 1 or inner % heads:
         return None
-    out = next((n for n in OUT_NAMES if linear(n) and children[n].in_features == inner), None)
+    out = next((n for n in OUT_NAMES if n in linears and linears[n].in_features == inner), None)
     return AttentionSpec(heads_attr, heads, inner, qkv, out)
 
 

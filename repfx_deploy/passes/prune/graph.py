@@ -28,6 +28,8 @@ from repfx_deploy.passes.prune.channels import DependencyGraph, matches
 from repfx_deploy.passes.prune.ops import Walker
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import torch
     import torch.fx as fx
     import torch.nn as nn
@@ -76,19 +78,21 @@ def _trace(module: nn.Module, ignore: tuple[str, ...]) -> fx.GraphModule:
 
 
 @contextlib.contextmanager
-def _len_recorded(module: nn.Module):
+def _len_recorded(module: nn.Module) -> Iterator[None]:
     """While tracing, ``len(x)`` in the model's forward code is recorded as a call (what ``torch.fx.wrap("len")``
     would do in the model's own source), so the common ``x.expand(len(x), ...)`` of a class token traces."""
     import torch.fx._symbolic_trace as st
 
     table = getattr(st, "_wrapped_fns_to_patch", None)
+    if not isinstance(table, dict):  # a torch without this private table: nothing is recorded
+        yield
+        return
     added = []
-    if isinstance(table, dict):
-        for m in module.modules():
-            scope = getattr(type(m).forward, "__globals__", None)
-            if scope is not None and (id(scope), "len") not in table:
-                table[(id(scope), "len")] = scope
-                added.append((id(scope), "len"))
+    for m in module.modules():
+        scope = getattr(type(m).forward, "__globals__", None)
+        if scope is not None and (id(scope), "len") not in table:
+            table[(id(scope), "len")] = scope
+            added.append((id(scope), "len"))
     try:
         yield
     finally:

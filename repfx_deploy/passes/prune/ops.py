@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from repfx_deploy.errors import PassError
 from repfx_deploy.passes.prune import attention
@@ -170,6 +170,15 @@ class Walker(ShapeRules):
         meta = node.meta.get("tensor_meta")
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
+    def shape_of(self, node: fx.Node, arg: fx.node.Argument) -> tuple[int, ...]:
+        """The shape of ``arg`` (``node`` itself or one of its inputs), which the rule for ``node`` needs."""
+        import torch.fx as fx
+
+        shape = self.shape(arg) if isinstance(arg, fx.Node) else None
+        if shape is None:
+            raise self.fail(node, "shape propagation recorded no tensor shape where the rule needs one")
+        return shape
+
     def value(self, a):
         import torch.fx as fx
 
@@ -178,7 +187,7 @@ class Walker(ShapeRules):
     def tensor_in(self, node: fx.Node, arg, axis: int, size: int) -> list[int]:
         """Elements of ``arg`` along ``axis`` (a consumer's input side); fresh pinned ones when untracked."""
         v = self.value(arg)
-        shape = self.shape(arg)
+        shape = self.shape_of(node, arg)
         ax = axis % len(shape)
         if isinstance(v, Tensor):
             if v.axis != ax:
@@ -228,14 +237,15 @@ class Walker(ShapeRules):
     def call_module(self, node: fx.Node):
         import torch.nn as nn
 
-        m = self.modules[node.target]
-        name = node.target
+        name = cast(str, node.target)  # a call_module node's target is the module's qualified name
+        m = self.modules[name]
         x = node.args[0] if node.args else None
         xv = self.value(x)
         out_shape = self.shape(node)
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
             return self.conv(node, m, name, x, out_shape)
         if isinstance(m, nn.Linear):
+            out_shape = self.shape_of(node, node)
             ins = self.tensor_in(node, x, -1, m.in_features)
             self.cuts.append(Cut(name, "weight", 1, tuple(ins), "in"))
             outs = self.c.new(m.out_features, pinned=matches(name, self.ignore))
@@ -264,7 +274,7 @@ class Walker(ShapeRules):
             return xv
         if isinstance(m, nn.LayerNorm):
             if isinstance(xv, Tensor):
-                if len(m.normalized_shape) != 1 or xv.axis != len(out_shape) - 1:
+                if len(m.normalized_shape) != 1 or xv.axis != len(self.shape_of(node, node)) - 1:
                     raise self.fail(node, "LayerNorm over several dims including the channels")
                 for p in ("weight", "bias"):
                     if getattr(m, p, None) is not None:
@@ -283,7 +293,7 @@ class Walker(ShapeRules):
                 isinstance(m, nn.Softmax)
                 and isinstance(xv, Tensor)
                 and m.dim is not None
-                and m.dim % len(out_shape) == xv.axis
+                and m.dim % len(self.shape_of(node, node)) == xv.axis
             ):
                 self.notes.append(f"{name}: softmax over the pruned channels")
             return xv
@@ -295,7 +305,7 @@ class Walker(ShapeRules):
             self.notes.append(
                 f"{name}: nn.MultiheadAttention is left whole (its fused projections have no head-level handler)"
             )
-            return [Tensor(len(self.shape(x)) - 1, self.c.new(m.embed_dim, pinned=True)), None]
+            return [Tensor(len(self.shape_of(node, x)) - 1, self.c.new(m.embed_dim, pinned=True)), None]
         if matches(name, self.ignore):
             self.pin_inputs(node)
             self.notes.append(f"{name}: ignored, left whole")
@@ -386,7 +396,7 @@ class Walker(ShapeRules):
         x = args[0] if args else None
         xv = self.value(x)
         if (is_method and target in self.passthrough_methods) or (not is_method and target in self.passthrough_fns):
-            if isinstance(xv, Tensor) and len(self.shape(x)) != len(out_shape):
+            if isinstance(xv, Tensor) and len(self.shape_of(node, x)) != len(out_shape):
                 raise self.fail(node, "changes the rank of a tensor with tracked channels")
             return xv if isinstance(xv, Tensor) else self.binary(node)
         if (is_method and target in self.binary_methods) or (not is_method and target in self.binary_fns):

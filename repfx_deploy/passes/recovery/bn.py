@@ -57,8 +57,8 @@ def recalibrate_bn(module: nn.Module, data: Dataset, *, batches: int = 32, batch
             for b in range(count):
                 module(x[order[b * size : (b + 1) * size]].to(device))
     finally:
-        for m, mode in modes.items():
-            m.train(mode)
-        for m, momentum in momenta.items():
-            m.momentum = momentum
+        for layer, mode in modes.items():
+            layer.train(mode)
+        for norm, momentum in momenta.items():
+            norm.momentum = momentum
     return len(norms)

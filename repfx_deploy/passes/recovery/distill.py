@@ -177,6 +177,7 @@ def distill(
                 if epoch != order_epoch:
                     order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(config.seed, epoch)))
                     order_epoch = epoch
+                assert order is not None  # drawn at the first step (order_epoch starts at -1)
                 idx = order[pos * batch : (pos + 1) * batch]
                 torch.manual_seed(_mix(config.seed, 1_000_003 + step))  # dropout, augmentation
                 xb = x_all[idx]

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -154,9 +155,14 @@ def _modules(gm: fx.GraphModule) -> dict[str, nn.Module]:
     return dict(gm.named_modules())
 
 
+def _module_name(node: fx.Node) -> str:
+    """The qualified name of the module a ``call_module`` node calls (its target is always that string)."""
+    return cast(str, node.target)
+
+
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        return type(modules[node.target]) is nn.ReLU
+        return type(modules[_module_name(node)]) is nn.ReLU
     if node.op == "call_function":
         return node.target in _RELU_FUNCTIONS
     return node.op == "call_method" and node.target in ("relu", "relu_")
@@ -164,7 +170,7 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 def _is_maxpool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        return isinstance(modules[node.target], _MAXPOOL_MODULES)
+        return isinstance(modules[_module_name(node)], _MAXPOOL_MODULES)
     return node.op == "call_function" and node.target in _MAXPOOL_FUNCTIONS
 
 
@@ -192,21 +198,25 @@ def _fold_batchnorm(gm: fx.GraphModule) -> int:
     modules = _modules(gm)
     folded = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], _BN):
+        if node.op != "call_module":
+            continue
+        bn = modules[_module_name(node)]
+        if not isinstance(bn, _BN):
             continue
         src = node.args[0]
         if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1):
             continue
-        layer, bn = modules[src.target], modules[node.target]
+        layer = modules[_module_name(src)]
         if not bn.track_running_stats or bn.running_mean is None:
             continue
+        fused: nn.Module
         if isinstance(layer, _CONV):
             fused = fuse_conv_bn_eval(layer, bn)
         elif isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
             fused = fuse_linear_bn_eval(layer, bn)
         else:
             continue
-        _set_module(gm, src.target, fused)
+        _set_module(gm, _module_name(src), fused)
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
         folded += 1
@@ -249,7 +259,7 @@ def _insert_probes(gm: fx.GraphModule) -> list[tuple[str, str, ActivationProbe]]
     """Replace each ReLU node by a call of a probe module named ``snn_neuron_<i>``; returns (name, replaced
     node, probe) in graph order."""
     modules = _modules(gm)
-    probes = []
+    probes: list[tuple[str, str, ActivationProbe]] = []
     for node in list(gm.graph.nodes):
         if not _is_relu(node, modules):
             continue
@@ -281,8 +291,9 @@ def _mark_time(gm: fx.GraphModule, config: SnnConfig) -> int:
         if node.op == "get_attr":
             timed[node], depends[node] = False, False
             continue
-        if node.op == "call_module" and isinstance(modules.get(node.target), IFNeuron):
-            modules[node.target].constant_input = not timed[node.args[0]]
+        neuron = modules.get(_module_name(node)) if node.op == "call_module" else None
+        if isinstance(neuron, IFNeuron):
+            neuron.constant_input = not timed[node.args[0]]
             timed[node], depends[node] = True, True
             continue
         any_timed = any(timed[a] for a in inputs)
@@ -313,16 +324,25 @@ def _mark_time(gm: fx.GraphModule, config: SnnConfig) -> int:
 
 def _use_spike_maxpool(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module]) -> None:
     """Replace the max-pool ``node`` (module or function call) by a ``SpikeMaxPool`` around the same pooling."""
+    pool: nn.Module
     if node.op == "call_module":
-        pool = modules[node.target]
+        pool = modules[_module_name(node)]
     else:
-        dims = {F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d}[node.target]
+        modules_for: dict[Callable[..., Any], type[nn.modules.pooling._MaxPoolNd]] = {
+            F.max_pool1d: nn.MaxPool1d,
+            F.max_pool2d: nn.MaxPool2d,
+            F.max_pool3d: nn.MaxPool3d,
+        }
+        dims = modules_for[cast(Callable[..., Any], node.target)]  # a call_function node's target is the function
         if node.kwargs.get("return_indices") or (len(node.args) > 6 and node.args[6]):
             raise PassError(
                 f"snn: {node.name} returns max-pool indices, which a spiking max-pool cannot give.",
                 "Pool without return_indices.",
             )
-        pool = dims(*node.args[1:], **node.kwargs)
+        # the pooling parameters (kernel size, stride, ...) are literals of the traced call, not nodes
+        params: tuple[Any, ...] = node.args[1:]
+        options: dict[str, Any] = dict(node.kwargs)
+        pool = dims(*params, **options)
     name = f"snn_spike_maxpool_{sum(isinstance(m, SpikeMaxPool) for m in gm.modules())}"
     gm.add_submodule(name, SpikeMaxPool(pool))
     node.op, node.target, node.args, node.kwargs = "call_module", name, (node.args[0],), {}

@@ -26,9 +26,10 @@ from repfx_deploy.passes.snn.neurons import IFNeuron
 from repfx_deploy.passes.snn.simulate import SpikingNet
 
 _SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_Synaptic = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 
 
-def _macs_per_pass(layer: nn.Module, out: torch.Tensor) -> float:
+def _macs_per_pass(layer: _Synaptic, out: torch.Tensor) -> float:
     """Multiply-accumulates per sample for one pass of ``layer`` (one step of a time-batched input)."""
     per_sample_outputs = out.numel() / out.shape[0]
     if isinstance(layer, nn.Linear):
