@@ -173,6 +173,17 @@ def parse_config(cls: type[T], table: Any, where: str, *, fix: str | None = None
         raise RecipeError(f"{where}: {e}", f"Fix the value in {where}.") from e
 
 
+def _is_pairs(annotation: Any) -> bool:
+    """Whether ``annotation`` is (or has an arm that is) ``tuple[tuple[str, T], ...]``, written as a table."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_pairs(a) for a in get_args(annotation))
+    args = get_args(annotation)
+    if get_origin(annotation) is not tuple or len(args) != 2 or args[1] is not Ellipsis:
+        return False
+    inner = args[0]
+    return get_origin(inner) is tuple and len(get_args(inner)) == 2 and get_args(inner)[0] is str
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -187,11 +198,11 @@ def config_table(config: Any) -> dict[str, Any]:
     """The TOML-ready table that ``parse_config`` turns back into ``config`` (fields that are None are left out,
     as TOML has no null)."""
     out: dict[str, Any] = {}
-    for name in _fields(type(config)):
+    for name, annotation in _fields(type(config)).items():
         value = getattr(config, name)
         if value is None:
             continue
-        out[name] = _plain(value)
+        out[name] = {} if value == () and _is_pairs(annotation) else _plain(value)
     return out
 
 

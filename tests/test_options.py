@@ -63,3 +63,9 @@ def test_parse_config_names_the_key_path_and_expected_type_when_wrong(table, mes
 def test_parse_config_refuses_a_table_that_is_not_a_table():
     with pytest.raises(RecipeError, match=r"passes\[0\] must be a table"):
         parse_config(EveryKind, [1, 2], "passes[0]")
+
+
+def test_config_table_writes_empty_name_value_fields_as_tables():
+    table = config_table(EveryKind())
+    assert table["per_layer"] == {} and table["sizes"] == []
+    assert parse_config(EveryKind, table, "t") == EveryKind()

@@ -135,7 +135,7 @@ def test_prune_channels_raises_recipe_error_when_site_is_unknown_or_too_wide(cha
     [
         ({"ratioo": 0.5}, r"'ratioo' in passes\[0\]"),
         ({"ratio": "half"}, r"passes\[0\]\.ratio must be a finite number"),
-        ({"channels": {"a1": "eight"}}, r"passes\[0\]\.channels must be"),
+        ({"channels": {"a1": "eight"}}, r"passes\[0\]\.channels\.a1 must be an integer"),
         ({"channels": {"a1": 0}}, r"passes\[0\]: channels maps a site"),
         ({"layer_ratios": [0.5]}, r"passes\[0\]\.layer_ratios must be"),
         ({"importance": "l3"}, r"passes\[0\]\.importance must be one of 'l1', 'l2', 'bn_scale', 'taylor'"),
