@@ -206,5 +206,21 @@ def config_table(config: Any) -> dict[str, Any]:
     return out
 
 
+def config_changes(config: Any) -> dict[str, Any]:
+    """The part of ``config_table(config)`` whose fields differ from their defaults: what the user set."""
+    changed = set()
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # a required field is always the user's
+            changed.add(f.name)
+            continue
+        if getattr(config, f.name) != default:
+            changed.add(f.name)
+    return {k: v for k, v in config_table(config).items() if k in changed}
+
+
 def is_optional(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)

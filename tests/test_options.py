@@ -69,3 +69,10 @@ def test_config_table_writes_empty_name_value_fields_as_tables():
     table = config_table(EveryKind())
     assert table["per_layer"] == {} and table["sizes"] == []
     assert parse_config(EveryKind, table, "t") == EveryKind()
+
+
+def test_config_changes_lists_only_what_differs_from_the_defaults():
+    from repfx_deploy.options import config_changes
+
+    assert config_changes(EveryKind(count=3, per_layer=(("fc", 8),))) == {"count": 3, "per_layer": {"fc": 8}}
+    assert config_changes(EveryKind()) == {}

@@ -282,8 +282,15 @@ class Pass(ABC, Generic[C]):
         return self.prepare(module, config, context).space
 
     def apply(self, module: nn.Module, config: C, context: PassContext) -> PassResult:
+        """Prepare and apply the config's own assignment; ``time_s`` covers both (``extras["prepare_s"]``: the
+        preparation's share)."""
+        started = time.perf_counter()
         prepared = self.prepare(module, config, context)
-        return self.apply_assignment(prepared, prepared.space.defaults())
+        prepare_s = time.perf_counter() - started
+        result = self.apply_assignment(prepared, prepared.space.defaults())
+        result.time_s += prepare_s
+        result.extras.setdefault("prepare_s", round(prepare_s, 3))
+        return result
 
 
 def count(module: nn.Module, context: PassContext) -> ModelStats:

@@ -202,7 +202,12 @@ class PassRun:
     @property
     def records(self) -> list[dict[str, Any]]:
         """One JSON-ready record per pass: its result plus the resolved config."""
-        return [{**r.to_record(), "config": c.to_table()} for r, c in zip(self.results, self.configs)]
+        from repfx_deploy.options import config_changes
+
+        return [
+            {**r.to_record(), "config": c.to_table(), "settings": config_changes(c)}
+            for r, c in zip(self.results, self.configs)
+        ]
 
 
 def run_passes(module: nn.Module, configs: Sequence[PassConfig], context: PassContext) -> PassRun:

@@ -17,8 +17,8 @@ def _passes_table(passes: list[dict]) -> list[str]:
     """One row per pass: what it was set to, what it did to parameters and MACs, and how long it took."""
     lines = ["## Passes", "", "| # | pass | settings | sites set | parameters | MACs | time (s) |", "|---|---|---|---|---|---|---|"]
     for i, p in enumerate(passes):
-        config = p.get("config") or {}
-        settings = ", ".join(f"{k} = {_short(v)}" for k, v in config.items()) or "defaults"
+        set_by_user = p.get("settings", p.get("config")) or {}
+        settings = ", ".join(f"{k} = {_short(v)}" for k, v in set_by_user.items()) or "defaults"
         decisions = p.get("decisions") or {}
         lines.append(
             f"| {i + 1} | `{p['kind']}` | {settings} | {len(decisions)} | "
