@@ -9,7 +9,6 @@ import typer
 
 from repfx_deploy.cli.device import device_app
 from repfx_deploy.cli.estimate import estimate
-from repfx_deploy.cli.space import space
 from repfx_deploy.cli.options import (
     Arch,
     Force,
@@ -32,6 +31,7 @@ from repfx_deploy.cli.output import (
     stderr,
     stdout,
 )
+from repfx_deploy.cli.space import space
 
 app = typer.Typer(
     name="repfx-deploy",
@@ -45,9 +45,15 @@ app = typer.Typer(
 @app.command()
 @handle_errors
 def inspect(
-    model: Annotated[Path, typer.Argument(help="Model file: state_dict (.pt/.pth with --arch), .pt2, TorchScript or .onnx.")],
-    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
-    json_out: Json = False, verbose: Verbose = False,
+    model: Annotated[
+        Path, typer.Argument(help="Model file: state_dict (.pt/.pth with --arch), .pt2, TorchScript or .onnx.")
+    ],
+    arch: Arch = None,
+    python_path: PythonPath = None,
+    trust_pickle: TrustPickle = False,
+    input_shape: InputShape = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Parameters, size, MACs per layer and in total, input and output shapes."""
     setup_logging(verbose)
@@ -77,11 +83,18 @@ def inspect(
 def export(
     model: Annotated[Path, typer.Argument(help="PyTorch model file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .onnx file.")],
-    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
+    arch: Arch = None,
+    python_path: PythonPath = None,
+    trust_pickle: TrustPickle = False,
+    input_shape: InputShape = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (17-20).")] = 18,
     exporter: Annotated[str, typer.Option(help="auto, dynamo or torchscript.")] = "auto",
-    data: Annotated[Path | None, typer.Option("--data", help="Real inputs (.npz with x) to verify on, besides random ones.")] = None,
-    force: Force = False, json_out: Json = False, verbose: Verbose = False,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Real inputs (.npz with x) to verify on, besides random ones.")
+    ] = None,
+    force: Force = False,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Export to ONNX (checked, shape-inferred, constant-folded) and verify it against torch with ONNX Runtime."""
     setup_logging(verbose)
@@ -96,7 +109,9 @@ def export(
     config = ExportConfig(opset=opset, exporter=exporter)  # type: ignore[arg-type]
     loaded = load_model(model, load_options(arch, python_path, trust_pickle, input_shape))
     if not loaded.is_torch:
-        raise InputError(f"{str(model)!r} is already ONNX.", "export takes a PyTorch model; use compile or bench for ONNX files.")
+        raise InputError(
+            f"{str(model)!r} is already ONNX.", "export takes a PyTorch model; use compile or bench for ONNX files."
+        )
     samples = [random_inputs(loaded.input_specs, seed=s) for s in range(4)]
     if data is not None:
         from repfx_deploy.data.datasets import load_dataset
@@ -104,15 +119,30 @@ def export(
 
         ds = load_dataset(data, loaded.input_specs[0], Preprocess(), limit=64)
         samples += [[b] for b in ds.batches(loaded.input_specs[0].shape[0])[:16]]
-    art = export_checked(loaded.module, loaded.input_specs, output, samples=samples, export_config=config, threads=0,
-                         source_sha256=loaded.sha256, force=force)
+    art = export_checked(
+        loaded.module,
+        loaded.input_specs,
+        output,
+        samples=samples,
+        export_config=config,
+        threads=0,
+        source_sha256=loaded.sha256,
+        force=force,
+    )
     (agreement,) = art.verification
-    doc = {**art.export, "source_sha256": loaded.sha256, "inputs": [s.to_dict() for s in loaded.input_specs], "verification": agreement}
+    doc = {
+        **art.export,
+        "source_sha256": loaded.sha256,
+        "inputs": [s.to_dict() for s in loaded.input_specs],
+        "verification": agreement,
+    }
     if json_out:
         return emit_json(doc)
     e = art.export
     stdout.print(f"wrote {e['path']} ({e['size_bytes']:,} bytes, opset {e['opset']}, {e['exporter']} exporter)")
-    stdout.print(f"verified on {agreement['samples']} inputs: max abs error {agreement['max_abs_error']:.3g}, cosine {agreement['cosine']:.8f}")
+    stdout.print(
+        f"verified on {agreement['samples']} inputs: max abs error {agreement['max_abs_error']:.3g}, cosine {agreement['cosine']:.8f}"
+    )
 
 
 @app.command("compile")
@@ -120,11 +150,21 @@ def export(
 def compile_cmd(
     model: Annotated[Path, typer.Argument(help="PyTorch model file or .onnx file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the compiled artifact.")],
-    target: Target = None, target_file: TargetFile = None, threads: Threads = 0,
-    tune_trials: Annotated[int, typer.Option("--tune-trials", min=0, help="MetaSchedule trials (0: use the tuning database only).")] = 0,
-    rpc: Rpc = None, rpc_key: RpcKey = None,
-    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
-    force: Force = False, json_out: Json = False, verbose: Verbose = False,
+    target: Target = None,
+    target_file: TargetFile = None,
+    threads: Threads = 0,
+    tune_trials: Annotated[
+        int, typer.Option("--tune-trials", min=0, help="MetaSchedule trials (0: use the tuning database only).")
+    ] = 0,
+    rpc: Rpc = None,
+    rpc_key: RpcKey = None,
+    arch: Arch = None,
+    python_path: PythonPath = None,
+    trust_pickle: TrustPickle = False,
+    input_shape: InputShape = None,
+    force: Force = False,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Compile with TVM for a target into a library the TVM runtime loads alone; verified against ONNX Runtime.
 
@@ -134,16 +174,29 @@ def compile_cmd(
     setup_logging(verbose)
     from repfx_deploy.pipeline.compile import CompileRequest, compile_model
 
-    doc = compile_model(CompileRequest(
-        source=model, out_dir=output, load=load_options(arch, python_path, trust_pickle, input_shape),
-        target=target or "host", target_file=target_file, threads=threads, tune_trials=tune_trials, force=force,
-        rpc=rpc, rpc_key=rpc_key,
-    ))
+    doc = compile_model(
+        CompileRequest(
+            source=model,
+            out_dir=output,
+            load=load_options(arch, python_path, trust_pickle, input_shape),
+            target=target or "host",
+            target_file=target_file,
+            threads=threads,
+            tune_trials=tune_trials,
+            force=force,
+            rpc=rpc,
+            rpc_key=rpc_key,
+        )
+    )
     if json_out:
         return emit_json(doc)
     v = doc["verification"]
     on = f" on device {v['device']['key']!r}" if v and "device" in v else ""
-    checked = f"max abs error vs ONNX Runtime{on} {v['max_abs_error']:.3g}" if v else "not verified here (built for another device; --rpc verifies on one)"
+    checked = (
+        f"max abs error vs ONNX Runtime{on} {v['max_abs_error']:.3g}"
+        if v
+        else "not verified here (built for another device; --rpc verifies on one)"
+    )
     stdout.print(f"wrote {doc['artifact']['library_path']} for {doc['target']}; {checked}")
 
 
@@ -151,14 +204,23 @@ def compile_cmd(
 @handle_errors
 def bench(
     model: Annotated[Path, typer.Argument(help="PyTorch model, .onnx file, or compiled TVM artifact folder.")],
-    target: Target = None, target_file: TargetFile = None, threads: Threads = 0,
-    runtime: Annotated[list[str] | None, typer.Option("--runtime", help="torch, onnxruntime, tvm or all (repeatable).")] = None,
+    target: Target = None,
+    target_file: TargetFile = None,
+    threads: Threads = 0,
+    runtime: Annotated[
+        list[str] | None, typer.Option("--runtime", help="torch, onnxruntime, tvm or all (repeatable).")
+    ] = None,
     warmup: Annotated[int, typer.Option(min=0)] = 10,
     repeats: Annotated[int, typer.Option(min=3)] = 50,
     tune_trials: Annotated[int, typer.Option("--tune-trials", min=0)] = 0,
-    rpc: Rpc = None, rpc_key: RpcKey = None,
-    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
-    json_out: Json = False, verbose: Verbose = False,
+    rpc: Rpc = None,
+    rpc_key: RpcKey = None,
+    arch: Arch = None,
+    python_path: PythonPath = None,
+    trust_pickle: TrustPickle = False,
+    input_shape: InputShape = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Latency on each runtime: warm-up, repeats, median, p90, min, threads, versions and CPU.
 
@@ -171,11 +233,20 @@ def bench(
     from repfx_deploy.pipeline.bench import bench as run_bench
 
     runtimes = tuple(r for r in (runtime or []) if r != "all")
-    doc = run_bench(BenchRequest(
-        source=model, runtimes=runtimes, load=load_options(arch, python_path, trust_pickle, input_shape),
-        target=target or "host", target_file=target_file, threads=threads, tune_trials=tune_trials,
-        timing=TimingConfig(warmup=warmup, repeats=repeats, max_repeats=max(2000, repeats)), rpc=rpc, rpc_key=rpc_key,
-    ))
+    doc = run_bench(
+        BenchRequest(
+            source=model,
+            runtimes=runtimes,
+            load=load_options(arch, python_path, trust_pickle, input_shape),
+            target=target or "host",
+            target_file=target_file,
+            threads=threads,
+            tune_trials=tune_trials,
+            timing=TimingConfig(warmup=warmup, repeats=repeats, max_repeats=max(2000, repeats)),
+            rpc=rpc,
+            rpc_key=rpc_key,
+        )
+    )
     if json_out:
         return emit_json(doc)
     from rich.table import Table
@@ -218,15 +289,29 @@ def targets(json_out: Json = False) -> None:
 def compress(
     model: Annotated[Path, typer.Argument(help="PyTorch model file (state_dict with --arch, .pt2, TorchScript).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Result folder.")] = Path("repfx-out"),
-    target: Target = None, target_file: TargetFile = None, threads: Threads = 0,
+    target: Target = None,
+    target_file: TargetFile = None,
+    threads: Threads = 0,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML (passes, data, preprocessing).")] = None,
-    calibration: Annotated[Path | None, typer.Option("--calibration", help="Calibration data (.npz/.npy, image folder or zip).")] = None,
-    eval_data: Annotated[Path | None, typer.Option("--eval-data", help="Labeled evaluation data, for accuracy before and after.")] = None,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="Calibration data (.npz/.npy, image folder or zip).")
+    ] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option("--eval-data", help="Labeled evaluation data, for accuracy before and after.")
+    ] = None,
     tune_trials: Annotated[int | None, typer.Option("--tune-trials", min=0)] = None,
     rpc: Rpc = None,
-    rpc_key: Annotated[str | None, typer.Option("--rpc-key", "--key", help="The device's key at the tracker (default: the target's rpc_key).")] = None,
-    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
-    force: Force = False, json_out: Json = False, verbose: Verbose = False,
+    rpc_key: Annotated[
+        str | None,
+        typer.Option("--rpc-key", "--key", help="The device's key at the tracker (default: the target's rpc_key)."),
+    ] = None,
+    arch: Arch = None,
+    python_path: PythonPath = None,
+    trust_pickle: TrustPickle = False,
+    input_shape: InputShape = None,
+    force: Force = False,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """The main job: ingest -> passes -> ONNX -> TVM -> measure -> report, into one folder.
 
@@ -241,13 +326,26 @@ def compress(
     from repfx_deploy.spec import parse_input_shapes
 
     loaded_recipe = load_recipe(recipe).with_overrides(
-        target=target, threads=threads or None, tune_trials=tune_trials, arch=arch,
-        input_specs=parse_input_shapes(input_shape or []), calibration=calibration, eval=eval_data,
+        target=target,
+        threads=threads or None,
+        tune_trials=tune_trials,
+        arch=arch,
+        input_specs=parse_input_shapes(input_shape or []),
+        calibration=calibration,
+        eval=eval_data,
     )
-    report = run_compress(CompressRequest(
-        model_path=model, out_dir=output, recipe=loaded_recipe, load=load_options(arch, python_path, trust_pickle, None),
-        target_file=target_file, force=force, rpc=rpc, rpc_key=rpc_key,
-    ))
+    report = run_compress(
+        CompressRequest(
+            model_path=model,
+            out_dir=output,
+            recipe=loaded_recipe,
+            load=load_options(arch, python_path, trust_pickle, None),
+            target_file=target_file,
+            force=force,
+            rpc=rpc,
+            rpc_key=rpc_key,
+        )
+    )
     if json_out:
         return emit_json(report)
     from repfx_deploy.report.markdown import render_markdown

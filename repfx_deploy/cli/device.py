@@ -23,13 +23,20 @@ device_app = typer.Typer(
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout; logs go to stderr.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
 Tracker = Annotated[str, typer.Option("--tracker", help="The tracker as HOST:PORT.")]
-Host = Annotated[str, typer.Option("--host", help="Address to listen on. RPC runs any code it is sent: bind to a trusted network only.")]
+Host = Annotated[
+    str,
+    typer.Option("--host", help="Address to listen on. RPC runs any code it is sent: bind to a trusted network only."),
+]
 
 
 @device_app.command("tracker")
 @handle_errors
-def tracker_cmd(host: Host = "127.0.0.1", port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 9190,
-                json_out: Json = False, verbose: Verbose = False) -> None:
+def tracker_cmd(
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 9190,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
     """Run a TVM RPC tracker until stopped (Ctrl-C); prints its address once it listens."""
     setup_logging(verbose)
     from repfx_deploy.measure.rpc.server import serve_tracker
@@ -44,13 +51,25 @@ def tracker_cmd(host: Host = "127.0.0.1", port: Annotated[int, typer.Option("--p
 @handle_errors
 def serve_cmd(
     tracker: Tracker,
-    key: Annotated[str, typer.Option("--key", help="The device's key in the tracker, e.g. rpi4 (a target profile's rpc_key).")],
+    key: Annotated[
+        str, typer.Option("--key", help="The device's key in the tracker, e.g. rpi4 (a target profile's rpc_key).")
+    ],
     host: Host = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on (or the next free one).")] = 9090,
-    custom_addr: Annotated[str | None, typer.Option("--custom-addr", help="Address the tracker gives clients, if not the one it sees.")] = None,
-    emulate: Annotated[str | None, typer.Option("--emulate", help="Run the server under qemu-user for this CPU (aarch64); implies --emulated.")] = None,
-    emulated: Annotated[bool, typer.Option("--emulated", help="Mark this server's timings as emulated (meaningless).")] = False,
-    json_out: Json = False, verbose: Verbose = False,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="Port to listen on (or the next free one).")
+    ] = 9090,
+    custom_addr: Annotated[
+        str | None, typer.Option("--custom-addr", help="Address the tracker gives clients, if not the one it sees.")
+    ] = None,
+    emulate: Annotated[
+        str | None,
+        typer.Option("--emulate", help="Run the server under qemu-user for this CPU (aarch64); implies --emulated."),
+    ] = None,
+    emulated: Annotated[
+        bool, typer.Option("--emulated", help="Mark this server's timings as emulated (meaningless).")
+    ] = False,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Serve this machine (or an emulated board) to a tracker as a device, until stopped."""
     setup_logging(verbose)
@@ -67,7 +86,9 @@ def serve_cmd(
         if json_out:
             return emit_json(doc)
         label = " (emulated)" if doc["emulated"] else ""
-        stdout.print(f"serving {doc['machine']}{label} as {doc['serving']!r} on {doc['host']}:{doc['port']}, tracker {doc['tracker']}")
+        stdout.print(
+            f"serving {doc['machine']}{label} as {doc['serving']!r} on {doc['host']}:{doc['port']}, tracker {doc['tracker']}"
+        )
 
     serve_device(config, ready=ready)
 

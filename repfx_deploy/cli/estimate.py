@@ -27,11 +27,19 @@ _METHODS = {"lookup": "lookup table", "lookup-table": "lookup table", "analytic"
 @handle_errors
 def estimate(
     model: Annotated[Path, typer.Argument(help="PyTorch model file or .onnx file.")],
-    target: Target = None, target_file: TargetFile = None, threads: Threads = 0,
-    method: Annotated[str, typer.Option("--method", help="auto (the profile's), lookup (host only) or analytic.")] = "auto",
+    target: Target = None,
+    target_file: TargetFile = None,
+    threads: Threads = 0,
+    method: Annotated[
+        str, typer.Option("--method", help="auto (the profile's), lookup (host only) or analytic.")
+    ] = "auto",
     layers: Annotated[bool, typer.Option("--layers", help="Print the per-layer breakdown (always in --json).")] = False,
-    arch: Arch = None, python_path: PythonPath = None, trust_pickle: TrustPickle = False, input_shape: InputShape = None,
-    json_out: Json = False, verbose: Verbose = False,
+    arch: Arch = None,
+    python_path: PythonPath = None,
+    trust_pickle: TrustPickle = False,
+    input_shape: InputShape = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Estimate latency on a device without running there: a per-layer lookup table (host) or analytic model."""
     setup_logging(verbose)

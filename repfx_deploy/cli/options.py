@@ -11,10 +11,24 @@ from typing import Annotated
 import typer
 
 # Options of the commands that read a model.
-Arch = Annotated[str | None, typer.Option("--arch", help="module:callable that builds the model a state_dict belongs to.")]
-PythonPath = Annotated[list[Path] | None, typer.Option("--python-path", help="Folder to import --arch from (repeatable).")]
-TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled nn.Module. Unpickling runs code: only for files you trust.")]
-InputShape = Annotated[list[str] | None, typer.Option("--input-shape", help="Input shape, e.g. 1,3,32,32 or x=1,3,32,32:float32 (repeat for several inputs).")]
+Arch = Annotated[
+    str | None, typer.Option("--arch", help="module:callable that builds the model a state_dict belongs to.")
+]
+PythonPath = Annotated[
+    list[Path] | None, typer.Option("--python-path", help="Folder to import --arch from (repeatable).")
+]
+TrustPickle = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle", help="Allow loading a pickled nn.Module. Unpickling runs code: only for files you trust."
+    ),
+]
+InputShape = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-shape", help="Input shape, e.g. 1,3,32,32 or x=1,3,32,32:float32 (repeat for several inputs)."
+    ),
+]
 # Output, device and run options.
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")]
 Target = Annotated[str | None, typer.Option("--target", help="Device profile name (see `repfx-deploy targets`).")]
@@ -22,8 +36,12 @@ TargetFile = Annotated[Path | None, typer.Option("--target-file", help="A device
 Threads = Annotated[int, typer.Option("--threads", min=0, help="Intra-op threads (0: the target's default).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
-Rpc = Annotated[str | None, typer.Option("--rpc", help="TVM RPC tracker HOST:PORT: measure (or tune) on a device of --target.")]
-RpcKey = Annotated[str | None, typer.Option("--rpc-key", help="The device's key at the tracker (default: the target's rpc_key).")]
+Rpc = Annotated[
+    str | None, typer.Option("--rpc", help="TVM RPC tracker HOST:PORT: measure (or tune) on a device of --target.")
+]
+RpcKey = Annotated[
+    str | None, typer.Option("--rpc-key", help="The device's key at the tracker (default: the target's rpc_key).")
+]
 
 
 def load_options(arch, python_path, trust_pickle, input_shape):

@@ -72,14 +72,22 @@ def handle_errors(fn: F) -> F:
         except typer.Exit:
             raise
         except OSError as e:  # a write that failed halfway (disk full, permissions): artifacts were not put in place
-            _report(json_out, "OSError", f"A file operation failed: {e}. Nothing half-written was kept.",
-                    "Check free disk space and write permissions of the output folder, then rerun.")
+            _report(
+                json_out,
+                "OSError",
+                f"A file operation failed: {e}. Nothing half-written was kept.",
+                "Check free disk space and write permissions of the output folder, then rerun.",
+            )
             raise typer.Exit(2) from None
         except Exception as e:  # a bug: keep the user-facing contract, offer the traceback on request
             if os.environ.get("REPFX_DEBUG"):
                 raise
-            _report(json_out, "InternalError", f"Internal error: {type(e).__name__}: {e}",
-                    "This is a bug in repfx-deploy; rerun with REPFX_DEBUG=1 for the traceback and report it.")
+            _report(
+                json_out,
+                "InternalError",
+                f"Internal error: {type(e).__name__}: {e}",
+                "This is a bug in repfx-deploy; rerun with REPFX_DEBUG=1 for the traceback and report it.",
+            )
             raise typer.Exit(3) from None
         finally:
             _json_stream.pop()

@@ -42,7 +42,9 @@ def bench_runners(runners: Sequence[Runner], inputs: Sequence[np.ndarray], timin
     return bench_jobs({r.name: (r, inputs) for r in runners}, timing)
 
 
-def bench_jobs(jobs: Mapping[str, tuple[Runner, Sequence[np.ndarray]]], timing: TimingConfig, rounds: int = ROUNDS) -> dict[str, dict]:
+def bench_jobs(
+    jobs: Mapping[str, tuple[Runner, Sequence[np.ndarray]]], timing: TimingConfig, rounds: int = ROUNDS
+) -> dict[str, dict]:
     """Latency of each ``(runner, inputs)`` under its key. One job is timed alone (re-measured when noisy, see
     ``time_callable``); several are timed in ``rounds`` interleaved rounds, so their ratios are fair even when
     they are different models."""

@@ -31,7 +31,7 @@ class TorchRunner:
 
     name = "torch"
 
-    def __init__(self, module: "nn.Module", threads: int | None = None) -> None:
+    def __init__(self, module: nn.Module, threads: int | None = None) -> None:
         import torch
 
         self.threads = threads or default_threads()
@@ -67,7 +67,9 @@ def _flatten(out: object) -> list:
         return [t for o in out for t in _flatten(o)]
     if isinstance(out, dict):
         return [t for o in out.values() for t in _flatten(o)]
-    raise MeasureError(f"The model returned a {type(out).__name__}, not tensors.", "Return a tensor or a tuple of tensors.")
+    raise MeasureError(
+        f"The model returned a {type(out).__name__}, not tensors.", "Return a tensor or a tuple of tensors."
+    )
 
 
 def session_options(threads: int, optimize: bool):
@@ -98,7 +100,9 @@ class OrtRunner:
                 str(onnx_path), session_options(self.threads, optimize=True), providers=["CPUExecutionProvider"]
             )
         except Exception as e:
-            raise MeasureError(f"ONNX Runtime cannot load {str(onnx_path)!r}: {e}", "Check the ONNX file with `repfx-deploy inspect`.") from e
+            raise MeasureError(
+                f"ONNX Runtime cannot load {str(onnx_path)!r}: {e}", "Check the ONNX file with `repfx-deploy inspect`."
+            ) from e
         self._names = [i.name for i in self._session.get_inputs()]
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

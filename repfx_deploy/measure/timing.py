@@ -116,14 +116,16 @@ def best_of(measure_once: Callable[[], LatencyStats], config: TimingConfig) -> L
     """Call ``measure_once`` until a measurement's spread is within ``max_spread`` (at most ``remeasure`` extra
     times) and keep the tightest; ``remeasured`` says how many extra measurements were taken."""
     best: LatencyStats | None = None
-    for attempt in range(config.remeasure + 1):
+    taken = 0
+    for _ in range(config.remeasure + 1):
         stats = measure_once()
+        taken += 1
         if best is None or stats.spread < best.spread:
             best = stats
         if stats.spread <= config.max_spread:
             break
-    assert best is not None
-    return dataclasses.replace(best, remeasured=attempt)
+    assert best is not None  # remeasure >= 0, so the loop ran at least once
+    return dataclasses.replace(best, remeasured=taken - 1)
 
 
 def time_interleaved(

@@ -49,8 +49,15 @@ def bench(request: BenchRequest) -> dict:
         loaded = load_model(source, request.load)
         model = Deployable(module=loaded.module, onnx_path=loaded.onnx_path, input_specs=loaded.input_specs)
     specs = model.specs()
-    result = evaluate(model, profile, data=EvalData(inputs=[random_inputs(specs)]), runtimes=request.runtimes or None,
-                      threads=request.threads, timing=request.timing, tune_trials=request.tune_trials)
+    result = evaluate(
+        model,
+        profile,
+        data=EvalData(inputs=[random_inputs(specs)]),
+        runtimes=request.runtimes or None,
+        threads=request.threads,
+        timing=request.timing,
+        tune_trials=request.tune_trials,
+    )
     results = {name: lat.to_dict() for name, lat in result.latency.items()}
     return {
         "source": str(source),

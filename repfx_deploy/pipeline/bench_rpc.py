@@ -33,7 +33,9 @@ def bench_on_device(request, profile: TargetProfile) -> dict:
 
     source = Path(request.source)
     model = Deployable(tvm_dir=source) if is_artifact(source) else None
-    check_rpc_target(profile, request.runtimes, compiles=model is None)  # a compiled folder is the user's to have linked
+    check_rpc_target(
+        profile, request.runtimes, compiles=model is None
+    )  # a compiled folder is the user's to have linked
     endpoint = RpcEndpoint.parse(request.rpc)
     config = RpcConfig(endpoint, device_key(profile, request.rpc_key), threads=request.threads or profile.threads)
     check_device(endpoint, config.key)  # a wrong tracker or key fails before minutes of compiling
@@ -42,9 +44,19 @@ def bench_on_device(request, profile: TargetProfile) -> dict:
         model = Deployable(module=loaded.module, onnx_path=loaded.onnx_path, input_specs=loaded.input_specs)
     specs = model.specs()
     samples = [random_inputs(specs, seed=s) for s in range(VERIFY_SAMPLES)]
-    result = evaluate(model, profile, data=EvalData(inputs=samples), runtimes=("tvm",), timing=request.timing, rpc=config,
-                      tune_trials=request.tune_trials)
-    record = {**result.latency["tvm"].to_dict(), "runtime": RUNTIME}  # bench names the device's runtime as it always has
+    result = evaluate(
+        model,
+        profile,
+        data=EvalData(inputs=samples),
+        runtimes=("tvm",),
+        timing=request.timing,
+        rpc=config,
+        tune_trials=request.tune_trials,
+    )
+    record = {
+        **result.latency["tvm"].to_dict(),
+        "runtime": RUNTIME,
+    }  # bench names the device's runtime as it always has
     doc = {
         "source": str(source),
         "target": profile.name,
@@ -62,7 +74,9 @@ def bench_on_device(request, profile: TargetProfile) -> dict:
     if record["emulated"]:
         doc["note"] = record["note"]
     if model.onnx_path is None:
-        doc["verification_note"] = "a compiled artifact folder has no ONNX model beside it: outputs not checked against ONNX Runtime"
+        doc["verification_note"] = (
+            "a compiled artifact folder has no ONNX model beside it: outputs not checked against ONNX Runtime"
+        )
     return doc
 
 

@@ -64,20 +64,40 @@ def compile_model(request: CompileRequest) -> dict:
         tune_rpc = RpcTuning(str(RpcEndpoint.parse(request.rpc)), device_key(profile, request.rpc_key))
         check_device(RpcEndpoint.parse(tune_rpc.tracker), tune_rpc.key)  # before minutes of compiling
     samples = [random_inputs(loaded.input_specs, seed=s) for s in range(VERIFY_SAMPLES)]
-    with tempfile.TemporaryDirectory(prefix="repfx-compile-") as scratch, atomic_dir(request.out_dir, force=request.force) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="repfx-compile-") as scratch,
+        atomic_dir(request.out_dir, force=request.force) as tmp,
+    ):
         if loaded.module is not None:
-            art = export_checked(loaded.module, loaded.input_specs, Path(scratch) / "model.onnx", samples=samples, export_config=ExportConfig(),
-                                 threads=threads, source_sha256=loaded.sha256)
+            art = export_checked(
+                loaded.module,
+                loaded.input_specs,
+                Path(scratch) / "model.onnx",
+                samples=samples,
+                export_config=ExportConfig(),
+                threads=threads,
+                source_sha256=loaded.sha256,
+            )
         else:
             assert loaded.onnx_path is not None
             art = Artifacts(onnx_path=loaded.onnx_path, export={})
-        compile_checked(art, tmp, samples=samples, tvm_target=target, tune_trials=request.tune_trials, threads=threads,
-                        link=profile.link, tune_rpc=tune_rpc)
+        compile_checked(
+            art,
+            tmp,
+            samples=samples,
+            tvm_target=target,
+            tune_trials=request.tune_trials,
+            threads=threads,
+            link=profile.link,
+            tune_rpc=tune_rpc,
+        )
         if art.compile_failure is not None:
             raise art.compile_failure
         verification = None
         if runs_here(target, profile.link):
-            verification = next(v for v in art.verification if (v["reference"], v["candidate"]) == ("onnxruntime", "tvm"))
+            verification = next(
+                v for v in art.verification if (v["reference"], v["candidate"]) == ("onnxruntime", "tvm")
+            )
         elif tune_rpc is not None and profile.link == "shared":
             from repfx_deploy.measure.runtimes import OrtRunner
 

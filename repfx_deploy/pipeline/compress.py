@@ -73,7 +73,9 @@ def _fidelity_inputs(loaded: LoadedModel, data: RecipeData) -> tuple[list[list[n
     for name, ds in (("calibration", data.calibration), ("eval", data.eval)):
         if ds is not None:
             return [[b] for b in ds.batches(batch)], f"{name} data ({ds.source})"
-    return [random_inputs(loaded.input_specs, seed=100 + s) for s in range(RANDOM_FIDELITY_SAMPLES)], "random inputs (no data given)"
+    return [
+        random_inputs(loaded.input_specs, seed=100 + s) for s in range(RANDOM_FIDELITY_SAMPLES)
+    ], "random inputs (no data given)"
 
 
 def _summary(stats, artifacts: Artifacts, evaluation: Evaluation, latency: dict, agreement: float | None) -> dict:
@@ -103,8 +105,10 @@ def _rpc_config(request: CompressRequest, profile, threads: int) -> RpcConfig | 
     from repfx_deploy.pipeline.latency import check_rpc_target
 
     if "tvm" not in profile.runtimes or not request.compile_tvm:
-        raise InputError(f"--rpc measures the TVM artifact on the device, but target {profile.name!r} gets none here.",
-                         "Drop --rpc, or use a target whose runtimes include tvm.")
+        raise InputError(
+            f"--rpc measures the TVM artifact on the device, but target {profile.name!r} gets none here.",
+            "Drop --rpc, or use a target whose runtimes include tvm.",
+        )
     check_rpc_target(profile, ("tvm",))
     endpoint = RpcEndpoint.parse(request.rpc)
     config = RpcConfig(endpoint, device_key(profile, request.rpc_key), threads=threads)
@@ -117,8 +121,11 @@ def _runtimes(profile, art: Artifacts, rpc: RpcConfig | None) -> tuple[str, ...]
     covers it. ``TargetError`` (before any work, from ``source_for``) where a runtime has no source at all."""
     from repfx_deploy.pipeline.latency import source_for
 
-    return tuple(rt for rt in profile.runtimes
-                 if rt != "tvm" or art.tvm_dir is not None or source_for(profile, rt, rpc=rpc is not None) == "estimated")
+    return tuple(
+        rt
+        for rt in profile.runtimes
+        if rt != "tvm" or art.tvm_dir is not None or source_for(profile, rt, rpc=rpc is not None) == "estimated"
+    )
 
 
 def compress(request: CompressRequest) -> dict:
@@ -136,12 +143,15 @@ def compress(request: CompressRequest) -> dict:
     for rt in profile.runtimes:  # a target with no way to know its latency is refused before any work
         source_for(profile, rt, rpc=request.rpc is not None)
     started = time.perf_counter()
-    loaded = load_model(request.model_path, LoadOptions(
-        arch=request.load.arch or recipe.arch,
-        python_path=request.load.python_path,
-        trust_pickle=request.load.trust_pickle,
-        input_specs=recipe.input_specs or request.load.input_specs,
-    ))
+    loaded = load_model(
+        request.model_path,
+        LoadOptions(
+            arch=request.load.arch or recipe.arch,
+            python_path=request.load.python_path,
+            trust_pickle=request.load.trust_pickle,
+            input_specs=recipe.input_specs or request.load.input_specs,
+        ),
+    )
     if not loaded.is_torch:
         raise InputError(
             f"compress needs a PyTorch model, but {str(request.model_path)!r} is {loaded.format}.",
@@ -162,8 +172,14 @@ def compress(request: CompressRequest) -> dict:
     fid_inputs, fid_source = _fidelity_inputs(loaded, data)
     reference = run_all(torch_runner, fid_inputs)
 
-    context = PassContext(input_specs=loaded.input_specs, profile=profile, calibration=data.calibration, train=data.train,
-                          reference=original, artifact_checks=True)
+    context = PassContext(
+        input_specs=loaded.input_specs,
+        profile=profile,
+        calibration=data.calibration,
+        train=data.train,
+        reference=original,
+        artifact_checks=True,
+    )
     log.info("applying %d pass(es)", len(recipe.passes))
     # passes never change the module they are given, so the original stays the reference
     run = run_passes(original, recipe.passes, context)
@@ -186,19 +202,32 @@ def compress(request: CompressRequest) -> dict:
     if data.calibration is None and data.eval is None:
         report["notes"].append("No calibration or eval data given: fidelity was measured on random inputs only.")
     with atomic_dir(request.out_dir, force=request.force) as tmp:
-        build: dict[str, Any] = dict(samples=samples, export_config=export_config, tvm_target=tvm_target,
-                     tune_trials=recipe.tune_trials, threads=threads, source_sha256=loaded.sha256, link=profile.link)
+        build: dict[str, Any] = dict(
+            samples=samples,
+            export_config=export_config,
+            tvm_target=tvm_target,
+            tune_trials=recipe.tune_trials,
+            threads=threads,
+            source_sha256=loaded.sha256,
+            link=profile.link,
+        )
         art = build_artifacts(compressed, loaded.input_specs, tmp, **build)
         base_art = build_artifacts(original, loaded.input_specs, tmp / "baseline", **build) if pass_records else art
         report["verification"] = list(art.verification)
         _check_int8_artifact(pass_records, art)
         report["warnings"] += _verification_warnings(art.verification)
         if art.tvm_dir is not None and not art.tvm_runs_here:
-            how = (f"with `repfx-deploy bench model.onnx --target {profile.name} --rpc HOST:PORT` in this folder (or compress "
-                   "with --rpc)" if profile.link == "shared" else
-                   "once tvm/model.tar is linked into a library there (the command is in tvm/manifest.json)")
-            where = (f"so it was timed and verified on device {rpc.key!r} over TVM RPC" if rpc is not None else
-                     f"so it was not verified here and its latency is the target's estimate; measure and verify it on the device {how}")
+            how = (
+                f"with `repfx-deploy bench model.onnx --target {profile.name} --rpc HOST:PORT` in this folder (or compress "
+                "with --rpc)"
+                if profile.link == "shared"
+                else "once tvm/model.tar is linked into a library there (the command is in tvm/manifest.json)"
+            )
+            where = (
+                f"so it was timed and verified on device {rpc.key!r} over TVM RPC"
+                if rpc is not None
+                else f"so it was not verified here and its latency is the target's estimate; measure and verify it on the device {how}"
+            )
             report["notes"].append(
                 f"The TVM artifact is built for {profile.name} ({(tvm_target or {}).get('mtriple')}) and cannot run on this "
                 f"machine, {where}. Accuracy and fidelity are of the same model on ONNX Runtime here."
@@ -218,22 +247,49 @@ def compress(request: CompressRequest) -> dict:
             log.info("latency on %s with %d thread(s): %s", profile.name, threads, ", ".join(runtimes))
             specs = loaded.input_specs
             # the deployed model (ONNX Runtime) against the original (torch); the artifacts were verified when built
-            comp = evaluate(Deployable(compressed, art.onnx_path, art.tvm_dir, specs), profile, name="deployed",
-                            data=EvalData(eval=data.eval, batch_size=batch, inputs=fid_inputs, reference=reference,
-                                          reference_name="original (torch)", inputs_source=fid_source, timing_inputs=bench_inputs),
-                            runtimes=runtimes, threads=threads, timing=request.timing, rpc=rpc, quality_runtime="onnxruntime",
-                            verify=False)
-            base = evaluate(Deployable(original, base_art.onnx_path, base_art.tvm_dir, specs), profile,
-                            data=EvalData(eval=data.eval, batch_size=batch, timing_inputs=bench_inputs),
-                            runtimes=runtimes if pass_records else (), threads=threads, timing=request.timing, rpc=rpc,
-                            quality_runtime="torch", verify=False)
+            comp = evaluate(
+                Deployable(compressed, art.onnx_path, art.tvm_dir, specs),
+                profile,
+                name="deployed",
+                data=EvalData(
+                    eval=data.eval,
+                    batch_size=batch,
+                    inputs=fid_inputs,
+                    reference=reference,
+                    reference_name="original (torch)",
+                    inputs_source=fid_source,
+                    timing_inputs=bench_inputs,
+                ),
+                runtimes=runtimes,
+                threads=threads,
+                timing=request.timing,
+                rpc=rpc,
+                quality_runtime="onnxruntime",
+                verify=False,
+            )
+            base = evaluate(
+                Deployable(original, base_art.onnx_path, base_art.tvm_dir, specs),
+                profile,
+                data=EvalData(eval=data.eval, batch_size=batch, timing_inputs=bench_inputs),
+                runtimes=runtimes if pass_records else (),
+                threads=threads,
+                timing=request.timing,
+                rpc=rpc,
+                quality_runtime="torch",
+                verify=False,
+            )
             compressed_latency = dict(comp.latency)
             baseline_latency = dict(base.latency) if pass_records else compressed_latency
             report["verification"] += [dict(v) for v in comp.verification]  # the device's outputs, when measured there
             report["notes"] += [n for n in comp.notes if n not in report["notes"]]
             report["baseline"] = _summary(baseline_stats, base_art, base, baseline_latency, agreement=1.0)
-            report["compressed"] = _summary(compressed_stats, art, comp, compressed_latency,
-                                            agreement=comp.fidelity["top1_agreement"] if comp.fidelity else None)
+            report["compressed"] = _summary(
+                compressed_stats,
+                art,
+                comp,
+                compressed_latency,
+                agreement=comp.fidelity["top1_agreement"] if comp.fidelity else None,
+            )
             if not pass_records:
                 report["notes"].append("The recipe has no passes: the compressed model is the baseline, measured once.")
             else:
@@ -297,6 +353,7 @@ def _verification_warnings(verification: list[dict]) -> list[str]:
 
 def _artifact_paths(folder: Path, art: Artifacts) -> dict:
     """Where each file of the result is, relative to the result folder."""
+
     def rel(p: Path | None) -> str | None:
         return p.relative_to(folder).as_posix() if p is not None else None
 

@@ -35,16 +35,33 @@ def recipe_space(request: SpaceRequest) -> dict[str, Any]:
     if not recipe.passes:
         raise RecipeError("The recipe has no passes, so there are no knobs to list.", "Add [[passes]] to the recipe.")
     profile = get_profile(recipe.target, request.target_file)
-    loaded = load_model(request.model_path, LoadOptions(
-        arch=request.load.arch or recipe.arch, python_path=request.load.python_path,
-        trust_pickle=request.load.trust_pickle, input_specs=recipe.input_specs or request.load.input_specs,
-    ))
+    loaded = load_model(
+        request.model_path,
+        LoadOptions(
+            arch=request.load.arch or recipe.arch,
+            python_path=request.load.python_path,
+            trust_pickle=request.load.trust_pickle,
+            input_specs=recipe.input_specs or request.load.input_specs,
+        ),
+    )
     if not loaded.is_torch or loaded.module is None:
-        raise InputError(f"space needs a PyTorch model, but {str(request.model_path)!r} is {loaded.format}.",
-                         "Pass the trained PyTorch model the recipe compresses.")
+        raise InputError(
+            f"space needs a PyTorch model, but {str(request.model_path)!r} is {loaded.format}.",
+            "Pass the trained PyTorch model the recipe compresses.",
+        )
     data = load_data(recipe, loaded)
-    context = PassContext(input_specs=loaded.input_specs, profile=profile, calibration=data.calibration,
-                          train=data.train, reference=loaded.module, artifact_checks=True)
+    context = PassContext(
+        input_specs=loaded.input_specs,
+        profile=profile,
+        calibration=data.calibration,
+        train=data.train,
+        reference=loaded.module,
+        artifact_checks=True,
+    )
     chain = prepare_chain(loaded.module, recipe.passes, context)
-    return {"model": str(loaded.path), "target": profile.name, "channel_multiple": profile.channel_multiple,
-            **chain.space.to_dict()}
+    return {
+        "model": str(loaded.path),
+        "target": profile.name,
+        "channel_multiple": profile.channel_multiple,
+        **chain.space.to_dict(),
+    }

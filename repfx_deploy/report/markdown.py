@@ -15,7 +15,12 @@ def _fmt(value, spec: str = "", none: str = "n/a") -> str:
 
 def _passes_table(passes: list[dict]) -> list[str]:
     """One row per pass: what it was set to, what it did to parameters and MACs, and how long it took."""
-    lines = ["## Passes", "", "| # | pass | settings | sites set | parameters | MACs | time (s) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Passes",
+        "",
+        "| # | pass | settings | sites set | parameters | MACs | time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for i, p in enumerate(passes):
         set_by_user = p.get("settings", p.get("config")) or {}
         settings = ", ".join(f"{k} = {_short(v)}" for k, v in set_by_user.items()) or "defaults"
@@ -25,8 +30,12 @@ def _passes_table(passes: list[dict]) -> list[str]:
             f"{p['params_before']:,} -> {p['params_after']:,} ({fewer(p['params_before'], p['params_after'])}) | "
             f"{p['macs_before']:,} -> {p['macs_after']:,} ({fewer(p['macs_before'], p['macs_after'])}) | {p.get('time_s', 0):.2f} |"
         )
-    lines += ["", "Each pass's choice per site and its own figures are under `passes[i].decisions` and `passes[i].extras` "
-              "in report.json.", ""]
+    lines += [
+        "",
+        "Each pass's choice per site and its own figures are under `passes[i].decisions` and `passes[i].extras` "
+        "in report.json.",
+        "",
+    ]
     return lines
 
 
@@ -62,8 +71,12 @@ def _latency_rows(base: dict, comp: dict) -> list[str]:
 def _latency_section(base: dict, comp: dict) -> list[str]:
     """Every latency figure with its statistics (measured) or its method and error (estimated), then where each
     kind of figure came from."""
-    lines = ["## Latency", "", "| model | runtime | source | median ms | p90 ms | min ms | repeats | threads |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Latency",
+        "",
+        "| model | runtime | source | median ms | p90 ms | min ms | repeats | threads |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     sources: dict[str, dict] = {}
     for label, summary in (("baseline", base), ("compressed", comp)):
         for rt, r in summary["latency"].items():
@@ -71,27 +84,37 @@ def _latency_section(base: dict, comp: dict) -> list[str]:
             st = r.get("stats")
             if st:
                 threads = (r.get("environment") or {}).get("threads", "")
-                lines.append(f"| {label} | {rt} | {_source_label(r)} | {st['median_ms']:.4f} | {st['p90_ms']:.4f} | "
-                             f"{st['min_ms']:.4f} | {st['repeats']} | {threads} |")
+                lines.append(
+                    f"| {label} | {rt} | {_source_label(r)} | {st['median_ms']:.4f} | {st['p90_ms']:.4f} | "
+                    f"{st['min_ms']:.4f} | {st['repeats']} | {threads} |"
+                )
             else:
-                lines.append(f"| {label} | {rt} | {_source_label(r)} ({r.get('method', 'estimator')}) | {r['latency_ms']:.4f} "
-                             f"| | | | {r.get('threads', '')} |")
+                lines.append(
+                    f"| {label} | {rt} | {_source_label(r)} ({r.get('method', 'estimator')}) | {r['latency_ms']:.4f} "
+                    f"| | | | {r.get('threads', '')} |"
+                )
     lines.append("")
     if "measured-local" in sources:
         env = sources["measured-local"].get("environment") or {}
         v = env.get("versions", {})
-        lines.append(f"Measured on this machine: {env.get('cpu')} ({env.get('machine')}), torch {v.get('torch')}, "
-                     f"onnxruntime {v.get('onnxruntime')}, TVM {v.get('apache-tvm')}.")
+        lines.append(
+            f"Measured on this machine: {env.get('cpu')} ({env.get('machine')}), torch {v.get('torch')}, "
+            f"onnxruntime {v.get('onnxruntime')}, TVM {v.get('apache-tvm')}."
+        )
     if "measured-rpc" in sources:
         r = sources["measured-rpc"]
         device, env = r.get("device") or {}, r.get("environment") or {}
-        lines.append(f"Measured on device `{device.get('key')}` at {device.get('address')} over TVM RPC "
-                     f"({env.get('machine')}, TVM {(env.get('versions') or {}).get('apache-tvm')}), with the device's own timer."
-                     + (f" {r['note']}" if r.get("note") else ""))
+        lines.append(
+            f"Measured on device `{device.get('key')}` at {device.get('address')} over TVM RPC "
+            f"({env.get('machine')}, TVM {(env.get('versions') or {}).get('apache-tvm')}), with the device's own timer."
+            + (f" {r['note']}" if r.get("note") else "")
+        )
     if "estimated" in sources:
         r = sources["estimated"]
-        lines.append(f"Estimated, not measured: the target's {r.get('method')}, which predicts {r.get('predicts')}; "
-                     f"calibrated on {r.get('calibrated_on')}. Stated error: ±{r['error_pct']:.3g} % ({r.get('accuracy')}).")
+        lines.append(
+            f"Estimated, not measured: the target's {r.get('method')}, which predicts {r.get('predicts')}; "
+            f"calibrated on {r.get('calibrated_on')}. Stated error: ±{r['error_pct']:.3g} % ({r.get('accuracy')})."
+        )
     return lines + [""]
 
 
@@ -101,17 +124,23 @@ def _pct(value) -> str:
 
 def render_markdown(report: dict) -> str:
     lines = [f"# repfx-deploy report: {report['model']['path']}", ""]
-    lines.append(f"Status: **{report['status']}**. Target: `{report['target']['name']}` "
-                 f"({report['target']['description']}), {report['threads']} thread(s).")
+    lines.append(
+        f"Status: **{report['status']}**. Target: `{report['target']['name']}` "
+        f"({report['target']['description']}), {report['threads']} thread(s)."
+    )
     lines.append("")
     if report.get("error"):
         lines += ["## Error", "", report["error"], ""]
     base, comp = report.get("baseline"), report.get("compressed")
     if base and comp:
         lines += ["## Before and after", "", "| | baseline | compressed | change |", "|---|---|---|---|"]
-        lines.append(f"| parameters | {base['params']:,} | {comp['params']:,} | {fewer(base['params'], comp['params'])} |")
+        lines.append(
+            f"| parameters | {base['params']:,} | {comp['params']:,} | {fewer(base['params'], comp['params'])} |"
+        )
         lines.append(f"| MACs | {base['macs']:,} | {comp['macs']:,} | {fewer(base['macs'], comp['macs'])} |")
-        lines.append(f"| ONNX size (bytes) | {base['size_bytes']:,} | {comp['size_bytes']:,} | {fewer(base['size_bytes'], comp['size_bytes'], less='smaller', more='larger')} |")
+        lines.append(
+            f"| ONNX size (bytes) | {base['size_bytes']:,} | {comp['size_bytes']:,} | {fewer(base['size_bytes'], comp['size_bytes'], less='smaller', more='larger')} |"
+        )
         lines.append(f"| top-1 accuracy | {_pct(base['accuracy'])} | {_pct(comp['accuracy'])} | |")
         lines.append(f"| top-1 agreement with original | {_pct(base['agreement'])} | {_pct(comp['agreement'])} | |")
         fid = comp.get("fidelity") or {}
@@ -119,16 +148,26 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| output cosine with original | 1.00000000 | {fid['cosine']:.8f} | |")
         lines += _latency_rows(base, comp)
         if fid:
-            lines += ["", f"Accuracy and agreement are of the deployed ONNX model (ONNX Runtime); agreement and cosine "
-                      f"were measured on {fid['data']}, {fid['samples']} batch(es)."]
+            lines += [
+                "",
+                f"Accuracy and agreement are of the deployed ONNX model (ONNX Runtime); agreement and cosine "
+                f"were measured on {fid['data']}, {fid['samples']} batch(es).",
+            ]
         lines.append("")
         lines += _latency_section(base, comp)
     if report.get("passes"):
         lines += _passes_table(report["passes"])
     if report.get("verification"):
-        lines += ["## Verification (same inputs, outputs compared)", "", "| reference | candidate | max abs error | cosine | samples |", "|---|---|---|---|---|"]
+        lines += [
+            "## Verification (same inputs, outputs compared)",
+            "",
+            "| reference | candidate | max abs error | cosine | samples |",
+            "|---|---|---|---|---|",
+        ]
         for v in report["verification"]:
-            lines.append(f"| {v['reference']} | {v['candidate']} | {v['max_abs_error']:.3g} | {v['cosine']:.8f} | {v['samples']} |")
+            lines.append(
+                f"| {v['reference']} | {v['candidate']} | {v['max_abs_error']:.3g} | {v['cosine']:.8f} | {v['samples']} |"
+            )
         lines.append("")
     if report.get("compile"):
         c = report["compile"]

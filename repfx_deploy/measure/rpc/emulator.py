@@ -31,9 +31,13 @@ def emulator_python(root: Path | None = None) -> Path:
     root = Path(root) if root is not None else emulator_root()
     wrapper = root / "python-aarch64"
     if not (root / ".repfx-ready").is_file() or not wrapper.is_file():
-        raise MeasureError(f"No aarch64 emulator root at {root}.", f"Run {_SETUP} (as root: it installs qemu-user-static).")
+        raise MeasureError(
+            f"No aarch64 emulator root at {root}.", f"Run {_SETUP} (as root: it installs qemu-user-static)."
+        )
     if shutil.which("qemu-aarch64-static") is None:
-        raise MeasureError("qemu-aarch64-static is not installed.", f"Run {_SETUP} as root, or apt-get install qemu-user-static.")
+        raise MeasureError(
+            "qemu-aarch64-static is not installed.", f"Run {_SETUP} as root, or apt-get install qemu-user-static."
+        )
     return wrapper
 
 
@@ -56,14 +60,28 @@ def _package_path(root: Path) -> Path:
     return folder
 
 
-def emulated_server_command(config: ServeConfig, arch: str = "aarch64", root: Path | None = None) -> tuple[list[str], dict[str, str]]:
+def emulated_server_command(
+    config: ServeConfig, arch: str = "aarch64", root: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
     """``(argv, env)`` that run ``config``'s device server under qemu-user; the server is marked emulated."""
     if arch not in EMULATED_ARCHES:
         raise MeasureError(f"Cannot emulate {arch!r}.", f"Emulation exists for {', '.join(EMULATED_ARCHES)}.")
     root = Path(root) if root is not None else emulator_root()
     python = emulator_python(root)
-    argv = [str(python), "-m", "repfx_deploy.measure.rpc.server", "--tracker", str(config.tracker), "--key", config.key,
-            "--host", config.host, "--port", str(config.port), "--emulated"]
+    argv = [
+        str(python),
+        "-m",
+        "repfx_deploy.measure.rpc.server",
+        "--tracker",
+        str(config.tracker),
+        "--key",
+        config.key,
+        "--host",
+        config.host,
+        "--port",
+        str(config.port),
+        "--emulated",
+    ]
     if config.custom_addr:
         argv += ["--custom-addr", config.custom_addr]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONSTARTUP")}

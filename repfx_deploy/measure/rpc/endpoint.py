@@ -16,9 +16,13 @@ class RpcEndpoint:
 
     def __post_init__(self) -> None:
         if not self.host or any(c.isspace() for c in self.host):
-            raise InputError(f"RPC host {self.host!r} is empty or has spaces.", "Write it as HOST:PORT, e.g. 127.0.0.1:9190.")
+            raise InputError(
+                f"RPC host {self.host!r} is empty or has spaces.", "Write it as HOST:PORT, e.g. 127.0.0.1:9190."
+            )
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
-            raise InputError(f"RPC port {self.port!r} is not in 1-65535.", "Write it as HOST:PORT, e.g. 127.0.0.1:9190.")
+            raise InputError(
+                f"RPC port {self.port!r} is not in 1-65535.", "Write it as HOST:PORT, e.g. 127.0.0.1:9190."
+            )
 
     @classmethod
     def parse(cls, text: str) -> RpcEndpoint:

@@ -15,6 +15,7 @@ returns them with the failures beside them, and ``on_result`` sees each result a
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ log = logging.getLogger("repfx_deploy.measure")
 
 RUNTIME = "tvm-rpc"
 _PROBE_TIMEOUT_S = 10.0
+_DEFAULT_TIMING = TimingConfig()  # frozen: one shared default is safe
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,11 @@ def _device_info(session: DeviceSession, tracker: RpcEndpoint) -> dict:
     try:
         info = json.loads(session.session.get_function(DEVICE_INFO_FUNC)())
     except Exception:  # a plain tvm.exec.rpc_server has no such function
-        return {**base, "server": "tvm.exec.rpc_server (no repfx.device_info: machine and emulation unknown)", "emulated": False}
+        return {
+            **base,
+            "server": "tvm.exec.rpc_server (no repfx.device_info: machine and emulation unknown)",
+            "emulated": False,
+        }
     return {**info, **base}
 
 
@@ -187,13 +193,14 @@ def _check_machine(manifest: dict, info: dict, address: str) -> None:
         )
 
 
-
 def _check_inputs(specs: tuple[InputSpec, ...], inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     if len(inputs) != len(specs) or any(
         tuple(np.shape(x)) != s.shape or str(np.asarray(x).dtype) != s.dtype for s, x in zip(specs, inputs)
     ):
         got = [f"{np.asarray(x).dtype}[{','.join(map(str, np.shape(x)))}]" for x in inputs]
-        raise InputShapeError(f"The artifact takes {[str(s) for s in specs]}, got {got}.", "Feed the compiled shapes, or recompile.")
+        raise InputShapeError(
+            f"The artifact takes {[str(s) for s in specs]}, got {got}.", "Feed the compiled shapes, or recompile."
+        )
     return [np.ascontiguousarray(x) for x in inputs]
 
 
@@ -213,7 +220,15 @@ def _time_on_device(vm, dev, tensors, timing: TimingConfig) -> LatencyStats:
     return best_of(once, timing)
 
 
-def _measure_one(session: DeviceSession, job: DeviceJob, samples, timing_inputs, timing: TimingConfig, threads: int, tracker: RpcEndpoint) -> DeviceResult:
+def _measure_one(
+    session: DeviceSession,
+    job: DeviceJob,
+    samples,
+    timing_inputs,
+    timing: TimingConfig,
+    threads: int,
+    tracker: RpcEndpoint,
+) -> DeviceResult:
     import tvm
 
     from repfx_deploy.compile.link import LIBRARY_NAME
@@ -257,12 +272,17 @@ def _request(config: RpcConfig) -> DeviceSession:
     limit_s = config.wait_s + 30.0
     try:
         return _deadline(
-            lambda: request_session(config.endpoint, config.key, wait_s=config.wait_s, session_timeout_s=config.session_timeout_s),
-            limit_s, "requesting a device",
+            lambda: request_session(
+                config.endpoint, config.key, wait_s=config.wait_s, session_timeout_s=config.session_timeout_s
+            ),
+            limit_s,
+            "requesting a device",
         )
     except _Dropped as e:
-        raise MeasureError(f"Getting a session on {config.key!r} via {config.endpoint} took over {limit_s:.0f} s.",
-                           "Check that the device server answers (restart it), then rerun.") from e
+        raise MeasureError(
+            f"Getting a session on {config.key!r} via {config.endpoint} took over {limit_s:.0f} s.",
+            "Check that the device server answers (restart it), then rerun.",
+        ) from e
 
 
 def measure_on_device(
@@ -270,7 +290,7 @@ def measure_on_device(
     samples: Sequence[Sequence[np.ndarray]],
     timing_inputs: Sequence[np.ndarray],
     config: RpcConfig,
-    timing: TimingConfig = TimingConfig(),
+    timing: TimingConfig = _DEFAULT_TIMING,
     on_result: Callable[[DeviceResult], None] | None = None,
 ) -> DeviceRun:
     """Measure each job on one device of ``config.key``; outputs for ``samples``, latency on ``timing_inputs``.
@@ -299,9 +319,15 @@ def measure_on_device(
                     return run
             current = session
             try:
+                # bound now, not looked up when called: a worker that outlives its deadline must keep measuring
+                # the session and job it was given, not the next iteration's
+                measure = functools.partial(
+                    _measure_one, current, job, samples, timing_inputs, timing, config.threads, config.endpoint
+                )
                 result = _deadline(
-                    lambda: _measure_one(current, job, samples, timing_inputs, timing, config.threads, config.endpoint),
-                    config.attempt_timeout_s, f"measuring {job.name}",
+                    measure,
+                    config.attempt_timeout_s,
+                    f"measuring {job.name}",
                 )
             except Exception as e:  # TVM reports a closed socket as its own error types
                 why = e.problem if isinstance(e, RepfxError) else f"{type(e).__name__}: {e}"
@@ -310,7 +336,12 @@ def measure_on_device(
                     break
                 errors.append(f"attempt {attempt + 1}: device {current.address} dropped ({why})")
                 session = None
-                log.warning("%s: %s; %s", job.name, errors[-1], "retrying on a new session" if attempt < config.retries else "giving up")
+                log.warning(
+                    "%s: %s; %s",
+                    job.name,
+                    errors[-1],
+                    "retrying on a new session" if attempt < config.retries else "giving up",
+                )
             else:
                 result.attempts = attempt + 1
                 run.results[job.name] = result

@@ -115,7 +115,9 @@ def _wait_forever(thread) -> None:
     except KeyboardInterrupt:
         _stop(130)
     # the thread ended on its own: TVM gave up on the tracker (it retries for 60 s) or the socket failed
-    raise MeasureError("The RPC server stopped: the tracker went away or its socket failed.", "Restart the tracker, then this server.")
+    raise MeasureError(
+        "The RPC server stopped: the tracker went away or its socket failed.", "Restart the tracker, then this server."
+    )
 
 
 def _stop(code: int) -> None:
@@ -139,13 +141,28 @@ def serve_device(config: ServeConfig, ready: Callable[[dict], None] | None = Non
     logging.getLogger("RPCServer").setLevel(logging.WARNING)
     try:
         state = tvm_server.PopenRPCServerState(
-            config.host, config.port, config.port + PORT_SEARCH, tracker_addr=config.tracker.address,
-            key=config.key, custom_addr=config.custom_addr,
+            config.host,
+            config.port,
+            config.port + PORT_SEARCH,
+            tracker_addr=config.tracker.address,
+            key=config.key,
+            custom_addr=config.custom_addr,
         )
     except (OSError, ValueError) as e:
-        raise MeasureError(f"Cannot listen on {config.host}:{config.port}: {e}.", "Pick another --port or --host.") from e
-    _announce(ready, {"serving": config.key, "host": config.host, "port": state.port, "tracker": str(config.tracker),
-                      "pid": os.getpid(), **{k: info[k] for k in ("machine", "emulated", "tvm")}})
+        raise MeasureError(
+            f"Cannot listen on {config.host}:{config.port}: {e}.", "Pick another --port or --host."
+        ) from e
+    _announce(
+        ready,
+        {
+            "serving": config.key,
+            "host": config.host,
+            "port": state.port,
+            "tracker": str(config.tracker),
+            "pid": os.getpid(),
+            **{k: info[k] for k in ("machine", "emulated", "tvm")},
+        },
+    )
     _wait_forever(state.thread)
 
 
@@ -174,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--emulated", action="store_true")
     args = parser.parse_args(argv)
     try:
-        serve_device(ServeConfig(RpcEndpoint.parse(args.tracker), args.key, args.host, args.port, args.emulated, args.custom_addr))
+        serve_device(
+            ServeConfig(
+                RpcEndpoint.parse(args.tracker), args.key, args.host, args.port, args.emulated, args.custom_addr
+            )
+        )
     except (InputError, MeasureError) as e:
         print(f"error: {e.problem}\nfix: {e.fix}", file=sys.stderr)
         return 2

@@ -11,9 +11,13 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from repfx_deploy.errors import MeasureError
 from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
+
+if TYPE_CHECKING:
+    from tvm.rpc.client import RPCSession
 
 CONNECT_TIMEOUT_S = 5.0
 _START_FIX = "Start it (repfx-deploy device tracker), or check --rpc HOST:PORT."
@@ -80,7 +84,13 @@ def device_queues(endpoint: RpcEndpoint, timeout_s: float = CONNECT_TIMEOUT_S) -
         addresses.setdefault(key, []).append(f"{host}:{port}")
     queues = reply[1].get("queue_info", {})
     return {
-        key: DeviceQueue(key, len(addrs), int(queues.get(key, {}).get("free", 0)), int(queues.get(key, {}).get("pending", 0)), tuple(sorted(addrs)))
+        key: DeviceQueue(
+            key,
+            len(addrs),
+            int(queues.get(key, {}).get("free", 0)),
+            int(queues.get(key, {}).get("pending", 0)),
+            tuple(sorted(addrs)),
+        )
         for key, addrs in sorted(addresses.items())
     }
 
@@ -102,7 +112,7 @@ def check_device(endpoint: RpcEndpoint, key: str) -> DeviceQueue:
 class DeviceSession:
     """An open RPC session on one device: ``session`` (TVM's ``RPCSession``) and the server's address."""
 
-    session: object
+    session: RPCSession
     key: str
     address: str
 
@@ -122,7 +132,7 @@ def request_session(endpoint: RpcEndpoint, key: str, *, wait_s: float, session_t
     try:
         sock.settimeout(wait_s)
         reply = _call(sock, [base.TrackerCode.REQUEST, key, "", 1])
-    except (TimeoutError, socket.timeout) as e:
+    except TimeoutError as e:
         raise MeasureError(
             f"All {queue.servers} device(s) under key {key!r} stayed busy for {wait_s:.0f} s.",
             "Wait for the running measurement to finish, start another server with that key, or raise the wait.",
