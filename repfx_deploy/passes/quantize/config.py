@@ -44,7 +44,13 @@ WEIGHT_METHODS = ("minmax", "mse")
 # a site's choices, in the order a search walks them (fewest bits first); "float" leaves the layer as it was
 LAYER_CHOICES: tuple[int | str, ...] = (4, 8, "float")
 # the QAT keys and their defaults: set in a PTQ pass, they would silently do nothing
-QAT_DEFAULTS = {"finetune_epochs": 1.0, "finetune_steps": 0, "finetune_lr": 2e-5, "finetune_batch_size": 64, "checkpoint": None}
+QAT_DEFAULTS = {
+    "finetune_epochs": 1.0,
+    "finetune_steps": 0,
+    "finetune_lr": 2e-5,
+    "finetune_batch_size": 64,
+    "checkpoint": None,
+}
 
 
 def _is_int(value: object) -> bool:
@@ -88,9 +94,13 @@ class QuantizeConfig(PassConfig):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
         if self.weight_bits not in (8, 4) or not _is_int(self.weight_bits):
-            raise ValueError(f"weight_bits must be 8 or 4 (int4 weights are stored in int8 containers); got {self.weight_bits!r}")
+            raise ValueError(
+                f"weight_bits must be 8 or 4 (int4 weights are stored in int8 containers); got {self.weight_bits!r}"
+            )
         if self.activation_bits != 8 or not _is_int(self.activation_bits):
-            raise ValueError(f"activation_bits must be 8 (ONNX Runtime's integer kernels take 8-bit activations only); got {self.activation_bits!r}")
+            raise ValueError(
+                f"activation_bits must be 8 (ONNX Runtime's integer kernels take 8-bit activations only); got {self.activation_bits!r}"
+            )
         if self.calibration_method not in METHODS:
             raise ValueError(f"calibration_method must be one of {METHODS}; got {self.calibration_method!r}")
         if not 90.0 <= self.percentile < 100.0:
@@ -100,28 +110,38 @@ class QuantizeConfig(PassConfig):
         names = [name for name, _ in self.layer_bits]
         for name, bits in self.layer_bits:
             if not isinstance(name, str) or not name:
-                raise ValueError(f"layer_bits keys must be layer names as `repfx-deploy space` lists them; got {name!r}")
+                raise ValueError(
+                    f"layer_bits keys must be layer names as `repfx-deploy space` lists them; got {name!r}"
+                )
             if bits not in LAYER_CHOICES or isinstance(bits, bool):
-                raise ValueError(f"layer_bits.{name} must be 8, 4 or \"float\"; got {bits!r}")
+                raise ValueError(f'layer_bits.{name} must be 8, 4 or "float"; got {bits!r}')
         if len(set(names)) != len(names):
             raise ValueError(f"layer_bits names a layer twice: {sorted({n for n in names if names.count(n) > 1})}")
         object.__setattr__(self, "layer_bits", tuple(sorted(self.layer_bits)))
         if not _is_int(self.size_budget_bytes) or self.size_budget_bytes < 0:
-            raise ValueError(f"size_budget_bytes must be 0 (no mixed precision) or a positive byte count; got {self.size_budget_bytes!r}")
+            raise ValueError(
+                f"size_budget_bytes must be 0 (no mixed precision) or a positive byte count; got {self.size_budget_bytes!r}"
+            )
         if not _is_int(self.bias_correction_samples) or self.bias_correction_samples < 0:
-            raise ValueError(f"bias_correction_samples must be >= 0 (0: every calibration sample); got {self.bias_correction_samples!r}")
+            raise ValueError(
+                f"bias_correction_samples must be >= 0 (0: every calibration sample); got {self.bias_correction_samples!r}"
+            )
         if self.calibration_batch_size < 1:
             raise ValueError(f"calibration_batch_size must be >= 1; got {self.calibration_batch_size}")
         if self.finetune_epochs <= 0 or self.finetune_steps < 0:
-            raise ValueError(f"finetune_epochs must be > 0 and finetune_steps >= 0; got {self.finetune_epochs}, {self.finetune_steps}")
+            raise ValueError(
+                f"finetune_epochs must be > 0 and finetune_steps >= 0; got {self.finetune_epochs}, {self.finetune_steps}"
+            )
         if self.finetune_lr <= 0 or self.finetune_batch_size < 1:
-            raise ValueError(f"finetune_lr must be > 0 and finetune_batch_size >= 1; got {self.finetune_lr}, {self.finetune_batch_size}")
+            raise ValueError(
+                f"finetune_lr must be > 0 and finetune_batch_size >= 1; got {self.finetune_lr}, {self.finetune_batch_size}"
+            )
         if self.mode == "ptq":
             set_keys = sorted(k for k, default in QAT_DEFAULTS.items() if getattr(self, k) != default)
             if set_keys:
                 raise ValueError(
-                    f"{', '.join(set_keys)} only apply with mode = \"qat\"; set mode = \"qat\" to train the quantizers, "
-                    "or fine-tune after PTQ with a [[passes]] kind = \"recover\" entry after this one"
+                    f'{", ".join(set_keys)} only apply with mode = "qat"; set mode = "qat" to train the quantizers, '
+                    'or fine-tune after PTQ with a [[passes]] kind = "recover" entry after this one'
                 )
 
     @property

@@ -42,7 +42,9 @@ def _grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
     return (x - x * factor).detach() + x * factor
 
 
-def lsq_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, grad_factor: float) -> torch.Tensor:
+def lsq_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, grad_factor: float
+) -> torch.Tensor:
     """Learned step size quantization (Esser et al. 2020): differentiable in ``x`` and ``scale``."""
     s = _grad_scale(scale, grad_factor)
     q = torch.clamp(_round_ste(x / s) + zero_point, qmin, qmax)
@@ -75,8 +77,15 @@ class ActQuant(nn.Module):
 
     qmin, qmax = 0, 255
 
-    def __init__(self, *, relu: bool = False, method: str = "mse", percentile: float = 99.99, source: ActQuant | None = None,
-                 key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        relu: bool = False,
+        method: str = "mse",
+        percentile: float = 99.99,
+        source: ActQuant | None = None,
+        key: str | None = None,
+    ) -> None:
         super().__init__()
         self.relu = relu
         # the captured graph's node whose value this quantizer observes (see graph.observed_nodes)
@@ -144,7 +153,9 @@ class ActQuant(nn.Module):
 class WeightQuant(nn.Module):
     """Owns one layer's weight (output channels first) and returns it per-channel fake-quantized."""
 
-    def __init__(self, weight: torch.Tensor, *, bits: int = 8, method: str = "mse", scale: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, weight: torch.Tensor, *, bits: int = 8, method: str = "mse", scale: torch.Tensor | None = None
+    ) -> None:
         """``scale``: the per-channel scales ``weight_scales(weight, bits, method)`` gives, when already known."""
         super().__init__()
         self.bits = bits

@@ -54,7 +54,12 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
         if bn.op != "call_function" or bn.target not in BN_OPS:
             continue
         conv = bn.args[0]
-        if not (isinstance(conv, fx.Node) and conv.op == "call_function" and conv.target in CONV_OPS and len(conv.users) == 1):
+        if not (
+            isinstance(conv, fx.Node)
+            and conv.op == "call_function"
+            and conv.target in CONV_OPS
+            and len(conv.users) == 1
+        ):
             continue
         if bn.target == aten.batch_norm.default:
             _, g, b, mean, var, training, _, eps = bn.args[:8]

@@ -33,9 +33,21 @@ ADD_OPS = (aten.add.Tensor, aten.add_.Tensor)
 RELU_OPS = (aten.relu.default, aten.relu_.default)
 # ops whose output values are a subset of their input values: a quantized input stays on its grid
 VALUE_PRESERVING = {
-    aten.view.default, aten.reshape.default, aten.transpose.int, aten.permute.default, aten.flatten.using_ints,
-    aten.contiguous.default, aten.clone.default, aten.dropout.default, aten.slice.Tensor, aten.select.int,
-    aten.squeeze.dim, aten.unsqueeze.default, aten.unflatten.int, aten.max_pool2d.default, aten.pad.default,
+    aten.view.default,
+    aten.reshape.default,
+    aten.transpose.int,
+    aten.permute.default,
+    aten.flatten.using_ints,
+    aten.contiguous.default,
+    aten.clone.default,
+    aten.dropout.default,
+    aten.slice.Tensor,
+    aten.select.int,
+    aten.squeeze.dim,
+    aten.unsqueeze.default,
+    aten.unflatten.int,
+    aten.max_pool2d.default,
+    aten.pad.default,
     aten.expand.default,
 }
 
@@ -190,10 +202,14 @@ def quantize_graph(
     counter = {"a": 0, "w": 0}
     quantized_of: dict[fx.Node, fx.Node] = {}
 
-    def add_aq(after: fx.Node, *, relu: bool = False, source: ActQuant | None = None, key: str | None = None) -> fx.Node:
+    def add_aq(
+        after: fx.Node, *, relu: bool = False, source: ActQuant | None = None, key: str | None = None
+    ) -> fx.Node:
         name = f"act_quant_{counter['a']}"
         counter["a"] += 1
-        gm.add_submodule(name, ActQuant(relu=relu, method=method, percentile=percentile, source=source, key=key or after.name))
+        gm.add_submodule(
+            name, ActQuant(relu=relu, method=method, percentile=percentile, source=source, key=key or after.name)
+        )
         with graph.inserting_after(after):
             return graph.call_module(name, (after,))
 
@@ -241,7 +257,9 @@ def quantize_graph(
         bits = layer_bits.get(name, weight_bits)
         weight = _fetch_weight(gm, target)
         if bits == "float":
-            layers.append(LayerInfo(name, LAYER_OPS[node.target], "float", None, weight.numel(), weight.shape[0], node=node.name))
+            layers.append(
+                LayerInfo(name, LAYER_OPS[node.target], "float", None, weight.numel(), weight.shape[0], node=node.name)
+            )
             continue
         wq_name = f"weight_quant_{counter['w']}"
         counter["w"] += 1
@@ -256,11 +274,24 @@ def quantize_graph(
         x = node.args[0]
         node.replace_input_with(x, quantized_input(x))
         out_quant = quantize_output(node)
-        bias = node.args[2] if len(node.args) > 2 and isinstance(node.args[2], fx.Node) and node.args[2].op == "get_attr" else None
-        layers.append(LayerInfo(
-            name, LAYER_OPS[node.target], int(bits), wq_name, weight.numel(), weight.shape[0], out_quant,
-            str(bias.target) if bias else None, node=node.name,
-        ))
+        bias = (
+            node.args[2]
+            if len(node.args) > 2 and isinstance(node.args[2], fx.Node) and node.args[2].op == "get_attr"
+            else None
+        )
+        layers.append(
+            LayerInfo(
+                name,
+                LAYER_OPS[node.target],
+                int(bits),
+                wq_name,
+                weight.numel(),
+                weight.shape[0],
+                out_quant,
+                str(bias.target) if bias else None,
+                node=node.name,
+            )
+        )
 
     if quantize_add:
         for node in list(graph.nodes):

@@ -111,7 +111,11 @@ class QuantizePass(Pass[QuantizeConfig]):
         weights = layer_weights(graphs.work)
         names = list(dict.fromkeys(name for name, _, _ in weights))  # a shared weight is one site
         _check_layer_names(names, config)
-        scales = {(name, bits): weight_scales(w.detach(), bits, config.weight_method) for name, _, w in weights for bits in (8, 4)}
+        scales = {
+            (name, bits): weight_scales(w.detach(), bits, config.weight_method)
+            for name, _, w in weights
+            for bits in (8, 4)
+        }
         inputs = batches(context.calibration, work_batch)
         calibration = measure(graphs.work, inputs, config)
 
@@ -125,9 +129,17 @@ class QuantizePass(Pass[QuantizeConfig]):
             defaults.update(choose(probe.layers, list(sensitivity), config.size_budget_bytes, config.layer_overrides))
         sites = tuple(Site(name, "weight_bits", LAYER_CHOICES, defaults[name], unchanged="float") for name in names)
         return QuantizePrepared(
-            module, config, context, SearchSpace("quantize", sites), before,
-            graphs=graphs, inputs=inputs, calibration=calibration, scales=scales,
-            sensitivity=sensitivity, work_batch=work_batch,
+            module,
+            config,
+            context,
+            SearchSpace("quantize", sites),
+            before,
+            graphs=graphs,
+            inputs=inputs,
+            calibration=calibration,
+            scales=scales,
+            sensitivity=sensitivity,
+            work_batch=work_batch,
         )
 
     def apply_assignment(self, prepared: Prepared[QuantizeConfig], assignment: Assignment) -> PassResult:
@@ -148,21 +160,30 @@ class QuantizePass(Pass[QuantizeConfig]):
         corrected = correct_bias(work, bias_inputs, prepared.calibration) if config.bias_correction else 0
         extras: dict[str, Any] = {"mode": config.mode}
         if config.size_budget_bytes > 0:
-            extras["mixed_precision"] = {"size_budget_bytes": config.size_budget_bytes,
-                                         "sensitivity": [s.to_dict() for s in prepared.sensitivity]}
-        extras.update({
-            "bias_corrected_layers": corrected,
-            "calibration_samples": prepared.calibration.samples,
-            "bias_correction_samples": prepared.calibration.bias_samples if config.bias_correction else 0,
-            "activation_quantizers": len(work.act_quants()),
-            "weight_quantizers": len(work.weight_quants()),
-        })
+            extras["mixed_precision"] = {
+                "size_budget_bytes": config.size_budget_bytes,
+                "sensitivity": [s.to_dict() for s in prepared.sensitivity],
+            }
+        extras.update(
+            {
+                "bias_corrected_layers": corrected,
+                "calibration_samples": prepared.calibration.samples,
+                "bias_correction_samples": prepared.calibration.bias_samples if config.bias_correction else 0,
+                "activation_quantizers": len(work.act_quants()),
+                "weight_quantizers": len(work.weight_quants()),
+            }
+        )
         if config.mode == "qat":
             train = context.train
             data = train if train is not None and len(train) > 0 else context.calibration
             assert data is not None
-            extras["qat"] = {"data": "train" if data is train else "calibration (no [data] train given)", "samples": len(data)}
-            extras["qat"].update(qat_finetune(work, prepared.module, data, config, batch=prepared.graphs.batch or prepared.work_batch))
+            extras["qat"] = {
+                "data": "train" if data is train else "calibration (no [data] train given)",
+                "samples": len(data),
+            }
+            extras["qat"].update(
+                qat_finetune(work, prepared.module, data, config, batch=prepared.graphs.batch or prepared.work_batch)
+            )
         deploy = deployable(work, prepared.graphs, bits, config, prepared.scales)
         layers = deploy.layers
         extras["layers"] = [{"name": L.name, "kind": L.kind, "bits": L.bits} for L in layers]
@@ -185,7 +206,9 @@ def check_int8(module: nn.Module, specs: tuple[Any, ...]) -> dict[str, Any]:
         try:
             exported = export_onnx(module, specs, Path(scratch) / "q.onnx")
         except RepfxError as e:
-            raise PassError(f"quantize: the quantized model does not export to ONNX: {e.problem}", "Report this model.") from e
+            raise PassError(
+                f"quantize: the quantized model does not export to ONNX: {e.problem}", "Report this model."
+            ) from e
         return int8_record(exported.path, exported.exporter, checked="a scratch export (default settings)")
 
 
@@ -195,7 +218,10 @@ def int8_record(onnx_path: Path, exporter: str, *, checked: str) -> dict[str, An
 
     kernels = ort_kernels(onnx_path)
     return {
-        "onnxruntime": kernels.runs_int8, "tvm": False, "exporter": exporter, "checked": checked,
+        "onnxruntime": kernels.runs_int8,
+        "tvm": False,
+        "exporter": exporter,
+        "checked": checked,
         "onnxruntime_kernels": kernels.to_dict(),
         "summary": f"onnxruntime {'yes' if kernels.runs_int8 else 'no'}, tvm no (computes dequantized float)",
     }

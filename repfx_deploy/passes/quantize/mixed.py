@@ -70,11 +70,15 @@ def measure_sensitivity(model: QuantizedModel, inputs: list[torch.Tensor], *, we
     return out
 
 
-def choose(layers: tuple[LayerInfo, ...], sens: list[Sensitivity], budget_bytes: int, fixed: Mapping[str, int | str]) -> dict[str, int | str]:
+def choose(
+    layers: tuple[LayerInfo, ...], sens: list[Sensitivity], budget_bytes: int, fixed: Mapping[str, int | str]
+) -> dict[str, int | str]:
     """Per-layer choice within ``budget_bytes`` (see the module docstring); ``PassError`` when it cannot fit."""
     by_name = {s.name: s for s in sens}
     movable = [layer for layer in layers if layer.name in by_name and layer.name not in fixed]
-    choice: dict[str, int | str] = {layer.name: fixed.get(layer.name, 8) for layer in layers if layer.name in by_name or layer.name in fixed}
+    choice: dict[str, int | str] = {
+        layer.name: fixed.get(layer.name, 8) for layer in layers if layer.name in by_name or layer.name in fixed
+    }
     info = {layer.name: layer for layer in layers}
 
     def total() -> float:
@@ -82,7 +86,12 @@ def choose(layers: tuple[LayerInfo, ...], sens: list[Sensitivity], budget_bytes:
 
     if total() > budget_bytes:
         # cheapest loss per byte saved first
-        order = sorted(movable, key=lambda L: (by_name[L.name].kl_int4 - by_name[L.name].kl_int8) / max(1.0, layer_bytes(L, 8) - layer_bytes(L, 4)))
+        order = sorted(
+            movable,
+            key=lambda L: (
+                (by_name[L.name].kl_int4 - by_name[L.name].kl_int8) / max(1.0, layer_bytes(L, 8) - layer_bytes(L, 4))
+            ),
+        )
         for layer in order:
             if total() <= budget_bytes:
                 break
@@ -94,7 +103,9 @@ def choose(layers: tuple[LayerInfo, ...], sens: list[Sensitivity], budget_bytes:
             )
     else:
         # most loss removed per byte spent first
-        order = sorted(movable, key=lambda L: -by_name[L.name].kl_int8 / max(1.0, layer_bytes(L, "float") - layer_bytes(L, 8)))
+        order = sorted(
+            movable, key=lambda L: -by_name[L.name].kl_int8 / max(1.0, layer_bytes(L, "float") - layer_bytes(L, 8))
+        )
         for layer in order:
             extra = layer_bytes(layer, "float") - layer_bytes(layer, 8)
             if by_name[layer.name].kl_int8 > 0 and total() + extra <= budget_bytes:

@@ -66,7 +66,9 @@ def _qparams(lo: float, hi: float, qmax: int) -> tuple[float, int]:
     return scale, int(min(qmax, max(0, round(-lo / scale))))
 
 
-def activation_qparams(observer: HistogramObserver, method: str, percentile: float, *, relu: bool, qmax: int = 255) -> tuple[float, int]:
+def activation_qparams(
+    observer: HistogramObserver, method: str, percentile: float, *, relu: bool, qmax: int = 255
+) -> tuple[float, int]:
     """(scale, zero point) for an asymmetric ``[0, qmax]`` quantizer of what ``observer`` saw."""
     if not observer.seen:
         raise ValueError("the observer saw no data")
@@ -79,8 +81,13 @@ def activation_qparams(observer: HistogramObserver, method: str, percentile: flo
     centers = observer.centers()
     if method == "percentile":
         cdf = torch.cumsum(hist, 0) / hist.sum().clamp_min(1)
-        top = float(centers[int(torch.searchsorted(cdf, torch.tensor(percentile / 100, dtype=torch.float64)).clamp(max=BINS - 1))])
-        bottom = float(centers[int(torch.searchsorted(cdf, torch.tensor(1 - percentile / 100, dtype=torch.float64)).clamp(max=BINS - 1))])
+
+        def at(fraction: float) -> float:
+            """The bin center where the cumulative histogram reaches ``fraction``."""
+            i = torch.searchsorted(cdf, torch.tensor(fraction, dtype=torch.float64)).clamp(max=BINS - 1)
+            return float(centers[int(i)])
+
+        top, bottom = at(percentile / 100), at(1 - percentile / 100)
         return _qparams(min(bottom, 0.0) if lo < 0 else 0.0, max(top, 0.0), qmax)
     if method == "mse":
         return _mse_search(hist, centers, lo, hi, qmax)

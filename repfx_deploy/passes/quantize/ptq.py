@@ -170,20 +170,33 @@ def measure(gm: fx.GraphModule, inputs: list[torch.Tensor], config: QuantizeConf
             for x in inputs:
                 tapped(x)
     qparams = {
-        key: activation_qparams(taps[key].observer, config.calibration_method, config.percentile, relu=False, qmax=ActQuant.qmax)
-        for key in keys if key in taps and taps[key].observer.seen
+        key: activation_qparams(
+            taps[key].observer, config.calibration_method, config.percentile, relu=False, qmax=ActQuant.qmax
+        )
+        for key in keys
+        if key in taps and taps[key].observer.seen
     }
     means = {name: probe.mean for name, probe in probes.items() if probe.total is not None}
     return Calibration(qparams, means, sum(len(x) for x in inputs), sum(len(x) for x in inputs[:probed]))
 
 
-def build(base: fx.GraphModule, bits: dict[str, int | str], config: QuantizeConfig,
-          scales: dict[tuple[str, int], torch.Tensor] | None = None) -> QuantizedModel:
+def build(
+    base: fx.GraphModule,
+    bits: dict[str, int | str],
+    config: QuantizeConfig,
+    scales: dict[tuple[str, int], torch.Tensor] | None = None,
+) -> QuantizedModel:
     """A copy of the folded graph ``base`` with quantizers at ``bits`` (layer name -> 8, 4 or "float")."""
     gm = copy_graph(base)
     layers = quantize_graph(
-        gm, weight_bits=config.weight_bits, layer_bits=bits, method=config.calibration_method, percentile=config.percentile,
-        weight_method=config.weight_method, quantize_add=config.quantize_add, scales=scales,
+        gm,
+        weight_bits=config.weight_bits,
+        layer_bits=bits,
+        method=config.calibration_method,
+        percentile=config.percentile,
+        weight_method=config.weight_method,
+        quantize_add=config.quantize_add,
+        scales=scales,
     )
     return QuantizedModel(gm, layers)
 
@@ -196,7 +209,10 @@ def calibrate(model: QuantizedModel, calibration: Calibration) -> None:
             continue
         qparams = calibration.qparams.get(a.key or "")
         if qparams is None:
-            raise PassError(f"quantize: the activation at {a.key!r} was never computed on the calibration data.", "Report this model.")
+            raise PassError(
+                f"quantize: the activation at {a.key!r} was never computed on the calibration data.",
+                "Report this model.",
+            )
         a.calibrate(qparams)
     model.set_state(acts="frozen", weights="frozen")
     model.freeze()
@@ -210,7 +226,9 @@ def correct_bias(model: QuantizedModel, inputs: list[torch.Tensor], calibration:
     All layers are corrected from one quantized pass (not layer by layer), so a layer's shift is measured with
     its inputs already quantized, which is what the deployed model sees."""
     acts = model.act_quants()
-    targets = [(L, L.bias, acts[L.out_quant], ProbeSums()) for L in model.layers if L.out_quant and L.bias and L.weight_quant]
+    targets = [
+        (L, L.bias, acts[L.out_quant], ProbeSums()) for L in model.layers if L.out_quant and L.bias and L.weight_quant
+    ]
     for _, _, q, probe in targets:
         q.probe = probe
     model.set_state(acts="frozen", weights="frozen")
@@ -225,8 +243,13 @@ def correct_bias(model: QuantizedModel, inputs: list[torch.Tensor], calibration:
     return len(targets)
 
 
-def deployable(work: QuantizedModel, graphs: Graphs, bits: dict[str, int | str], config: QuantizeConfig,
-               scales: dict[tuple[str, int], torch.Tensor] | None = None) -> QuantizedModel:
+def deployable(
+    work: QuantizedModel,
+    graphs: Graphs,
+    bits: dict[str, int | str],
+    config: QuantizeConfig,
+    scales: dict[tuple[str, int], torch.Tensor] | None = None,
+) -> QuantizedModel:
     """The frozen model at the deployment input shape, carrying ``work``'s quantizer state."""
     work.freeze()
     if graphs.deploy is None:

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from repfx_deploy.data.datasets import Dataset
 
 
-def qat_finetune(work: QuantizedModel, teacher: nn.Module, data: Dataset, config: QuantizeConfig, *, batch: int) -> dict:
+def qat_finetune(
+    work: QuantizedModel, teacher: nn.Module, data: Dataset, config: QuantizeConfig, *, batch: int
+) -> dict:
     """Fine-tune ``work`` (calibrated) in place; ``batch`` is the batch its graph takes. Returns the run's record."""
     from repfx_deploy.passes.recovery import FinetuneConfig, distill
 
@@ -41,7 +43,13 @@ def qat_finetune(work: QuantizedModel, teacher: nn.Module, data: Dataset, config
         result = distill(work, teacher, data, ft)
     finally:
         _set_learning(work, False)
-    return {**result.to_dict(), "trainable_tensors": trainable, "lr": config.finetune_lr, "optimizer": "adam", "batch_size": batch}
+    return {
+        **result.to_dict(),
+        "trainable_tensors": trainable,
+        "lr": config.finetune_lr,
+        "optimizer": "adam",
+        "batch_size": batch,
+    }
 
 
 def _set_learning(work: QuantizedModel, on: bool) -> int:
