@@ -76,6 +76,10 @@ class ActQuant(nn.Module):
     """Per-tensor uint8 fake quantization of one activation (see the module docstring)."""
 
     qmin, qmax = 0, 255
+    # declared for the type checker: ``source`` bypasses nn.Module's registry (see __init__), and ``zero_point``
+    # is a buffer, which nn.Module's __getattr__ would otherwise type as a Tensor or Module
+    source: ActQuant | None
+    zero_point: torch.Tensor
 
     def __init__(
         self,
@@ -152,6 +156,10 @@ class ActQuant(nn.Module):
 
 class WeightQuant(nn.Module):
     """Owns one layer's weight (output channels first) and returns it per-channel fake-quantized."""
+
+    # buffers (registered in __init__), declared for the type checker
+    weight_int: torch.Tensor
+    zero_point: torch.Tensor
 
     def __init__(
         self, weight: torch.Tensor, *, bits: int = 8, method: str = "mse", scale: torch.Tensor | None = None

@@ -10,6 +10,7 @@ off by default, since these weights are quantized per channel.
 from __future__ import annotations
 
 import operator
+from typing import cast
 
 import torch
 import torch.fx as fx
@@ -40,10 +41,20 @@ def set_param(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
         module.register_parameter(leaf, nn.Parameter(value.detach().clone()))
 
 
-def _tensor_arg(gm: fx.GraphModule, arg) -> torch.Tensor | None:
-    if isinstance(arg, fx.Node) and arg.op == "get_attr":
-        return fetch(gm, arg.target)
-    return None
+def _attr_node(arg: fx.node.Argument) -> fx.Node | None:
+    """``arg`` when it is a ``get_attr`` node (a tensor the graph module holds), else None."""
+    return arg if isinstance(arg, fx.Node) and arg.op == "get_attr" else None
+
+
+def _attr_path(node: fx.Node) -> str:
+    """The dotted attribute path a ``get_attr`` node reads."""
+    assert node.op == "get_attr", f"{node.name} is a {node.op} node, not get_attr"
+    return cast(str, node.target)  # a get_attr node's target is the attribute's dotted path
+
+
+def _tensor_arg(gm: fx.GraphModule, arg: fx.node.Argument) -> torch.Tensor | None:
+    node = _attr_node(arg)
+    return fetch(gm, _attr_path(node)) if node is not None else None
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> int:
@@ -67,10 +78,10 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
                 continue
         else:
             _, g, b, mean, var, _, eps = bn.args[:7]
-        w_node = conv.args[1]
+        w_node = _attr_node(conv.args[1])
         weight = _tensor_arg(gm, w_node)
         mean_t, var_t = _tensor_arg(gm, mean), _tensor_arg(gm, var)
-        if weight is None or mean_t is None or var_t is None or len(w_node.users) != 1:
+        if w_node is None or weight is None or mean_t is None or var_t is None or len(w_node.users) != 1:
             continue
         gamma = _tensor_arg(gm, g) if g is not None else torch.ones_like(mean_t)
         beta = _tensor_arg(gm, b) if b is not None else torch.zeros_like(mean_t)
@@ -82,10 +93,11 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
             factor = gamma / torch.sqrt(var_t + eps)
             new_w = weight * factor.view(-1, *([1] * (weight.dim() - 1)))
             new_b = (bias - mean_t) * factor + beta
-        set_param(gm, w_node.target, new_w)
+        w_path = _attr_path(w_node)
+        set_param(gm, w_path, new_w)
         # a flat name: torch.export's re-tracing drops submodules left without parameters, so a new tensor must
         # not live under the conv's (soon weight-less) submodule
-        bias_target = w_node.target.replace(".", "_") + "_folded_bias"
+        bias_target = w_path.replace(".", "_") + "_folded_bias"
         set_param(gm, bias_target, new_b)
         with graph.inserting_before(conv):
             new_bias_node = graph.get_attr(bias_target)
@@ -109,7 +121,8 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
 def equalize(gm: fx.GraphModule, iterations: int = 3) -> int:
     """Cross-layer equalization of ``conv -> relu -> conv`` pairs (groups 1, the relu the only user each way);
     returns the number of pairs equalized."""
-    pairs = []
+    # (first weight, second weight, first bias or None): the attribute paths of each pair's tensors
+    pairs: list[tuple[str, str, str | None]] = []
     for relu in gm.graph.nodes:
         if relu.op != "call_function" or relu.target != aten.relu.default:
             continue
@@ -120,24 +133,28 @@ def equalize(gm: fx.GraphModule, iterations: int = 3) -> int:
         second = users[0]
         if second.target not in CONV_OPS or second.args[0] is not relu or _groups(first) != 1 or _groups(second) != 1:
             continue
-        if _tensor_arg(gm, first.args[1]) is None or _tensor_arg(gm, second.args[1]) is None:
+        w1_node, w2_node = _attr_node(first.args[1]), _attr_node(second.args[1])
+        if w1_node is None or w2_node is None:
             continue
-        pairs.append((first, second))
+        b1_node = _attr_node(first.args[2]) if len(first.args) > 2 else None
+        pairs.append((_attr_path(w1_node), _attr_path(w2_node), _attr_path(b1_node) if b1_node is not None else None))
     for _ in range(iterations):
-        for first, second in pairs:
-            w1, w2 = fetch(gm, first.args[1].target), fetch(gm, second.args[1].target)
-            b1 = _tensor_arg(gm, first.args[2]) if len(first.args) > 2 and first.args[2] is not None else None
+        for w1_path, w2_path, b1_path in pairs:
+            w1, w2 = fetch(gm, w1_path), fetch(gm, w2_path)
             with torch.no_grad():
                 r1 = w1.abs().flatten(1).amax(1)
                 r2 = w2.abs().transpose(0, 1).flatten(1).amax(1)
                 s = torch.sqrt(r1 / r2.clamp_min(1e-12)).clamp(1e-3, 1e3)
                 s = torch.where((r1 > 0) & (r2 > 0), s, torch.ones_like(s))
-                set_param(gm, first.args[1].target, w1 / s.view(-1, *([1] * (w1.dim() - 1))))
-                set_param(gm, second.args[1].target, w2 * s.view(1, -1, *([1] * (w2.dim() - 2))))
-                if b1 is not None:
-                    set_param(gm, first.args[2].target, b1 / s)
+                set_param(gm, w1_path, w1 / s.view(-1, *([1] * (w1.dim() - 1))))
+                set_param(gm, w2_path, w2 * s.view(1, -1, *([1] * (w2.dim() - 2))))
+                if b1_path is not None:
+                    set_param(gm, b1_path, fetch(gm, b1_path) / s)
     return len(pairs)
 
 
 def _groups(conv: fx.Node) -> int:
-    return int(conv.args[6]) if len(conv.args) > 6 else int(conv.kwargs.get("groups", 1))
+    groups = conv.args[6] if len(conv.args) > 6 else conv.kwargs.get("groups", 1)
+    # the conv schema's ``SymInt groups``: a plain int in a captured graph
+    assert isinstance(groups, int | torch.SymInt), f"{conv.name}: groups is {groups!r}"
+    return int(groups)

@@ -19,12 +19,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from repfx_deploy.passes.quantize.fakequant import ActQuant, WeightQuant
+from repfx_deploy.errors import PassError
+from repfx_deploy.passes.quantize.fakequant import ActQuant, State, WeightQuant
 from repfx_deploy.passes.quantize.fold import equalize, fetch, fold_batchnorm
 
 aten = torch.ops.aten
@@ -90,21 +92,21 @@ class QuantizedModel(nn.Module):
     def weight_quants(self) -> dict[str, WeightQuant]:
         return {n: m for n, m in self.net.named_modules() if isinstance(m, WeightQuant)}
 
-    def set_state(self, acts: str | None = None, weights: str | None = None) -> None:
-        for m in self.act_quants().values():
+    def set_state(self, acts: State | None = None, weights: State | None = None) -> None:
+        for a in self.act_quants().values():
             if acts is not None:
-                m.state = acts
-        for m in self.weight_quants().values():
+                a.state = acts
+        for w in self.weight_quants().values():
             if weights is not None:
-                m.state = weights
+                w.state = weights
 
     def freeze(self) -> None:
         """Bake the current scales into the graph: deployment state, what export writes as QDQ."""
         acts = self.act_quants()
-        for m in sorted(acts.values(), key=lambda a: a.source is not None):  # sources before their mirrors
-            m.freeze()
-        for m in self.weight_quants().values():
-            m.freeze()
+        for a in sorted(acts.values(), key=lambda q: q.source is not None):  # sources before their mirrors
+            a.freeze()
+        for w in self.weight_quants().values():
+            w.freeze()
 
 
 def capture(model: nn.Module, example: tuple[torch.Tensor, ...], *, dynamic_batch: bool) -> fx.GraphModule:
@@ -130,6 +132,32 @@ def _weight_node(node: fx.Node) -> fx.Node | None:
         return None
     w_node = node.args[1]
     return w_node if isinstance(w_node, fx.Node) and w_node.op == "get_attr" else None
+
+
+def _module_name(node: fx.Node) -> str:
+    """The qualified name of the submodule a ``call_module`` node calls."""
+    assert node.op == "call_module", f"{node.name} is a {node.op} node, not call_module"
+    return cast(str, node.target)  # a call_module node's target is the submodule's qualified name
+
+
+def _called_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
+    """The submodule of ``gm`` that the ``call_module`` node ``node`` calls."""
+    name = _module_name(node)
+    try:
+        return gm.get_submodule(name)
+    except AttributeError as e:
+        raise PassError(
+            f"quantize: graph node {node.name} calls submodule {name!r}, which the graph module does not hold.",
+            "Report this model.",
+        ) from e
+
+
+def _act_quant(gm: fx.GraphModule, node: fx.Node) -> ActQuant | None:
+    """The activation quantizer ``node`` calls, or None (``node`` calls no module, or another one)."""
+    if node.op != "call_module":
+        return None
+    module = _called_module(gm, node)
+    return module if isinstance(module, ActQuant) else None
 
 
 def _is_residual_add(node: fx.Node) -> bool:
@@ -213,19 +241,20 @@ def quantize_graph(
         with graph.inserting_after(after):
             return graph.call_module(name, (after,))
 
-    def aq_source(node: fx.Node) -> ActQuant | None:
-        """The quantizer ``node``'s values come from, through value-preserving ops only."""
-        while isinstance(node, fx.Node):
-            if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ActQuant):
-                return gm.get_submodule(node.target)
-            if node.op == "call_function" and node.target in VALUE_PRESERVING and node.args:
-                node = node.args[0]
+    def aq_source(value: fx.node.Argument) -> ActQuant | None:
+        """The quantizer ``value`` comes from, through value-preserving ops only."""
+        while isinstance(value, fx.Node):
+            q = _act_quant(gm, value)
+            if q is not None:
+                return q
+            if value.op == "call_function" and value.target in VALUE_PRESERVING and value.args:
+                value = value.args[0]
                 continue
             return None
         return None
 
     def quantized_input(node: fx.Node) -> fx.Node:
-        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ActQuant):
+        if _act_quant(gm, node) is not None:
             return node
         if node not in quantized_of:
             source = aq_source(node)
@@ -245,7 +274,7 @@ def quantize_graph(
             q = add_aq(node)
             node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
         quantized_of[node] = q
-        return q.target
+        return _module_name(q)
 
     layers: list[LayerInfo] = []
     for node in list(graph.nodes):
@@ -313,16 +342,24 @@ def _fetch_weight(gm: fx.GraphModule, target: str) -> torch.Tensor:
     return gm.get_parameter(target) if _is_param(gm, target) else fetch(gm, target)
 
 
-def _val(node: fx.Node):
+def _val(node: fx.Node) -> object:
     """The example value recorded at capture; a quantizer inserted since has its input's."""
     while "val" not in node.meta and node.op == "call_module" and node.args:
-        node = node.args[0]
+        source = node.args[0]
+        assert isinstance(source, fx.Node), f"{node.name} calls a quantizer on {source!r}, not on a graph value"
+        node = source
     return node.meta.get("val")
 
 
+def _shape(node: fx.Node) -> tuple[object, ...] | None:
+    """The shape of ``node``'s recorded value (its sizes may be symbolic), or None when it has none."""
+    shape = getattr(_val(node), "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
 def _same_shape(a: fx.Node, b: fx.Node) -> bool:
-    va, vb = _val(a), _val(b)
-    return va is not None and vb is not None and hasattr(va, "shape") and tuple(va.shape) == tuple(vb.shape)
+    shape = _shape(a)
+    return shape is not None and shape == _shape(b)
 
 
 def _is_param(gm: fx.GraphModule, target: str) -> bool:
