@@ -62,7 +62,11 @@ def inspect(
     from repfx_deploy.ingest.loader import load_model
 
     loaded = load_model(model, load_options(arch, python_path, trust_pickle, input_shape))
-    stats = torch_stats(loaded.module, loaded.input_specs) if loaded.is_torch else onnx_stats(loaded.onnx_path)
+    if loaded.module is not None:
+        stats = torch_stats(loaded.module, loaded.input_specs)
+    else:
+        assert loaded.onnx_path is not None  # a loaded model is a torch module or an ONNX file
+        stats = onnx_stats(loaded.onnx_path)
     doc = {"model": str(model), "format": loaded.format, "sha256": loaded.sha256, **stats.to_dict()}
     if json_out:
         return emit_json(doc)
@@ -106,9 +110,10 @@ def export(
     from repfx_deploy.pipeline.artifacts import export_checked
 
     check_output(output, force=force)
+    # --exporter is a plain str option; ExportConfig checks it is one of the Exporter names
     config = ExportConfig(opset=opset, exporter=exporter)  # type: ignore[arg-type]
     loaded = load_model(model, load_options(arch, python_path, trust_pickle, input_shape))
-    if not loaded.is_torch:
+    if loaded.module is None:
         raise InputError(
             f"{str(model)!r} is already ONNX.", "export takes a PyTorch model; use compile or bench for ONNX files."
         )

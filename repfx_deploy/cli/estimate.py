@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,7 +21,16 @@ from repfx_deploy.cli.options import (
 )
 from repfx_deploy.cli.output import emit_json, handle_errors, setup_logging, stdout
 
-_METHODS = {"lookup": "lookup table", "lookup-table": "lookup table", "analytic": "analytic model", "auto": None}
+if TYPE_CHECKING:
+    from repfx_deploy.estimate.model import ModelSource
+    from repfx_deploy.targets import EstimatorMethod
+
+_METHODS: dict[str, EstimatorMethod | None] = {
+    "lookup": "lookup table",
+    "lookup-table": "lookup table",
+    "analytic": "analytic model",
+    "auto": None,
+}
 
 
 @handle_errors
@@ -52,7 +61,12 @@ def estimate(
         raise InputError(f"Unknown --method {method!r}.", f"Use one of {', '.join(_METHODS)}.")
     profile = get_profile(target, target_file)
     loaded = load_model(model, load_options(arch, python_path, trust_pickle, input_shape))
-    source = loaded.module if loaded.is_torch else loaded.onnx_path
+    source: ModelSource
+    if loaded.module is not None:
+        source = loaded.module
+    else:
+        assert loaded.onnx_path is not None  # a loaded model is a torch module or an ONNX file
+        source = loaded.onnx_path
     result = estimate_latency(source, loaded.input_specs, profile, method=_METHODS[method], threads=threads)
     doc = {"model": str(model), **result.to_dict()}
     if json_out:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,7 +23,8 @@ from repfx_deploy.errors import RepfxError
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False, soft_wrap=True)
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # The stream JSON goes to: the real stdout as it was when the command started, before any redirection.
 _json_stream: list[Any] = []
@@ -53,11 +54,11 @@ def emit_json(doc: Any) -> None:
     stream.flush()
 
 
-def handle_errors(fn: F) -> F:
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Run a command, turning errors into messages and exit codes. Commands take a ``json_out`` keyword."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         json_out = bool(kwargs.get("json_out"))
         _json_stream.append(sys.stdout)
         try:
@@ -92,7 +93,7 @@ def handle_errors(fn: F) -> F:
         finally:
             _json_stream.pop()
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _report(json_out: bool, kind: str, problem: str, fix: str | None) -> None:

@@ -186,6 +186,7 @@ def compress(request: CompressRequest) -> dict:
     compressed, pass_records, compressed_stats = run.module, run.records, run.stats
 
     tvm_target = resolve_tvm_target(profile, threads) if request.compile_tvm and "tvm" in profile.runtimes else None
+    # Recipe.exporter is a str checked against the Exporter names at load; ExportConfig checks it again
     export_config = ExportConfig(opset=recipe.opset, exporter=recipe.exporter)  # type: ignore[arg-type]
     samples = _samples(loaded, data)
     bench_inputs = samples[0]
