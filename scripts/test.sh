@@ -12,4 +12,9 @@ else
     bash scripts/setup_aarch64_emulator.sh \
         || echo "warning: no aarch64 emulator; the emulated-device tests will skip (run scripts/setup_aarch64_emulator.sh as root)" >&2
 fi
-exec "${PYTHON:-python3}" -m pytest -q "$@"
+PY="${PYTHON:-python3}"
+# Lint, format and types of the package (settings in pyproject.toml), before the tests: each fails fast.
+"$PY" -m ruff check repfx_deploy
+"$PY" -m ruff format --check repfx_deploy
+"$PY" -m mypy
+exec "$PY" -m pytest -q "$@"
