@@ -8,7 +8,7 @@ A pass is a ``Pass`` subclass registered for its config type (``registry.registe
     result = PRUNE.apply_assignment(prepared, {"layer1.0.conv1": 8})   # cheap; as many times as wanted
     PRUNE.apply(module, config, context)                 # = apply_assignment(prepare(...), space.defaults())
 
-Contracts every pass keeps (tests/passes/test_protocol.py checks them for every kind):
+Contracts every pass keeps (tests/fixtures/protocol_checks.py checks them, from each kind's test_protocol.py):
 
 - A pass never changes the module it is given, in ``prepare`` or in ``apply_assignment``.
 - ``config.with_assignment(a)`` is the config whose plain ``apply`` gives exactly ``apply_assignment(p, a)``,

@@ -1,6 +1,6 @@
 """``evaluate``: how good and how fast one model (or several, side by side) is on a target.
 
-    result = evaluate(module, get_profile("pixel1"), data=EvalData(eval=test_set, inputs=batches, reference=outs))
+    result = evaluate(Deployable(module, input_specs=specs), get_profile("pixel1"), data=EvalData(eval=test_set, inputs=batches, reference=outs))
     result.accuracy, result.fidelity["cosine"], result.latency["tvm"].latency_ms, result.latency["tvm"].source
 
 It takes a model in whatever forms it has (``Deployable``: an ``nn.Module``, an ONNX file, a TVM artifact
