@@ -29,7 +29,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from repfx_deploy.passes.protocol import Assignment, PassConfig
 
@@ -153,5 +153,6 @@ class QuantizeConfig(PassConfig):
         The mixed-precision budget is dropped: the explicit bits are the choice it would otherwise make."""
         if not isinstance(assignment, Mapping):
             raise TypeError(f"an assignment is a mapping of layer name to bits; got {type(assignment).__name__}")
-        layer_bits = tuple((name, bits) for name, bits in assignment.items())  # values checked in __post_init__
-        return dataclasses.replace(self, layer_bits=layer_bits, size_budget_bytes=0)  # type: ignore[arg-type]
+        # an assignment's values are untyped choices: __post_init__ checks each (a ValueError naming the layer)
+        layer_bits = cast("tuple[tuple[str, LayerBits], ...]", tuple((name, bits) for name, bits in assignment.items()))
+        return dataclasses.replace(self, layer_bits=layer_bits, size_budget_bytes=0)
