@@ -7,9 +7,10 @@ The first assignment pays for everything: prune's dependency graph, importance a
 folding, capture and calibration on the pruned model. Later ones reuse what their upstream choices allow
 (``passes/chain.py``). Two kinds of later assignment are timed, since they reuse different amounts:
 
+- ``last pass``: prune at its defaults, quantize's sites drawn at random (nothing is prepared again): the
+  2nd..``--assignments``th;
 - ``all sites``: every prune and quantize site drawn at random (the upstream changes, so quantize is prepared
-  again on each new pruned model);
-- ``last pass``: prune at its defaults, quantize's sites drawn at random (nothing is prepared again).
+  again on each new pruned model): ``--all-sites`` more.
 
 Also times ``run_passes`` with the equivalent configs (``with_assignment``), the no-reuse baseline, for two
 assignments, and checks that the chain's module equals it. Prints each time and the ratios.
@@ -41,7 +42,13 @@ def _random_assignment(space, rng: random.Random, prefixes: tuple[str, ...]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--assignments", type=int, default=20)
+    parser.add_argument("--assignments", type=int, default=20, help="assignments in all, the first included")
+    parser.add_argument(
+        "--all-sites",
+        type=int,
+        default=6,
+        help="of the later ones, how many draw every site (each prepares quantize again: slow)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration", type=int, default=256, help="calibration images (CIFAR-10 train, seeded)")
     parser.add_argument("--depth", type=int, default=56)
@@ -70,23 +77,29 @@ def main() -> None:
     chain = prepare_chain(model, configs, context)
     first = chain.apply(chain.space.defaults())
     first_s = time.perf_counter() - t0
-    print(f"ResNet-{args.depth}, prune macs_ratio 0.5 + quantize PTQ, {args.threads} thread(s), {args.calibration} calibration images")
+    print(
+        f"ResNet-{args.depth}, prune macs_ratio 0.5 + quantize PTQ, {args.threads} thread(s), {args.calibration} calibration images"
+    )
     print(f"space: {len(chain.space.keys())} sites, size {chain.space.size:.3g}")
-    print(f"first assignment (prepare + apply): {first_s:.2f} s")
+    print(f"first assignment (prepare + apply): {first_s:.2f} s", flush=True)
 
     rng = random.Random(0)
     rows = {}
-    for label, prefixes in (("all sites", chain.prefixes), ("last pass", chain.prefixes[-1:])):
+    runs = (("last pass", chain.prefixes[-1:], args.assignments - 1), ("all sites", chain.prefixes, args.all_sites))
+    for label, prefixes, n in runs:
         times = []
-        for _ in range(args.assignments - 1):
+        for _ in range(n):
             assignment = _random_assignment(chain.space, rng, prefixes)
             t = time.perf_counter()
             chain.apply(assignment)
             times.append(time.perf_counter() - t)
         rows[label] = times
         mean = statistics.mean(times)
-        print(f"assignments 2..{args.assignments}, {label}: mean {mean:.3f} s, median {statistics.median(times):.3f} s "
-              f"-> {first_s / mean:.1f}x faster than the first")
+        print(
+            f"{n} later assignments, {label}: mean {mean:.3f} s, median {statistics.median(times):.3f} s "
+            f"-> {first_s / mean:.1f}x faster than the first",
+            flush=True,
+        )
 
     fresh = []
     for _ in range(2):
@@ -99,10 +112,15 @@ def main() -> None:
         probe = torch.from_numpy(calibration.x[:8])
         with torch.no_grad():
             same = torch.equal(plain.module(probe), reused.module(probe))
-        print(f"no reuse (run_passes with with_assignment configs): {fresh[-1]:.2f} s; same module as the chain's: {same}")
-    print(f"ratio first / later (all sites): {first_s / statistics.mean(rows['all sites']):.1f}x; "
-          f"(last pass): {first_s / statistics.mean(rows['last pass']):.1f}x; no-reuse / reuse (all sites): "
-          f"{statistics.mean(fresh) / statistics.mean(rows['all sites']):.1f}x")
+        print(
+            f"no reuse (run_passes with with_assignment configs): {fresh[-1]:.2f} s; same module as the chain's: {same}",
+            flush=True,
+        )
+    print(
+        f"ratio first / later (all sites): {first_s / statistics.mean(rows['all sites']):.1f}x; "
+        f"(last pass): {first_s / statistics.mean(rows['last pass']):.1f}x; no-reuse / reuse (all sites): "
+        f"{statistics.mean(fresh) / statistics.mean(rows['all sites']):.1f}x"
+    )
     del first
 
 
