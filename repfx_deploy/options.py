@@ -134,6 +134,18 @@ def _entry(value: Any, annotation: Any, path: str, shown: Any) -> Any:
         raise _Mismatch(expected, path + e.path, shown if not e.path else e.got) from None
 
 
+def typed_value(value: Any, annotation: Any, path: str) -> Any:
+    """``coerce`` for the recipe value at key path ``path``: a mismatch is a ``RecipeError`` naming the path (down
+    to the table entry or list item that is wrong) and the type expected there."""
+    try:
+        return coerce(value, annotation)
+    except _Mismatch as e:
+        where, got = f"{path}{e.path}", (e.got if e.path else value)
+        raise RecipeError(
+            f"{where} must be {e.expected}; got {got!r} ({type(got).__name__}).", f"Fix {where} in the recipe."
+        ) from None
+
+
 def _fields(cls: type) -> dict[str, Any]:
     hints = get_type_hints(cls, include_extras=False)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
@@ -156,15 +168,7 @@ def parse_config(cls: type[T], table: Any, where: str, *, fix: str | None = None
             f"Unknown key(s) {', '.join(repr(k) for k in unknown)} in {where}.",
             fix or f"Allowed keys there: {', '.join(sorted(fields))}.",
         )
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        try:
-            kwargs[key] = coerce(value, fields[key])
-        except _Mismatch as e:
-            path, got = f"{where}.{key}{e.path}", (e.got if e.path else value)
-            raise RecipeError(
-                f"{path} must be {e.expected}; got {got!r} ({type(got).__name__}).", f"Fix {path} in the recipe."
-            ) from None
+    kwargs = {key: typed_value(value, fields[key], f"{where}.{key}") for key, value in table.items()}
     try:
         return cls(**kwargs)
     except RecipeError as e:

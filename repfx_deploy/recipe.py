@@ -107,18 +107,11 @@ def _check_keys(table: dict, allowed: set[str], where: str) -> None:
 
 def _typed(table: dict, key: str, annotation: Any, default: Any, where: str) -> Any:
     """``table[key]`` checked against ``annotation`` (``default`` when absent); ``RecipeError`` naming the key path."""
-    from repfx_deploy.options import _Mismatch, coerce
+    from repfx_deploy.options import typed_value
 
     if key not in table:
         return default
-    value = table[key]
-    try:
-        return coerce(value, annotation)
-    except _Mismatch as e:
-        path = f"{where}.{key}" if where else key
-        raise RecipeError(
-            f"{path} must be {e.expected}; got {value!r} ({type(value).__name__}).", f"Fix {path} in the recipe."
-        ) from None
+    return typed_value(table[key], annotation, f"{where}.{key}" if where else key)
 
 
 def _table(raw: dict, key: str, where: str, allowed: set[str]) -> dict:
