@@ -18,7 +18,7 @@ import numpy as np
 from repfx_deploy.atomic import atomic_dir, check_output
 from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.errors import CompileError, InputError
-from repfx_deploy.ingest.loader import LoadedModel, LoadOptions, load_model
+from repfx_deploy.ingest.loader import LoadedModel, LoadOptions
 from repfx_deploy.lower.onnx_export import ExportConfig
 from repfx_deploy.measure.timing import TimingConfig
 from repfx_deploy.pipeline.artifacts import (
@@ -28,7 +28,7 @@ from repfx_deploy.pipeline.artifacts import (
     relative_paths,
     relativize_manifest,
 )
-from repfx_deploy.pipeline.data import RecipeData, load_data
+from repfx_deploy.pipeline.data import RecipeData, load_data, load_torch_model
 from repfx_deploy.pipeline.evaluate import EvalData, Evaluation, evaluate, run_all
 from repfx_deploy.recipe import Recipe, dump_recipe
 from repfx_deploy.targets import get_profile, resolve_threads, resolve_tvm_target
@@ -143,20 +143,7 @@ def compress(request: CompressRequest) -> dict:
     for rt in profile.runtimes:  # a target with no way to know its latency is refused before any work
         source_for(profile, rt, rpc=request.rpc is not None)
     started = time.perf_counter()
-    loaded = load_model(
-        request.model_path,
-        LoadOptions(
-            arch=request.load.arch or recipe.arch,
-            python_path=request.load.python_path,
-            trust_pickle=request.load.trust_pickle,
-            input_specs=recipe.input_specs or request.load.input_specs,
-        ),
-    )
-    if not loaded.is_torch:
-        raise InputError(
-            f"compress needs a PyTorch model, but {str(request.model_path)!r} is {loaded.format}.",
-            "Pass the trained PyTorch model (a state_dict with --arch, a .pt2 or TorchScript); use `compile`/`bench` for ONNX files.",
-        )
+    loaded = load_torch_model(request.model_path, recipe, request.load, "compress")
     recipe = recipe.with_overrides(input_specs=loaded.input_specs, arch=loaded.arch)
     threads = resolve_threads(profile, recipe.threads)
     rpc = _rpc_config(request, profile, threads)

@@ -1,4 +1,4 @@
-"""The recipe's data sets (calibration, eval, train), loaded for a model's input signature."""
+"""What a recipe runs on: the PyTorch model (recipe keys merged with the command line) and its data sets."""
 
 from __future__ import annotations
 
@@ -8,9 +8,33 @@ from typing import TYPE_CHECKING
 from repfx_deploy.errors import InputError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from repfx_deploy.data.datasets import Dataset
-    from repfx_deploy.ingest.loader import LoadedModel
+    from repfx_deploy.ingest.loader import LoadedModel, LoadOptions
     from repfx_deploy.recipe import Recipe
+
+
+def load_torch_model(model_path: Path, recipe: Recipe, load: LoadOptions, command: str) -> LoadedModel:
+    """The model at ``model_path``, with the recipe's ``arch`` and ``input_shape`` where the command line gives
+    none; ``InputError`` (naming ``command``) when it is not a PyTorch model."""
+    from repfx_deploy.ingest.loader import LoadOptions, load_model
+
+    loaded = load_model(
+        model_path,
+        LoadOptions(
+            arch=load.arch or recipe.arch,
+            python_path=load.python_path,
+            trust_pickle=load.trust_pickle,
+            input_specs=recipe.input_specs or load.input_specs,
+        ),
+    )
+    if not loaded.is_torch or loaded.module is None:
+        raise InputError(
+            f"{command} needs a PyTorch model, but {str(model_path)!r} is {loaded.format}.",
+            "Pass the trained PyTorch model (a state_dict with --arch, a .pt2 or TorchScript); use `compile`/`bench` for ONNX files.",
+        )
+    return loaded
 
 
 @dataclass

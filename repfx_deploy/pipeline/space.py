@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repfx_deploy.errors import InputError, RecipeError
-from repfx_deploy.ingest.loader import LoadOptions, load_model
+from repfx_deploy.errors import RecipeError
+from repfx_deploy.ingest.loader import LoadOptions
 from repfx_deploy.recipe import Recipe
 from repfx_deploy.targets import get_profile
 
@@ -29,26 +29,14 @@ def recipe_space(request: SpaceRequest) -> dict[str, Any]:
     """
     from repfx_deploy.passes.chain import prepare_chain
     from repfx_deploy.passes.protocol import PassContext
-    from repfx_deploy.pipeline.data import load_data
+    from repfx_deploy.pipeline.data import load_data, load_torch_model
 
     recipe = request.recipe
     if not recipe.passes:
         raise RecipeError("The recipe has no passes, so there are no knobs to list.", "Add [[passes]] to the recipe.")
     profile = get_profile(recipe.target, request.target_file)
-    loaded = load_model(
-        request.model_path,
-        LoadOptions(
-            arch=request.load.arch or recipe.arch,
-            python_path=request.load.python_path,
-            trust_pickle=request.load.trust_pickle,
-            input_specs=recipe.input_specs or request.load.input_specs,
-        ),
-    )
-    if not loaded.is_torch or loaded.module is None:
-        raise InputError(
-            f"space needs a PyTorch model, but {str(request.model_path)!r} is {loaded.format}.",
-            "Pass the trained PyTorch model the recipe compresses.",
-        )
+    loaded = load_torch_model(request.model_path, recipe, request.load, "space")
+    assert loaded.module is not None  # load_torch_model refuses a model without one
     data = load_data(recipe, loaded)
     context = PassContext(
         input_specs=loaded.input_specs,
