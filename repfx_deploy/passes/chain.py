@@ -112,9 +112,10 @@ class PreparedChain:
         for index, config in enumerate(self.configs):
             prepared = self._prepared(index, upstream, current)
             spaces.append(prepared.space)
-            defaults = prepared.space.defaults()
-            current = _apply_assignment(config, prepared, defaults).module
-            upstream += (tuple(sorted(defaults.items())),)
+            if index + 1 < len(self.configs):  # only a later pass's space needs this pass's default result
+                defaults = prepared.space.defaults()
+                current = _apply_assignment(config, prepared, defaults).module
+                upstream += (tuple(sorted(defaults.items())),)
         self.space = RecipeSpace(self.prefixes, tuple(spaces))
 
     def _prepared(self, index: int, upstream: tuple, module: nn.Module) -> Prepared[Any]:
