@@ -106,11 +106,10 @@ def main() -> None:
     fresh = []
     for _ in range(2):
         assignment = _random_assignment(chain.space, rng, chain.prefixes)
-        per_pass = chain.space.split(assignment)
+        reused = chain.apply(assignment)  # its configs are the with_assignment configs of this assignment
         t = time.perf_counter()
-        plain = run_passes(model, [c.with_assignment(a) for c, a in zip(configs, per_pass)], context)
+        plain = run_passes(model, reused.configs, context)
         fresh.append(time.perf_counter() - t)
-        reused = chain.apply(assignment)
         probe = torch.from_numpy(calibration.x[:8])
         with torch.no_grad():
             same = torch.equal(plain.module(probe), reused.module(probe))

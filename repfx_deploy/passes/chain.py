@@ -70,7 +70,8 @@ class RecipeSpace:
         }
 
     def split(self, assignment: Assignment) -> list[dict[str, Choice]]:
-        """One complete per-pass assignment per pass; ``RecipeError`` for a key that names no pass or site."""
+        """The choices ``assignment`` gives each pass, by site, as given (not completed: a later pass's space
+        depends on what the earlier passes made); ``RecipeError`` for a key that names no pass."""
         per: dict[str, dict[str, Choice]] = {p: {} for p in self.prefixes}
         for key, choice in assignment.items():
             prefix, _, site = key.partition("/")
@@ -80,7 +81,7 @@ class RecipeSpace:
                     f"Keys are <pass>/<site>, with <pass> one of {', '.join(self.prefixes)}.",
                 )
             per[prefix][site] = choice
-        return [space.complete(per[p]) for p, space in zip(self.prefixes, self.spaces)]
+        return [per[p] for p in self.prefixes]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,18 +136,21 @@ class PreparedChain:
         return prepared
 
     def apply(self, assignment: Assignment) -> PassRun:
-        """Apply the passes with ``assignment`` (keys ``"<prefix>/<site>"``; left out: default)."""
-        per_pass = self.space.split(assignment)
-        results = []
+        """Apply the passes with ``assignment`` (keys ``"<prefix>/<site>"``). A site left out takes its default
+        in the space its pass has after the earlier passes' choices; the returned ``configs`` reproduce the run."""
+        results, completed = [], []
         current = self.module
         upstream: tuple = ()
-        for index, (config, chosen) in enumerate(zip(self.configs, per_pass)):
+        for index, (config, given) in enumerate(zip(self.configs, self.space.split(assignment))):
             prepared = self._prepared(index, upstream, current)
+            # sites left out take the defaults of the space this pass has here, after its upstream's choices
+            chosen = prepared.space.complete(given)
             result = _apply_assignment(config, prepared, chosen)
             results.append(result)
+            completed.append(chosen)
             current = result.module
             upstream += (tuple(sorted(chosen.items())),)
-        configs = tuple(c.with_assignment(a) for c, a in zip(self.configs, per_pass))
+        configs = tuple(c.with_assignment(a) for c, a in zip(self.configs, completed))
         return PassRun(current, results, configs, self.context.input_specs)
 
 
