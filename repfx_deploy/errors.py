@@ -68,3 +68,11 @@ class OutputExistsError(RepfxError):
 
 class PassError(RepfxError):
     """A compression pass cannot be applied to this model."""
+
+
+class OutputLockedError(RepfxError):
+    """Another process is writing the same output path (it holds the output's lock file)."""
+
+
+class DiskFullError(RepfxError):
+    """A write failed because the disk (or the user's quota) is full."""
