@@ -76,3 +76,15 @@ class OutputLockedError(RepfxError):
 
 class DiskFullError(RepfxError):
     """A write failed because the disk (or the user's quota) is full."""
+
+
+class TuningDatabaseError(CompileError):
+    """A tuning database cannot be read (a write cut short, a hand edit); ``--fresh-tuning`` moves it aside."""
+
+
+class RpcAuthError(MeasureError):
+    """An RPC tracker or device server refused this side's token, or does not hold the token this side holds."""
+
+
+class DeviceUnreachableError(MeasureError):
+    """The tracker handed out a device server that could not be reached (it died, or its address is not routable)."""
