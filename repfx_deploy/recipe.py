@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from repfx_deploy.data.preprocess import Preprocess
-from repfx_deploy.errors import DataError, RecipeError
+from repfx_deploy.errors import DataError, InputShapeError, RecipeError
 from repfx_deploy.spec import InputSpec, parse_input_shapes
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _TOP_KEYS = {"target", "input_shape", "arch", "opset", "exporter", "tune_trials", "threads", "data", "passes"}
 _DATA_KEYS = {"calibration", "eval", "train", "calibration_samples", "eval_samples", "preprocess"}
 _PREPROCESS_KEYS = {"size", "mean", "std", "layout", "scale"}
+MAX_THREADS = 1024  # no CPU this runs on has more; a larger count overflows the runtimes' thread pools
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.tune_trials < 0:
             raise RecipeError(f"tune_trials must be >= 0, got {self.tune_trials}.", "Use 0 to skip tuning.")
-        if self.threads < 0:
-            raise RecipeError(f"threads must be >= 0, got {self.threads}.", "Use 0 for the target's default.")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise RecipeError(
+                f"threads must be 0 .. {MAX_THREADS}, got {self.threads}.", "Use 0 for the target's default."
+            )
 
     def with_overrides(self, **overrides: Any) -> Recipe:
         """Command-line flags win over the recipe; ``None`` means "not given"."""
@@ -162,6 +165,12 @@ def parse_recipe(raw: dict[str, Any], base: Path) -> Recipe:
     pre_raw = _table(data_raw, "preprocess", "data.preprocess", _PREPROCESS_KEYS)
     shapes = _typed(raw, "input_shape", str | tuple[str, ...], (), "")
     shapes = [shapes] if isinstance(shapes, str) else list(shapes)
+    try:
+        input_specs = parse_input_shapes(shapes)
+    except InputShapeError as e:
+        raise RecipeError(
+            f"input_shape: {e.problem}", 'Fix input_shape in the recipe, e.g. input_shape = "1,3,32,32".'
+        ) from e
     entries = raw.get("passes", [])
     if not isinstance(entries, list):
         raise RecipeError(
@@ -179,7 +188,7 @@ def parse_recipe(raw: dict[str, Any], base: Path) -> Recipe:
     )
     return Recipe(
         target=_typed(raw, "target", str, "host", ""),
-        input_specs=parse_input_shapes(shapes),
+        input_specs=input_specs,
         arch=_typed(raw, "arch", str, None, ""),
         opset=_typed(raw, "opset", int, 18, ""),
         exporter=_typed(raw, "exporter", Literal["auto", "dynamo", "torchscript"], "auto", ""),

@@ -17,24 +17,31 @@ Over TVM RPC (``config.tune_rpc``, see ``tvm_tune_rpc``): candidates are built a
 timed on a device from the tracker, the A/B too; the database is the same one, keyed by the target.
 
 Files in the database folder: ``database_workload.json`` and ``database_tuning_record.json``
-(MetaSchedule's ``JSONDatabase``, usable by plain TVM) and ``repfx_choices.json``.
+(MetaSchedule's ``JSONDatabase``, usable by plain TVM) and ``repfx_choices.json``. A database that cannot be
+read (a write cut short by a kill, a hand edit) is a ``TuningDatabaseError`` naming the file and line, since
+every compile for the target reads it; within ``fresh_tuning()`` (the CLI's ``--fresh-tuning``) it is moved
+aside as ``<folder>.corrupt-<time>`` and a new one is started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from repfx_deploy.atomic import atomic_file
 from repfx_deploy.compile.config import CompileConfig
 from repfx_deploy.compile.tvm_ab import ab_compare
+from repfx_deploy.errors import TuningDatabaseError
+from repfx_deploy.report import strict_json
 
 log = logging.getLogger("repfx_deploy.compile")
 
@@ -79,18 +86,79 @@ def database_exists(db_dir: Path) -> bool:
     return (Path(db_dir) / RECORD_FILE).is_file() or (Path(db_dir) / CHOICES_FILE).is_file()
 
 
+_fresh = contextvars.ContextVar("repfx_fresh_tuning", default=False)
+
+
+@contextlib.contextmanager
+def fresh_tuning(enabled: bool = True) -> Iterator[None]:
+    """Within the block, a tuning database found corrupt is moved aside and a new one started, with a warning,
+    instead of failing the compile (the CLI's ``--fresh-tuning``). A healthy database is used as it is."""
+    token = _fresh.set(enabled)
+    try:
+        yield
+    finally:
+        _fresh.reset(token)
+
+
+def _corrupt(db_dir: Path, problem: str, cause: BaseException | None = None) -> None:
+    """A corrupt database: ``TuningDatabaseError`` naming it, or, under ``fresh_tuning``, moved aside."""
+    if not _fresh.get():
+        raise TuningDatabaseError(
+            f"The tuning database {str(db_dir)!r} is corrupt: {problem}. Every compile for this target reads it.",
+            f"Rerun with --fresh-tuning to move it aside (kept as {db_dir.name}.corrupt-<time> beside it) and start "
+            "a new one; or delete that folder.",
+        ) from cause
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = db_dir.with_name(f"{db_dir.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = db_dir.with_name(f"{db_dir.name}.corrupt-{stamp}-{n}")
+    db_dir.rename(aside)
+    db_dir.mkdir(parents=True, exist_ok=True)
+    log.warning("the tuning database %s was corrupt (%s); moved it to %s and started a new one", db_dir, problem, aside)
+
+
+def _first_bad_line(path: Path) -> str | None:
+    """Where a MetaSchedule JSON-lines file stops being JSON (``"<file> line <n>: <error>"``), if it does."""
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{path.name}: {e}"
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except ValueError as e:
+                return f"{path.name} line {n}: {e}"
+    return None
+
+
 def open_database(db_dir: Path):
-    """The MetaSchedule ``JSONDatabase`` in ``db_dir`` (created if missing)."""
+    """The MetaSchedule ``JSONDatabase`` in ``db_dir`` (created if missing). One that TVM cannot load is a
+    ``TuningDatabaseError`` naming the file and line (or, under ``fresh_tuning``, replaced by a new one)."""
     from tvm.s_tir import meta_schedule as ms
 
     db_dir = Path(db_dir)
     db_dir.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(
-        path_workload=str(db_dir / WORKLOAD_FILE),
-        path_tuning_record=str(db_dir / RECORD_FILE),
-        allow_missing=True,
-        module_equality="structural",
-    )
+    read_choices(db_dir)  # checked first: replacing the folder after TVM loaded it would split the two
+
+    def load():
+        return ms.database.JSONDatabase(
+            path_workload=str(db_dir / WORKLOAD_FILE),
+            path_tuning_record=str(db_dir / RECORD_FILE),
+            allow_missing=True,
+            module_equality="structural",
+        )
+
+    try:
+        return load()
+    except Exception as e:  # TVM reports a bad file as RuntimeError, TypeError, InternalError or a decode error
+        where = _first_bad_line(db_dir / WORKLOAD_FILE) or _first_bad_line(db_dir / RECORD_FILE)
+        _corrupt(db_dir, where or f"TVM cannot load it ({type(e).__name__}: {e})", e)
+    return load()
 
 
 def count_records(db_dir: Path) -> int:
@@ -114,15 +182,28 @@ def workload_key(task_mod) -> str:
 
 
 def read_choices(db_dir: Path) -> dict:
-    path = Path(db_dir) / CHOICES_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """Tuning's per-kernel verdicts (``repfx_choices.json``); ``{}`` when there are none. A file that is not a
+    JSON table of tables is a ``TuningDatabaseError`` (or, under ``fresh_tuning``, the database is replaced)."""
+    db_dir = Path(db_dir)
+    path = db_dir / CHOICES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        _corrupt(db_dir, f"{CHOICES_FILE}: {e}", e)
+        return {}
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+        _corrupt(db_dir, f"{CHOICES_FILE} is not a table of per-kernel entries")
+        return {}
+    return doc
 
 
 def _record_choice(db_dir: Path, key: str, entry: dict) -> None:
     choices = read_choices(db_dir)  # re-read: another model may have added kernels meanwhile
     choices[key] = entry
     with atomic_file(Path(db_dir) / CHOICES_FILE) as tmp:
-        tmp.write_text(json.dumps(choices, indent=1, sort_keys=True) + "\n")
+        tmp.write_text(strict_json.dumps(choices, indent=1, sort_keys=True) + "\n")
         tmp.chmod(0o644)  # like the database files beside it (the temporary file is created 0600)
 
 

@@ -1,32 +1,41 @@
 """Load calibration and evaluation data: ``.npz``/``.npy`` arrays, image folders, zip archives of images.
 
 Image folders and archives use the class-folder layout (``<class>/<image>`` at any depth, classes sorted by
-name give the labels), as torchvision's ImageFolder does.
+name give the labels), as torchvision's ImageFolder does. Reading is bounded (``limits``: how many files, how
+many bytes, how many pixels, each raisable by an environment variable) and checked (``validate``: no empty or
+non-numeric data, no NaN or infinite inputs, no negative labels), each failure a ``DataError`` naming the file.
 """
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from repfx_deploy.data.arrays import read_arrays
+from repfx_deploy.data.images import IMAGE_SUFFIXES, read_images
+from repfx_deploy.data.limits import DataLimits
 from repfx_deploy.data.preprocess import Preprocess
+from repfx_deploy.data.validate import check_finite, check_samples
 from repfx_deploy.errors import DataError
 from repfx_deploy.spec import InputSpec
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_IMAGE_SUFFIXES = IMAGE_SUFFIXES  # kept for callers that imported it from here
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Model-ready samples ``x`` (float32, N x sample shape) and optional integer labels ``y``."""
+    """Model-ready samples ``x`` (float32, N x sample shape) and optional integer labels ``y``.
+
+    ``positions``: each sample's index in the file it came from (``None``: 0 .. N-1), for messages about a
+    subset.
+    """
 
     x: np.ndarray
     y: np.ndarray | None
     source: str
+    positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -42,25 +51,46 @@ class Dataset:
 
 
 def load_dataset(
-    path: Path, spec: InputSpec, preprocess: Preprocess, *, limit: int | None = None, seed: int = 0
+    path: Path,
+    spec: InputSpec,
+    preprocess: Preprocess,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    limits: DataLimits | None = None,
 ) -> Dataset:
     """Load ``path`` and shape it for an input of ``spec`` (batch dimension excluded).
 
-    ``limit`` keeps a random subset (seeded), since data sets are often stored ordered by class.
+    ``limit`` keeps a random subset (seeded), since data sets are often stored ordered by class; only that
+    subset is decoded. ``limits`` bounds what reading may decompress (default: ``DataLimits.from_env()``).
     """
     path = Path(path)
+    limits = limits or DataLimits.from_env()
+    source = str(path)
     if not path.exists():
         raise DataError(
-            f"The data path {str(path)!r} does not exist.",
+            f"The data path {source!r} does not exist.",
             "Check the --calibration/--eval-data path or the recipe's [data] table.",
         )
     y: np.ndarray | None
     if path.is_dir() or path.suffix == ".zip":
         # images are chosen before they are decoded: a 50,000-image archive need not be read for 256 samples
-        pixels, y = _read_images(path, spec, preprocess.size, limit=limit, seed=seed)
-        x = preprocess.apply(pixels)
+        channels = spec.shape[1] if len(spec.shape) == 4 and spec.shape[1] in (1, 3) else spec.shape[-1]
+        images = read_images(
+            path,
+            "L" if channels == 1 else "RGB",
+            preprocess.size,
+            choose=lambda n: _subset(n, limit, seed),
+            limits=limits,
+        )
+        x, y, positions = preprocess.apply(images.pixels), images.labels, images.positions
     elif path.suffix in (".npz", ".npy"):
-        x, y = _read_arrays(path)
+        raw, y = read_arrays(path, limits)
+        y = check_samples(raw, y, source)
+        positions = _subset(len(raw), limit, seed)
+        # a fancy index copies just the kept samples (a memory-mapped .npy is read no further)
+        x = np.asarray(raw[positions])
+        y = y[positions] if y is not None else None
         if spec.dtype.startswith("int") and np.issubdtype(x.dtype, np.integer):
             x = x.astype(spec.dtype, copy=False)  # token ids stay ids (a Hugging Face model's input_ids)
         else:
@@ -69,42 +99,19 @@ def load_dataset(
             x = x.astype(np.float32, copy=False)
     else:
         raise DataError(
-            f"Cannot read data from {str(path)!r}.",
+            f"Cannot read data from {source!r}.",
             "Use a .npz/.npy file (array x, optional y), an image folder or a .zip of class folders.",
         )
     expected = tuple(spec.shape[1:])
     if tuple(x.shape[1:]) != expected:
         raise DataError(
-            f"Samples from {str(path)!r} have shape {tuple(x.shape[1:])} after preprocessing, "
+            f"Samples from {source!r} have shape {tuple(x.shape[1:])} after preprocessing, "
             f"but the model input {spec.name!r} takes {expected}.",
             "Set [data.preprocess] size and layout in the recipe to match the model (or store preprocessed float arrays).",
         )
-    if y is not None and len(y) != len(x):
-        raise DataError(f"{str(path)!r} has {len(x)} samples but {len(y)} labels.", "Store one label per sample.")
-    if limit is not None and limit < len(x):
-        idx = _subset(len(x), limit, seed)
-        x, y = x[idx], (y[idx] if y is not None else None)
-    return Dataset(x=np.ascontiguousarray(x), y=y, source=str(path))
-
-
-def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
-        with np.load(path, allow_pickle=False) as d:
-            if "x" not in d:
-                raise DataError(
-                    f"{str(path)!r} has arrays {sorted(d.files)} but no 'x'.",
-                    "Save the samples as x (and labels as y): np.savez(path, x=..., y=...).",
-                )
-            y = d["y"].astype(np.int64) if "y" in d else None
-            return d["x"], y
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(
-            f"Cannot read {str(path)!r} as numpy data: {e}", "Check the file; object arrays are refused for safety."
-        ) from e
+    check_finite(x, source, positions)
+    whole = not len(positions) or len(positions) == positions[-1] + 1  # every sample in order: no map needed
+    return Dataset(x=np.ascontiguousarray(x), y=y, source=source, positions=None if whole else positions)
 
 
 def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
@@ -112,54 +119,3 @@ def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
     if limit is None or limit >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
-
-
-def _read_images(
-    path: Path, spec: InputSpec, size: int, *, limit: int | None, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode images from a folder or zip of class folders to uint8 arrays (gray or RGB as the model input
-    needs), resized to ``size`` when given. Labels index the sorted class names of the whole set."""
-    from PIL import Image, UnidentifiedImageError
-
-    source = str(path)
-    archive = None
-    try:
-        if path.is_dir():
-            names = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-        else:
-            archive = zipfile.ZipFile(path)
-            names = sorted(n for n in archive.namelist() if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
-        if not names:
-            raise DataError(
-                f"No images found in {source!r}.", f"Put images ({', '.join(_IMAGE_SUFFIXES)}) in one folder per class."
-            )
-        classes = sorted({Path(n).parent.name for n in names})
-        channels = spec.shape[1] if len(spec.shape) == 4 and spec.shape[1] in (1, 3) else spec.shape[-1]
-        mode = "L" if channels == 1 else "RGB"
-        pixels, labels = [], []
-        for i in _subset(len(names), limit, seed):
-            name = names[i]
-            blob = archive.read(name) if archive is not None else Path(name).read_bytes()
-            try:
-                with Image.open(io.BytesIO(blob)) as opened:
-                    im = opened.convert(mode)
-                    if size and im.size != (size, size):
-                        im = im.resize((size, size), Image.Resampling.BILINEAR)
-                    pixels.append(np.asarray(im, dtype=np.uint8))
-            except (UnidentifiedImageError, OSError) as e:
-                raise DataError(
-                    f"Cannot decode the image {name!r} in {source!r}: {e}", "Remove or re-save that file."
-                ) from e
-            labels.append(classes.index(Path(name).parent.name))
-    except zipfile.BadZipFile as e:
-        raise DataError(f"{source!r} is not a readable zip archive: {e}", "Re-create the archive.") from e
-    finally:
-        if archive is not None:
-            archive.close()
-    shapes = {p.shape for p in pixels}
-    if len(shapes) != 1:
-        raise DataError(
-            f"Images in {source!r} have different sizes {sorted(shapes)[:3]}.",
-            "Set [data.preprocess] size so they are resized to one size.",
-        )
-    return np.stack(pixels), np.asarray(labels, dtype=np.int64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,6 +11,8 @@ import numpy as np
 from repfx_deploy.errors import DataError
 
 Layout = Literal["NCHW", "NHWC"]
+# a side past this is no model input; resizing to it would allocate gigabytes per image
+MAX_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,15 @@ class Preprocess:
     scale: float = 1.0 / 255.0
 
     def __post_init__(self) -> None:
-        if self.size < 0:
-            raise DataError(f"preprocess.size must be >= 0, got {self.size}.", "Use 0 to keep the stored size.")
+        if not 0 <= self.size <= MAX_SIZE:
+            raise DataError(
+                f"preprocess.size must be 0 .. {MAX_SIZE}, got {self.size}.",
+                "Use the model's input side (e.g. 224), or 0 to keep the stored size.",
+            )
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std, self.scale)):
+            raise DataError(
+                "preprocess.mean, std and scale must be finite numbers.", "Use the training values (e.g. 0.485, 0.229)."
+            )
         if not self.mean or not self.std or len(self.mean) != len(self.std):
             raise DataError(
                 "preprocess.mean and preprocess.std must be non-empty and equally long.", "Give one value per channel."

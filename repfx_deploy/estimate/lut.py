@@ -5,7 +5,7 @@ One file per runtime, runtime version, CPU and thread count:
 keyed by layer signature. A layer whose signature is in the table is never measured again, so an estimator
 called in a loop (a search over prune ratios) only measures the layers it has not seen. Each entry records the
 statistics it came from, the runtime and its version, and the thread count. The file is rewritten atomically
-(merged with what another process may have added meanwhile).
+(merged with what another process may have added meanwhile). A corrupt file is warned about and rebuilt.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from repfx_deploy.atomic import atomic_file
 from repfx_deploy.estimate.ort_layers import OrtGraph, OrtLayer
 from repfx_deploy.measure.runtimes import session_options
 from repfx_deploy.measure.timing import LatencyStats, TimingConfig, time_callable
+from repfx_deploy.report import strict_json
 
 log = logging.getLogger("repfx_deploy.estimate")
 
@@ -120,7 +122,7 @@ class LatencyTable:
         """Write the table (merged with entries another process saved meanwhile), atomically; a no-op if unchanged."""
         if not self._unsaved:
             return
-        merged = {**_read(self.path), **self.entries}
+        merged = {**_read(self.path, quiet=True), **self.entries}
         doc = {
             "format": _FORMAT,
             "runtime": RUNTIME,
@@ -129,7 +131,8 @@ class LatencyTable:
             "entries": merged,
         }
         with atomic_file(self.path) as tmp:
-            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+            # strict JSON: a NaN figure is written as null (and that entry is measured again when read)
+            tmp.write_text(strict_json.dumps(doc, indent=1, sort_keys=True))
         self.entries = merged
         self._unsaved = 0
 
@@ -184,13 +187,35 @@ def layer_callable(graph: OrtGraph, layer: OrtLayer, threads: int) -> Callable[[
     return lambda: session.run_with_iobinding(binding)
 
 
-def _read(path: Path) -> dict[str, dict]:
-    """Entries of the table at ``path``; a missing, unreadable or other-format file is an empty table."""
+def _read(path: Path, *, quiet: bool = False) -> dict[str, dict]:
+    """Entries of the table at ``path``; a missing file is an empty table.
+
+    A cache is only ever a cache: a file that is not JSON, of another format, or whose entries lack their
+    figures (an older or hand-edited file, a write cut short) is warned about and rebuilt, its usable entries
+    kept and the rest measured again; it never fails an estimate. ``quiet`` skips the warnings (the re-read
+    before a save, which the first read already warned about).
+    """
+    warn = (lambda *a: None) if quiet else log.warning
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        warn("the latency table %s is unreadable (%s); rebuilding it (layers are measured again)", path, e)
         return {}
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("entries"), dict):
-        log.warning("ignoring the latency table %s: unknown format", path)
+        warn("the latency table %s has an unknown format; rebuilding it (layers are measured again)", path)
         return {}
-    return doc["entries"]
+    entries = {k: v for k, v in doc["entries"].items() if _usable(v)}
+    dropped = len(doc["entries"]) - len(entries)
+    if dropped:
+        warn("the latency table %s has %d corrupt entries; those layers are measured again", path, dropped)
+    return entries
+
+
+def _usable(entry: object) -> bool:
+    """Whether a table entry holds the figure a lookup reads (a finite, non-negative ``min_ms``)."""
+    if not isinstance(entry, dict):
+        return False
+    value = entry.get("min_ms")
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0

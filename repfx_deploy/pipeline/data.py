@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from repfx_deploy.data.validate import check_labels_fit
 from repfx_deploy.errors import InputError
 
 if TYPE_CHECKING:
@@ -13,6 +15,9 @@ if TYPE_CHECKING:
     from repfx_deploy.data.datasets import Dataset
     from repfx_deploy.ingest.loader import LoadedModel, LoadOptions
     from repfx_deploy.recipe import Recipe
+    from repfx_deploy.spec import InputSpec
+
+log = logging.getLogger("repfx_deploy.pipeline")
 
 
 def load_torch_model(model_path: Path, recipe: Recipe, load: LoadOptions, command: str) -> LoadedModel:
@@ -46,7 +51,8 @@ class RecipeData:
 
 def load_data(recipe: Recipe, loaded: LoadedModel) -> RecipeData:
     """Each data set the recipe names, preprocessed as it says (``None`` where it names none); ``InputError``
-    for data on a model with several inputs."""
+    for data on a model with several inputs, ``DataError`` for evaluation labels the model has no class for
+    (checked now, not after minutes of compression)."""
     from repfx_deploy.data.datasets import load_dataset
 
     spec = loaded.input_specs[0]
@@ -64,4 +70,36 @@ def load_data(recipe: Recipe, loaded: LoadedModel) -> RecipeData:
     )
     evaluation = load_dataset(recipe.data.eval, spec, pre, limit=recipe.data.eval_samples) if recipe.data.eval else None
     train = load_dataset(recipe.data.train, spec, pre) if recipe.data.train else None
+    labeled = [d for d in (evaluation, train) if d is not None and d.y is not None]
+    if labeled and loaded.module is not None:
+        classes = output_classes(loaded.module, loaded.input_specs)
+        for dataset in labeled:
+            if classes is not None and dataset.y is not None:
+                check_labels_fit(dataset.y, classes, dataset.source, dataset.positions)
     return RecipeData(calibration, evaluation, train)
+
+
+def output_classes(module: Any, specs: tuple[InputSpec, ...]) -> int | None:
+    """How many class scores the model's first output has per sample (its size past the batch axis), from one
+    forward pass on zeros; ``None`` when that pass fails (the pipeline reports that failure itself, later)."""
+    import torch
+
+    from repfx_deploy.data.tensors import zeros_for
+    from repfx_deploy.modules import inference_mode
+
+    try:
+        with torch.no_grad():
+            out = inference_mode(module)(*zeros_for(specs))
+    except Exception as e:  # any model error: the label check is a courtesy, the real run reports it
+        log.debug("label check skipped: the model did not run on zeros: %s", e)
+        return None
+    while not isinstance(out, torch.Tensor):
+        if isinstance(out, dict) and out:
+            out = next(iter(out.values()))
+        elif isinstance(out, (list, tuple)) and out:
+            out = out[0]
+        else:
+            return None
+    if out.ndim < 2:
+        return None
+    return int(out[0].numel())

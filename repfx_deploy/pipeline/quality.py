@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,13 +13,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from repfx_deploy.data.datasets import Dataset
-from repfx_deploy.errors import InputError
+from repfx_deploy.data.validate import check_labels_fit
+from repfx_deploy.errors import DataError, InputError
 from repfx_deploy.measure.runner import run_all
 from repfx_deploy.verify import compare
 
 if TYPE_CHECKING:
     from repfx_deploy.spec import InputSpec
     from repfx_deploy.targets import TargetProfile
+
+log = logging.getLogger("repfx_deploy.pipeline")
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,20 @@ def predictions(runner: Any, dataset: Dataset, batch_size: int) -> list[list[np.
     return run_all(runner, [[b] for b in dataset.batches(batch_size)])
 
 
+def _scores(outputs: list[list[np.ndarray]]) -> np.ndarray:
+    """The first output of every batch as one samples x classes matrix."""
+    return np.concatenate([o[0].reshape(o[0].shape[0], -1) for o in outputs])
+
+
 def top1_accuracy(outputs: list[list[np.ndarray]], dataset: Dataset, batch_size: int) -> float:
-    """Share of samples whose arg-max over the first output's last axis equals the label."""
+    """Share of samples whose arg-max over the first output's last axis equals the label.
+
+    A sample whose scores are not all finite has no prediction and counts as wrong (the arg-max of a NaN row
+    is its first class, which once scored a NaN-producing model 1.0 on labels that were all 0).
+    """
     assert dataset.y is not None
-    pred = np.concatenate([o[0].reshape(o[0].shape[0], -1).argmax(-1) for o in outputs])
+    scores = _scores(outputs)
+    pred = np.where(np.isfinite(scores).all(axis=1), scores.argmax(-1), -1)
     return float((pred == dataset.y[: len(pred)]).mean())
 
 
@@ -66,7 +80,8 @@ def cross_entropy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | 
         return None
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
+    loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+    return loss if np.isfinite(loss) else None  # NaN or infinite scores: no loss to report
 
 
 def fidelity(
@@ -89,10 +104,26 @@ def score(
 ) -> tuple[float | None, float | None, dict | None]:
     """``(accuracy, loss, fidelity)`` of ``runner`` on ``data``; each ``None`` where the data has no part for it."""
     accuracy = loss = fid = None
-    if data.eval is not None and data.eval.labeled:
-        batch = data.batch_size or specs[0].shape[0]
-        outputs = predictions(runner, data.eval, batch)
-        accuracy, loss = top1_accuracy(outputs, data.eval, batch), cross_entropy(outputs, data.eval)
+    if data.eval is not None and data.eval.y is not None:
+        evaluation, batch = data.eval, data.batch_size or specs[0].shape[0]
+        if len(evaluation) < batch:
+            raise DataError(
+                f"The evaluation data {evaluation.source!r} has {len(evaluation)} sample(s), fewer than one batch "
+                f"of {batch} (the model's static batch).",
+                f"Give at least {batch} labeled samples (and a multiple of {batch}: a remainder is not scored).",
+            )
+        outputs = predictions(runner, evaluation, batch)
+        scores = _scores(outputs)
+        check_labels_fit(evaluation.y[: len(scores)], scores.shape[1], evaluation.source, evaluation.positions)
+        broken = int((~np.isfinite(scores).all(axis=1)).sum())
+        if broken:
+            log.warning(
+                "%s: %d of %d evaluation samples gave NaN or infinite outputs; they count as wrong",
+                candidate_name,
+                broken,
+                len(scores),
+            )
+        accuracy, loss = top1_accuracy(outputs, evaluation, batch), cross_entropy(outputs, evaluation)
     if data.reference is not None and data.inputs:
         fid = fidelity(
             [list(r) for r in data.reference],
