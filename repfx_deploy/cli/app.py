@@ -12,6 +12,7 @@ from repfx_deploy.cli.estimate import estimate
 from repfx_deploy.cli.options import (
     Arch,
     Force,
+    FreshTuning,
     InputShape,
     Json,
     PythonPath,
@@ -161,6 +162,7 @@ def compile_cmd(
     tune_trials: Annotated[
         int, typer.Option("--tune-trials", min=0, help="MetaSchedule trials (0: use the tuning database only).")
     ] = 0,
+    fresh_tuning: FreshTuning = False,
     rpc: Rpc = None,
     rpc_key: RpcKey = None,
     arch: Arch = None,
@@ -177,22 +179,24 @@ def compile_cmd(
     --tune-trials times MetaSchedule's candidates there.
     """
     setup_logging(verbose)
+    from repfx_deploy.compile.tvm_tune import fresh_tuning as fresh_databases
     from repfx_deploy.pipeline.compile import CompileRequest, compile_model
 
-    doc = compile_model(
-        CompileRequest(
-            source=model,
-            out_dir=output,
-            load=load_options(arch, python_path, trust_pickle, input_shape),
-            target=target or "host",
-            target_file=target_file,
-            threads=threads,
-            tune_trials=tune_trials,
-            force=force,
-            rpc=rpc,
-            rpc_key=rpc_key,
+    with fresh_databases(fresh_tuning):
+        doc = compile_model(
+            CompileRequest(
+                source=model,
+                out_dir=output,
+                load=load_options(arch, python_path, trust_pickle, input_shape),
+                target=target or "host",
+                target_file=target_file,
+                threads=threads,
+                tune_trials=tune_trials,
+                force=force,
+                rpc=rpc,
+                rpc_key=rpc_key,
+            )
         )
-    )
     if json_out:
         return emit_json(doc)
     v = doc["verification"]
@@ -218,6 +222,7 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0)] = 10,
     repeats: Annotated[int, typer.Option(min=3)] = 50,
     tune_trials: Annotated[int, typer.Option("--tune-trials", min=0)] = 0,
+    fresh_tuning: FreshTuning = False,
     rpc: Rpc = None,
     rpc_key: RpcKey = None,
     arch: Arch = None,
@@ -233,25 +238,27 @@ def bench(
     checked against ONNX Runtime on this machine, and it is timed with the device's own timer.
     """
     setup_logging(verbose)
+    from repfx_deploy.compile.tvm_tune import fresh_tuning as fresh_databases
     from repfx_deploy.measure.timing import TimingConfig
     from repfx_deploy.pipeline.bench import BenchRequest
     from repfx_deploy.pipeline.bench import bench as run_bench
 
     runtimes = tuple(r for r in (runtime or []) if r != "all")
-    doc = run_bench(
-        BenchRequest(
-            source=model,
-            runtimes=runtimes,
-            load=load_options(arch, python_path, trust_pickle, input_shape),
-            target=target or "host",
-            target_file=target_file,
-            threads=threads,
-            tune_trials=tune_trials,
-            timing=TimingConfig(warmup=warmup, repeats=repeats, max_repeats=max(2000, repeats)),
-            rpc=rpc,
-            rpc_key=rpc_key,
+    with fresh_databases(fresh_tuning):
+        doc = run_bench(
+            BenchRequest(
+                source=model,
+                runtimes=runtimes,
+                load=load_options(arch, python_path, trust_pickle, input_shape),
+                target=target or "host",
+                target_file=target_file,
+                threads=threads,
+                tune_trials=tune_trials,
+                timing=TimingConfig(warmup=warmup, repeats=repeats, max_repeats=max(2000, repeats)),
+                rpc=rpc,
+                rpc_key=rpc_key,
+            )
         )
-    )
     if json_out:
         return emit_json(doc)
     from rich.table import Table
@@ -305,6 +312,7 @@ def compress(
         Path | None, typer.Option("--eval-data", help="Labeled evaluation data, for accuracy before and after.")
     ] = None,
     tune_trials: Annotated[int | None, typer.Option("--tune-trials", min=0)] = None,
+    fresh_tuning: FreshTuning = False,
     rpc: Rpc = None,
     rpc_key: Annotated[
         str | None,
@@ -325,6 +333,7 @@ def compress(
     calibrated estimate, with its stated error beside it.
     """
     setup_logging(verbose)
+    from repfx_deploy.compile.tvm_tune import fresh_tuning as fresh_databases
     from repfx_deploy.pipeline.compress import CompressRequest
     from repfx_deploy.pipeline.compress import compress as run_compress
     from repfx_deploy.recipe import load_recipe
@@ -339,18 +348,19 @@ def compress(
         calibration=calibration,
         eval=eval_data,
     )
-    report = run_compress(
-        CompressRequest(
-            model_path=model,
-            out_dir=output,
-            recipe=loaded_recipe,
-            load=load_options(arch, python_path, trust_pickle, None),
-            target_file=target_file,
-            force=force,
-            rpc=rpc,
-            rpc_key=rpc_key,
+    with fresh_databases(fresh_tuning):
+        report = run_compress(
+            CompressRequest(
+                model_path=model,
+                out_dir=output,
+                recipe=loaded_recipe,
+                load=load_options(arch, python_path, trust_pickle, None),
+                target_file=target_file,
+                force=force,
+                rpc=rpc,
+                rpc_key=rpc_key,
+            )
         )
-    )
     if json_out:
         return emit_json(report)
     from repfx_deploy.report.markdown import render_markdown

@@ -42,6 +42,13 @@ Rpc = Annotated[
 RpcKey = Annotated[
     str | None, typer.Option("--rpc-key", help="The device's key at the tracker (default: the target's rpc_key).")
 ]
+FreshTuning = Annotated[
+    bool,
+    typer.Option(
+        "--fresh-tuning",
+        help="If the target's tuning database is corrupt, move it aside (<folder>.corrupt-<time>) and start a new one.",
+    ),
+]
 
 
 def load_options(arch, python_path, trust_pickle, input_shape):
