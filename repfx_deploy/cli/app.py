@@ -28,6 +28,7 @@ from repfx_deploy.cli.options import (
 from repfx_deploy.cli.output import (
     emit_json,
     handle_errors,
+    run_cli,
     setup_logging,
     stderr,
     stdout,
@@ -262,6 +263,7 @@ def bench(
     if json_out:
         return emit_json(doc)
     from rich.table import Table
+    from rich.text import Text
 
     where = f"device {doc['rpc']['key']!r} at {doc['device']['address']}" if "rpc" in doc else doc["target"]
     table = Table(title=f"{model} on {where}, {doc['threads']} thread(s), batch latency")
@@ -272,7 +274,7 @@ def bench(
         table.add_row(name, f"{st['median_ms']:.4f}", f"{st['p90_ms']:.4f}", f"{st['min_ms']:.4f}", str(st["repeats"]))
     stdout.print(table)
     if doc.get("emulated"):
-        stdout.print(f"[bold]{doc['note']}[/bold] (the device is emulated)")
+        stdout.print(Text.assemble((doc["note"], "bold"), " (the device is emulated)"))
     for v in doc["verification"]:
         stdout.print(f"{v['candidate']} vs {v['reference']}: max abs error {v['max_abs_error']:.3g}")
 
@@ -370,7 +372,7 @@ def compress(
 
 
 def main() -> None:
-    app()
+    run_cli(app)
 
 
 app.command("space")(space)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 from repfx_deploy import __version__
 from repfx_deploy.atomic import atomic_file
+from repfx_deploy.diskfull import raise_if_disk_full
 from repfx_deploy.errors import ExportError
 from repfx_deploy.modules import inference_mode
 from repfx_deploy.spec import InputSpec
@@ -83,7 +84,7 @@ def export_onnx(
 
     The file passes ``onnx.checker`` (full check), carries inferred shapes, and has metadata
     ``repfx.source_sha256`` and ``repfx.input_spec``. Raises ``ExportError`` naming the failing operator when
-    no exporter can take the model.
+    no exporter can take the model, and ``DiskFullError`` when the disk fills up.
     """
     import torch
 
@@ -104,6 +105,7 @@ def export_onnx(
                 _run_exporter(exporter, module, example, names, tmp, config.opset)
                 break
             except Exception as e:  # the exporters raise many types; all mean "this exporter cannot"
+                raise_if_disk_full(e, out_path.parent)  # except a full disk, which no other exporter fixes
                 log.warning(
                     "ONNX export with the %s exporter failed: %s", exporter, str(e).splitlines()[0] if str(e) else e
                 )
@@ -182,6 +184,7 @@ def _finish(path: Path, specs: tuple[InputSpec, ...], source_sha256: str, export
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
+        raise_if_disk_full(e, path.parent)
         raise ExportError(
             f"The exported ONNX model fails onnx.checker: {_first_line(e)}", "Try --exporter torchscript."
         ) from e

@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from repfx_deploy.atomic import atomic_dir, check_output
+from repfx_deploy.atomic import atomic_dir, claims_output
 from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.ingest.loader import LoadOptions, load_model
 from repfx_deploy.lower.onnx_export import ExportConfig
@@ -39,6 +39,7 @@ class CompileRequest:
     rpc_key: str | None = None  # the device's key there (default: the profile's rpc_key, else its name)
 
 
+@claims_output  # the output is locked and checked before any work, and stays locked until written
 def compile_model(request: CompileRequest) -> dict:
     """Compile ``request.source`` into ``request.out_dir`` (written atomically); returns a JSON-ready summary.
 
@@ -50,7 +51,6 @@ def compile_model(request: CompileRequest) -> dict:
     from repfx_deploy.compile.config import RpcTuning
     from repfx_deploy.compile.link import runs_here
 
-    check_output(request.out_dir, force=request.force)
     profile = get_profile(request.target, request.target_file)
     threads = resolve_threads(profile, request.threads)
     loaded = load_model(request.source, request.load)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from repfx_deploy.atomic import atomic_dir, check_output
+from repfx_deploy.atomic import atomic_dir, claims_output
 from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.errors import CompileError, InputError
 from repfx_deploy.ingest.loader import LoadedModel, LoadOptions
@@ -128,6 +128,7 @@ def _runtimes(profile, art: Artifacts, rpc: RpcConfig | None) -> tuple[str, ...]
     )
 
 
+@claims_output  # the output is locked and checked before any work, and stays locked until written
 def compress(request: CompressRequest) -> dict:
     """Run the whole job; returns the report (also written to ``out_dir/report.json``)."""
     from repfx_deploy.analyze.torch_stats import torch_stats
@@ -135,7 +136,6 @@ def compress(request: CompressRequest) -> dict:
     from repfx_deploy.passes.registry import run_passes
     from repfx_deploy.report.writer import write_report
 
-    check_output(request.out_dir, force=request.force)
     recipe = request.recipe
     profile = get_profile(recipe.target, request.target_file)
     from repfx_deploy.pipeline.latency import source_for
