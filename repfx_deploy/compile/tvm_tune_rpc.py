@@ -33,6 +33,7 @@ def rpc_runner(rpc):
     from tvm.s_tir import meta_schedule as ms
 
     from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
+    from repfx_deploy.measure.rpc.tracker import metaschedule_session
 
     endpoint = RpcEndpoint.parse(rpc.tracker)
     return ms.runner.RPCRunner(
@@ -43,6 +44,8 @@ def rpc_runner(rpc):
             session_timeout_sec=int(rpc.session_timeout_s),
         ),
         evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=3, min_repeat_ms=40),
+        # our session: it sends the token (REPFX_RPC_TOKEN_FILE / REPFX_RPC_TOKEN), which TVM's own cannot
+        f_create_session=metaschedule_session,
         max_workers=1,
     )
 

@@ -3,7 +3,9 @@
 The device runs only the TVM artifact; its latency comes from the device's own timer. ONNX Runtime runs on
 this machine solely as the numerical reference for the outputs fetched back from the device: a host figure
 is never reported as the device's. Results from an emulated device carry ``emulated: true`` and the note
-that their timings are meaningless.
+that their timings are meaningless. A device server that dies mid-measurement is replaced by another free
+server of the same key (``measure.rpc.remote``); ``rpc.servers`` says which servers dropped and which measured.
+A tracker with a token needs it in ``REPFX_RPC_TOKEN_FILE`` (or ``REPFX_RPC_TOKEN``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def bench_on_device(request, profile: TargetProfile) -> dict:
         "tvm_target": _manifest_target(source) if model.tvm_dir is not None else result.tvm_target,
         "threads": record["environment"]["threads"],
         "inputs": [s.to_dict() for s in specs],
-        "rpc": {"tracker": str(endpoint), "key": config.key},
+        # every server the artifact was tried on, in order: those that dropped (killed, gone), then the one that
+        # measured it; a finished measurement is never redone, the rest moves to another server of the key
+        "rpc": {"tracker": str(endpoint), "key": config.key, "servers": record["servers"]},
         "device": record["device"],
         "emulated": record["emulated"],
         "results": {RUNTIME: record},

@@ -63,7 +63,10 @@ def _package_path(root: Path) -> Path:
 def emulated_server_command(
     config: ServeConfig, arch: str = "aarch64", root: Path | None = None
 ) -> tuple[list[str], dict[str, str]]:
-    """``(argv, env)`` that run ``config``'s device server under qemu-user; the server is marked emulated."""
+    """``(argv, env)`` that run ``config``'s device server under qemu-user; the server is marked emulated.
+
+    The environment is this process's (so ``REPFX_RPC_TOKEN`` / ``REPFX_RPC_TOKEN_FILE`` reach the server).
+    """
     if arch not in EMULATED_ARCHES:
         raise MeasureError(f"Cannot emulate {arch!r}.", f"Emulation exists for {', '.join(EMULATED_ARCHES)}.")
     root = Path(root) if root is not None else emulator_root()
@@ -84,6 +87,11 @@ def emulated_server_command(
     ]
     if config.custom_addr:
         argv += ["--custom-addr", config.custom_addr]
+    if config.token_file is not None:  # the path only: a token on the command line would show in `ps`
+        argv += ["--token-file", str(Path(config.token_file).expanduser().resolve())]
+    if config.allow_remote:
+        argv.append("--allow-remote")
+    argv += ["--handshake-timeout", str(config.handshake_timeout_s), "--max-upload-mb", str(config.max_upload_mb)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONSTARTUP")}
     env["PYTHONPATH"] = str(_package_path(root))
     return argv, env

@@ -7,10 +7,16 @@ re-measured when the spread is wider than ``max_spread`` (the tighter measuremen
 ``measure.timing``.
 
 Failures: each artifact attempt runs under a deadline (a device that vanishes without closing its socket
-must not hang the run). After a failure the session is probed; a dead session (device dropped) is replaced by
-a new one from the tracker and the artifact retried, up to ``retries`` times; an artifact that fails on a
-live device (it cannot load there) is not retried. Results already measured are kept: ``measure_on_device``
-returns them with the failures beside them, and ``on_result`` sees each result as it completes.
+must not hang the run). After a failure the session is probed; a dead session (device dropped, server killed)
+is replaced by a new one from the tracker, which hands out another free server of the key, and the artifact
+retried, up to ``retries`` times; so is a handed-out server that cannot be reached. An artifact that fails on
+a live device (it cannot load there, or is over the server's upload limit) is not retried. Results already
+measured are kept: ``measure_on_device`` returns them with the failures beside them, ``on_result`` sees each
+result as it completes, and each result lists the servers it was tried on (``servers``: the ones that
+dropped, then the one that measured it).
+
+The token (``auth``) comes from the environment (``REPFX_RPC_TOKEN_FILE`` / ``REPFX_RPC_TOKEN``) or
+``RpcConfig.token_file``.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from repfx_deploy.errors import (
+    DeviceUnreachableError,
     InputShapeError,
     MeasureError,
     ModelLoadError,
     RepfxError,
 )
 from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
+from repfx_deploy.measure.rpc.files import UPLOAD_REFUSED
 from repfx_deploy.measure.rpc.server import DEVICE_INFO_FUNC, EMULATED_NOTE, check_key
 from repfx_deploy.measure.rpc.tracker import DeviceSession, request_session
 from repfx_deploy.measure.timing import LatencyStats, TimingConfig, best_of, summarize
@@ -53,7 +61,8 @@ class RpcConfig:
     ``threads`` 0: every thread the device's TVM pool allows. ``wait_s``: how long to wait for a free
     device. ``session_timeout_s``: the server ends a session after this, whatever the client does.
     ``attempt_timeout_s``: the client gives up on one artifact attempt after this. ``retries``: extra
-    attempts, each on a new session, after the device dropped.
+    attempts, each on a new session, after the device dropped. ``token_file``: the shared token (default:
+    ``REPFX_RPC_TOKEN_FILE``, else ``REPFX_RPC_TOKEN``, else none).
     """
 
     endpoint: RpcEndpoint
@@ -63,6 +72,7 @@ class RpcConfig:
     session_timeout_s: float = 900.0
     attempt_timeout_s: float = 600.0
     retries: int = 1
+    token_file: Path | None = None
 
     def __post_init__(self) -> None:
         check_key(self.key)
@@ -90,6 +100,7 @@ class DeviceResult:
     threads: int
     device: dict
     attempts: int
+    dropped: list[dict] = field(default_factory=list)  # {"address", "error"} of each attempt that failed first
 
     @property
     def emulated(self) -> bool:
@@ -113,6 +124,10 @@ class DeviceResult:
                 "versions": {"apache-tvm": info.get("tvm", "unknown"), "python": info.get("python", "unknown")},
             },
             "attempts": self.attempts,
+            "servers": [
+                *({"address": d["address"], "outcome": f"dropped: {d['error']}"} for d in self.dropped),
+                {"address": info.get("address"), "outcome": "measured"},
+            ],
         }
         if self.emulated:
             record["note"] = EMULATED_NOTE
@@ -248,8 +263,17 @@ def _measure_one(
     remote = session.session
     info = _device_info(session, tracker)
     _check_machine(manifest, info, session.address)
+    _check_upload_size(library, info, session.address)
     name = f"repfx-{uuid.uuid4().hex[:8]}-{library.name}"  # sessions of one server share nothing, but be safe
-    remote.upload(str(library), name)
+    try:
+        remote.upload(str(library), name)
+    except Exception as e:
+        if UPLOAD_REFUSED not in str(e):
+            raise  # the device dropped mid-upload: the caller probes the session and retries
+        raise ModelLoadError(
+            f"The device {session.address} refused {library}: {_server_message(e, UPLOAD_REFUSED)}",
+            "Restart the device server with a larger --max-upload-mb, or shrink the model.",
+        ) from e
     try:
         lib = remote.load_module(name)
     except Exception as e:
@@ -267,13 +291,35 @@ def _measure_one(
     return DeviceResult(job.name, stats, outputs, in_force, info, attempts=1)
 
 
+def _check_upload_size(library: Path, info: dict, address: str) -> None:
+    """Refuse before sending when the library is over the upload limit the server announced."""
+    limit = info.get("max_upload_bytes")
+    size = library.stat().st_size
+    if isinstance(limit, int) and size > limit:
+        raise ModelLoadError(
+            f"{library} is {size / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB the device server {address} "
+            "accepts.",
+            "Restart the device server with a larger --max-upload-mb, or shrink the model.",
+        )
+
+
+def _server_message(error: Exception, marker: str) -> str:
+    """The line of a TVM RPC error that holds the server's own message."""
+    text = str(error)
+    return next((line.strip() for line in text.splitlines() if marker in line), text.strip())
+
+
 def _request(config: RpcConfig) -> DeviceSession:
     """``request_session`` under a deadline: TVM's connect to the handed-out server has no timeout of its own."""
     limit_s = config.wait_s + 30.0
     try:
         return _deadline(
             lambda: request_session(
-                config.endpoint, config.key, wait_s=config.wait_s, session_timeout_s=config.session_timeout_s
+                config.endpoint,
+                config.key,
+                wait_s=config.wait_s,
+                session_timeout_s=config.session_timeout_s,
+                token_file=config.token_file,
             ),
             limit_s,
             "requesting a device",
@@ -306,10 +352,15 @@ def measure_on_device(
     session: DeviceSession | None = None
     for index, job in enumerate(jobs):
         errors: list[str] = []
+        dropped: list[dict] = []
         for attempt in range(config.retries + 1):
             if session is None:
                 try:
                     session = _request(config)
+                except DeviceUnreachableError as e:  # died since it registered: the tracker has others
+                    errors.append(f"attempt {attempt + 1}: {e.problem}")
+                    log.warning("%s: %s", job.name, errors[-1])
+                    continue
                 except MeasureError as e:
                     if not run.results and not run.failures and not errors:
                         raise  # the first request: a wrong tracker or key is the user's to fix, at once
@@ -335,6 +386,7 @@ def measure_on_device(
                     run.failures[job.name] = why  # the device is fine, the artifact is not: retrying cannot help
                     break
                 errors.append(f"attempt {attempt + 1}: device {current.address} dropped ({why})")
+                dropped.append({"address": current.address, "error": why})
                 session = None
                 log.warning(
                     "%s: %s; %s",
@@ -344,6 +396,7 @@ def measure_on_device(
                 )
             else:
                 result.attempts = attempt + 1
+                result.dropped = dropped
                 run.results[job.name] = result
                 if on_result is not None:
                     on_result(result)

@@ -1,14 +1,19 @@
 """Run a TVM RPC tracker, or a device server that registers with one, in this process.
 
-Both run TVM's own server code (``tvm.rpc.tracker`` / ``tvm.rpc.server``) in this process rather than through
-the public ``Tracker``/``Server`` classes, which start a second Python process (``sys.executable -m
-tvm.exec.popen_worker``) to host it. Why: under qemu-user that second interpreter costs another 18 s of TVM
-import and needs ``sys.executable`` rewritten to go through the emulator; and the device-information function
-registered here must live in the process whose forked children serve the sessions. One process per server
-also means stopping a server is stopping one process.
+Both run in this process rather than through TVM's public ``Tracker``/``Server`` classes, which start a
+second Python process (``sys.executable -m tvm.exec.popen_worker``) to host them. Why: under qemu-user that
+second interpreter costs another 18 s of TVM import and needs ``sys.executable`` rewritten to go through the
+emulator; and the device-information function registered here must live in the process whose forked
+children serve the sessions. One process per server also means stopping a server is stopping one process.
 
-A device server registers ``repfx.device_info`` (JSON: machine, emulated, CPUs, TVM version). Clients read it
-to label results; a plain ``tvm.exec.rpc_server`` lacks it, and results from it say so.
+The tracker is TVM's own (``tracker_server``) with a token check in front. The device server's accept loop
+is ours (``listener``), since TVM's cannot bound a handshake or check a token; each session still runs TVM's
+C++ session loop, with the file functions confined to the session's folder (``files``). Security policy
+(``exposure``, ``auth``): a token is optional on loopback; any other address needs ``allow_remote`` and a
+token, and prints a warning naming it. Uploads are capped at ``max_upload_mb``.
+
+A device server registers ``repfx.device_info`` (JSON: machine, emulated, CPUs, TVM version, upload limit).
+Clients read it to label results; a plain ``tvm.exec.rpc_server`` lacks it, and results from it say so.
 
 This module must stay importable by a bare aarch64 Python with only TVM installed (the emulated server runs
 ``python -m repfx_deploy.measure.rpc.server``): standard library and TVM only, TVM inside functions.
@@ -23,21 +28,28 @@ import multiprocessing
 import os
 import platform
 import re
-import socket
+import shutil
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from repfx_deploy.compile.host import ensure_thread_pool_capacity
 from repfx_deploy.errors import InputError, MeasureError
+from repfx_deploy.measure.rpc.auth import load_token
 from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
+from repfx_deploy.measure.rpc.exposure import bind_listener, check_exposure, warn_exposed
 
 log = logging.getLogger("repfx_deploy.measure")
 
 DEVICE_INFO_FUNC = "repfx.device_info"
 EMULATED_NOTE = "emulated: timings meaningless"
+DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
+DEFAULT_MAX_UPLOAD_MB = 256
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-PORT_SEARCH = 100  # like TVM's servers: if the port is taken, try the next ones up to port + 100
+_cleanup: list[Path] = []  # work folders removed when the process is stopped
 
 
 def check_key(key: str) -> str:
@@ -47,14 +59,24 @@ def check_key(key: str) -> str:
     return key
 
 
+def _check_limits(handshake_timeout_s: float, max_upload_mb: int | None = None) -> None:
+    if not 0 < handshake_timeout_s <= 600:
+        raise InputError(
+            f"--handshake-timeout {handshake_timeout_s} is not in (0, 600] seconds.", "Pass a few seconds, e.g. 5."
+        )
+    if max_upload_mb is not None and not 0 < max_upload_mb <= 1 << 20:
+        raise InputError(f"--max-upload-mb {max_upload_mb} is not in 1-1048576.", "Pass a size in MiB, e.g. 256.")
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """A device server: registers as ``key`` with ``tracker``; listens on ``host:port`` (or the next free port).
 
-    ``host`` defaults to loopback: an RPC server runs whatever code a client sends it, so bind it to a
-    trusted network only (``0.0.0.0`` on a board behind your own router). ``emulated`` marks every result
-    from this server as emulated (timings meaningless). ``custom_addr`` is the address the tracker hands to
-    clients when the one it sees is not reachable from them.
+    ``host`` defaults to loopback; another address needs ``allow_remote`` and a token (``token_file``, else
+    ``REPFX_RPC_TOKEN_FILE`` / ``REPFX_RPC_TOKEN``). ``emulated`` marks every result from this server as
+    emulated (timings meaningless). ``custom_addr`` is the address the tracker hands to clients when the one
+    it sees is not reachable from them. A client that sends no complete handshake within
+    ``handshake_timeout_s`` is dropped; an upload over ``max_upload_mb`` MiB is refused.
     """
 
     tracker: RpcEndpoint
@@ -63,13 +85,33 @@ class ServeConfig:
     port: int = 9090
     emulated: bool = False
     custom_addr: str | None = None
+    token_file: Path | None = None
+    allow_remote: bool = False
+    handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
 
     def __post_init__(self) -> None:
         check_key(self.key)
         RpcEndpoint(self.host, self.port)  # validates both
+        _check_limits(self.handshake_timeout_s, self.max_upload_mb)
 
 
-def device_info(key: str, emulated: bool) -> dict:
+@dataclass(frozen=True)
+class TrackerConfig:
+    """A tracker on ``host:port`` (or the next free port); the same policy and token sources as ``ServeConfig``."""
+
+    host: str = "127.0.0.1"
+    port: int = 9190
+    token_file: Path | None = None
+    allow_remote: bool = False
+    handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        RpcEndpoint(self.host, self.port)
+        _check_limits(self.handshake_timeout_s)
+
+
+def device_info(key: str, emulated: bool, max_upload_bytes: int | None = None) -> dict:
     """What this process is: the payload of ``repfx.device_info``."""
     import tvm
 
@@ -85,17 +127,8 @@ def device_info(key: str, emulated: bool) -> dict:
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "tvm": tvm.__version__,
+        "max_upload_bytes": max_upload_bytes,
     }
-
-
-def _check_tracker(tracker: RpcEndpoint, timeout_s: float = 5.0) -> None:
-    try:
-        socket.create_connection(tracker.address, timeout=timeout_s).close()
-    except OSError as e:
-        raise MeasureError(
-            f"Cannot reach the RPC tracker at {tracker}: {e}.",
-            "Start it first (repfx-deploy device tracker --port PORT) and check the address.",
-        ) from e
 
 
 def _announce(ready: Callable[[dict], None] | None, doc: dict) -> None:
@@ -105,79 +138,106 @@ def _announce(ready: Callable[[dict], None] | None, doc: dict) -> None:
         print(json.dumps(doc), flush=True)
 
 
-def _wait_forever(thread) -> None:
-    """Join TVM's (non-daemon) server thread; on Ctrl-C or SIGTERM end the process and its session children."""
+def _stop(code: int) -> None:
+    for child in multiprocessing.active_children():  # sessions in progress
+        child.kill()
+    for folder in _cleanup:
+        shutil.rmtree(folder, ignore_errors=True)
+    os._exit(code)  # TVM's threads are not daemons; a normal exit would wait on them forever
+
+
+def _until_stopped(run: Callable[[], None]) -> None:
+    """``run()``; on Ctrl-C or SIGTERM end the process and its session children at once."""
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: _stop(143))
     try:
-        thread.join()
+        run()
     except KeyboardInterrupt:
         _stop(130)
-    # the thread ended on its own: TVM gave up on the tracker (it retries for 60 s) or the socket failed
-    raise MeasureError(
-        "The RPC server stopped: the tracker went away or its socket failed.", "Restart the tracker, then this server."
-    )
-
-
-def _stop(code: int) -> None:
-    for child in multiprocessing.active_children():  # sessions in progress
-        child.kill()
-    os._exit(code)  # TVM's threads are not daemons; a normal exit would wait on them forever
 
 
 def serve_device(config: ServeConfig, ready: Callable[[dict], None] | None = None) -> None:
-    """Serve until killed. Calls ``ready`` (default: print one JSON line) with the bound address once listening."""
-    _check_tracker(config.tracker)
+    """Serve until killed. Calls ``ready`` (default: print one JSON line) with the bound address once listening.
+
+    ``InputError`` for a refused address or an unreadable token; ``MeasureError`` (``RpcAuthError``) when the
+    tracker cannot be reached or refuses this server's token.
+    """
+    from repfx_deploy.measure.rpc.listener import DeviceListener, ListenerConfig
+
+    token = load_token(config.token_file)
+    exposed = check_exposure("device server", config.host, allow_remote=config.allow_remote, has_token=bool(token))
     # the pool of each session may then use every core (TVM's default is half of them on x86), and its
     # workers stop spinning soon enough for a session to exit promptly
     ensure_thread_pool_capacity()
     import tvm_ffi
-    from tvm.rpc import server as tvm_server
 
-    info = device_info(config.key, config.emulated)
+    max_upload_bytes = config.max_upload_mb << 20
+    info = device_info(config.key, config.emulated, max_upload_bytes)
     payload = json.dumps(info)
     tvm_ffi.register_global_func(DEVICE_INFO_FUNC, lambda: payload, override=True)
-    logging.getLogger("RPCServer").setLevel(logging.WARNING)
-    try:
-        state = tvm_server.PopenRPCServerState(
-            config.host,
-            config.port,
-            config.port + PORT_SEARCH,
-            tracker_addr=config.tracker.address,
+    sock, port = bind_listener(config.host, config.port)
+    work_root = Path(tempfile.mkdtemp(prefix=f"repfx-rpc-{config.key}-")).resolve()
+    _cleanup.append(work_root)
+    listener = DeviceListener(
+        sock,
+        ListenerConfig(
             key=config.key,
+            tracker=config.tracker,
+            port=port,
+            work_root=work_root,
+            token=token,
             custom_addr=config.custom_addr,
-        )
-    except (OSError, ValueError) as e:
-        raise MeasureError(
-            f"Cannot listen on {config.host}:{config.port}: {e}.", "Pick another --port or --host."
-        ) from e
+            handshake_timeout_s=config.handshake_timeout_s,
+            max_upload_bytes=max_upload_bytes,
+        ),
+    )
+    try:
+        listener.register()
+    except BaseException:
+        listener.stop()
+        shutil.rmtree(work_root, ignore_errors=True)
+        raise
+    if exposed:
+        warn_exposed(f"device server {config.key!r}", config.host, port)
     _announce(
         ready,
         {
             "serving": config.key,
             "host": config.host,
-            "port": state.port,
+            "port": port,
             "tracker": str(config.tracker),
             "pid": os.getpid(),
+            "token": token is not None,
             **{k: info[k] for k in ("machine", "emulated", "tvm")},
         },
     )
-    _wait_forever(state.thread)
+    _until_stopped(listener.run)
 
 
-def serve_tracker(host: str = "127.0.0.1", port: int = 9190, ready: Callable[[dict], None] | None = None) -> None:
+def serve_tracker(config: TrackerConfig, ready: Callable[[dict], None] | None = None) -> None:
     """Run a tracker until killed; ``ready`` gets the bound address (``port`` or the next free one)."""
-    RpcEndpoint(host, port)
-    from tvm.rpc import tracker as tvm_tracker
+    from repfx_deploy.measure.rpc.tracker_server import run_tracker
 
-    logging.getLogger("RPCTracker").setLevel(logging.WARNING)
-    try:
-        state = tvm_tracker.PopenTrackerServerState(host, port, port + PORT_SEARCH)
-    except (OSError, ValueError) as e:
-        raise MeasureError(f"Cannot listen on {host}:{port}: {e}.", "Pick another --port or --host.") from e
-    _announce(ready, {"tracker": f"{host}:{state.port}", "host": host, "port": state.port, "pid": os.getpid()})
-    _wait_forever(state.thread)
+    token = load_token(config.token_file)
+    exposed = check_exposure("tracker", config.host, allow_remote=config.allow_remote, has_token=bool(token))
+    sock, port = bind_listener(config.host, config.port)
+    thread = threading.Thread(
+        target=run_tracker, args=(sock, token, config.handshake_timeout_s), name="repfx-rpc-tracker", daemon=True
+    )
+    thread.start()
+    if exposed:
+        warn_exposed("tracker", config.host, port)
+    _announce(
+        ready,
+        {"tracker": f"{config.host}:{port}", "host": config.host, "port": port, "pid": os.getpid(), "token": token is not None},
+    )
+
+    def wait() -> None:
+        thread.join()
+        raise MeasureError("The RPC tracker stopped: its socket failed.", "Restart it.")
+
+    _until_stopped(wait)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,11 +249,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=9090)
     parser.add_argument("--custom-addr")
     parser.add_argument("--emulated", action="store_true")
+    parser.add_argument("--token-file", type=Path)
+    parser.add_argument("--allow-remote", action="store_true")
+    parser.add_argument("--handshake-timeout", type=float, default=DEFAULT_HANDSHAKE_TIMEOUT_S)
+    parser.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB)
     args = parser.parse_args(argv)
     try:
         serve_device(
             ServeConfig(
-                RpcEndpoint.parse(args.tracker), args.key, args.host, args.port, args.emulated, args.custom_addr
+                RpcEndpoint.parse(args.tracker),
+                args.key,
+                args.host,
+                args.port,
+                args.emulated,
+                args.custom_addr,
+                token_file=args.token_file,
+                allow_remote=args.allow_remote,
+                handshake_timeout_s=args.handshake_timeout,
+                max_upload_mb=args.max_upload_mb,
             )
         )
     except (InputError, MeasureError) as e:
