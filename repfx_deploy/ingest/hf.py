@@ -2,7 +2,10 @@
 
 A folder is a Hugging Face model when it holds ``config.json`` (weights as safetensors or a PyTorch bin beside
 it) or a single ``.gguf`` file (read by transformers with the ``gguf`` package, dequantized to float32).
-Nothing is downloaded: loading runs with ``local_files_only`` and ``HF_HUB_OFFLINE``. Needs the ``hf`` extra
+Nothing is downloaded: loading runs with ``local_files_only`` and ``HF_HUB_OFFLINE``. Nothing in the folder
+runs: custom modelling code (``auto_map``) is never trusted, and unless the caller trusts pickles every pickled
+weights file transformers could read (``pytorch_model*.bin``, the shards an index names, a PEFT
+``adapter_model.bin``) is vetted with the weights-only unpickler first; safetensors and GGUF hold no pickle. Needs the ``hf`` extra
 (``pip install "repfx-deploy[hf]"``).
 
 The returned module is ``CausalLMLogits`` (decoders: ``input_ids -> logits``) or ``EncoderHiddenStates``
@@ -67,13 +70,38 @@ def wrap_hf_model(hf_model: nn.Module, task: Literal["causal-lm", "encoder"]) ->
     return (CausalLMLogits if task == "causal-lm" else EncoderHiddenStates)(hf_model).eval()
 
 
+def pickled_weight_files(path: Path) -> list[Path]:
+    """The files in the folder that transformers (or PEFT) would read with ``torch.load``.
+
+    Other pickles a training run leaves beside the weights (``training_args.bin``, ``optimizer.pt``) are not
+    loaded by anything here, so they are not vetted (they hold Python objects and would always be refused).
+    """
+    import json
+
+    found = set(path.glob("pytorch_model*.bin")) | set(path.glob("adapter_model.bin"))
+    for index in path.glob("*.bin.index.json"):
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+        except (OSError, ValueError, AttributeError):
+            continue  # transformers cannot use the index either
+        if isinstance(weight_map, dict):
+            found |= {path / str(shard) for shard in weight_map.values() if not str(shard).endswith(".safetensors")}
+    return sorted(f for f in found if f.is_file())
+
+
 def load_hf_folder(
-    path: Path, *, task: Task = "auto", attn_implementation: str = "eager"
+    path: Path, *, task: Task = "auto", attn_implementation: str = "eager", trust_pickle: bool = False
 ) -> tuple[nn.Module, tuple[InputSpec, ...]]:
     """Load the model in ``path`` offline; returns the wrapped module and a default ``input_ids`` signature of
     ``(1, 128)`` int64. ``attn_implementation`` ``eager`` (plain matmul + softmax) is what exports to an ONNX
-    graph TVM 0.27 imports; ``sdpa`` is faster in torch."""
+    graph TVM 0.27 imports; ``sdpa`` is faster in torch. Without ``trust_pickle`` a pickled weights file that
+    is more than tensors raises ``UntrustedPickleError`` before transformers opens it."""
     path = Path(path)
+    if not trust_pickle:
+        from repfx_deploy.ingest.safe_pickle import vet_torch_file
+
+        for weights in pickled_weight_files(path):
+            vet_torch_file(weights)
     try:
         import transformers
     except ImportError as e:
@@ -91,7 +119,9 @@ def load_hf_folder(
     source = {} if has_config else {"gguf_file": ggufs[0]}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, **source)
+        config = transformers.AutoConfig.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=False, **source
+        )
         if task == "auto":
             archs = " ".join(getattr(config, "architectures", None) or [])
             task = (
@@ -103,7 +133,12 @@ def load_hf_folder(
                 task = "encoder"
         auto = transformers.AutoModelForCausalLM if task == "causal-lm" else transformers.AutoModel
         model = auto.from_pretrained(
-            str(path), local_files_only=True, attn_implementation=attn_implementation, dtype="float32", **source
+            str(path),
+            local_files_only=True,
+            trust_remote_code=False,
+            attn_implementation=attn_implementation,
+            dtype="float32",
+            **source,
         )
     except ImportError as e:  # gguf is missing
         raise ModelLoadError(

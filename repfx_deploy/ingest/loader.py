@@ -2,7 +2,9 @@
 
 Safe by default: a state_dict is read with ``torch.load(weights_only=True)``, which cannot run code, and the
 architecture is rebuilt from ``--arch module:callable``. A pickled ``nn.Module`` runs arbitrary code when
-loaded, so it is refused unless the caller opts in with ``trust_pickle``.
+loaded, so it is refused unless the caller opts in with ``trust_pickle``. The other formats carry code too and
+are vetted before torch reads them: ``.pt2`` archives (``export_archive``), TorchScript (``torchscript``) and
+the pickled weights of a Hugging Face folder (``hf``). ``trust_pickle`` skips every check.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     if fmt == "hf_folder":
         from repfx_deploy.ingest.hf import folder_sha256, load_hf_folder
 
-        module, specs = load_hf_folder(path)
+        module, specs = load_hf_folder(path, trust_pickle=options.trust_pickle)
         specs = options.input_specs or specs
         check_signature(module, specs)
         return LoadedModel(path=path, format=fmt, sha256=folder_sha256(path), input_specs=tuple(specs), module=module)
@@ -87,9 +89,11 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         specs = onnx_input_specs(path, options.input_specs)
         return LoadedModel(path=path, format=fmt, sha256=digest, input_specs=specs, onnx_path=path)
     if fmt == "torch_export":
-        module, specs = _load_export(path)
+        module, specs = _load_export(path, options.trust_pickle)
     elif fmt == "torchscript":
-        module, specs = _load_torchscript(path), ()
+        from repfx_deploy.ingest.torchscript import load_torchscript
+
+        module, specs = load_torchscript(path, trust_pickle=options.trust_pickle), ()
     else:
         module = _load_torch_save(path, options)
         specs = ()
@@ -120,15 +124,12 @@ def check_signature(module: nn.Module, specs: tuple[InputSpec, ...]) -> None:
         ) from e
 
 
-def _load_export(path: Path) -> tuple[nn.Module, tuple[InputSpec, ...]]:
+def _load_export(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple[InputSpec, ...]]:
     import torch
 
-    try:
-        program = torch.export.load(str(path))
-    except Exception as e:
-        raise ModelLoadError(
-            f"Cannot read the torch.export archive {str(path)!r}: {e}", "Re-save it with torch.export.save."
-        ) from e
+    from repfx_deploy.ingest.export_archive import load_export_archive
+
+    program = load_export_archive(path, trust_pickle=trust_pickle)
     specs: tuple[InputSpec, ...] = ()
     example = program.example_inputs
     if example is not None:
@@ -142,19 +143,9 @@ def _load_export(path: Path) -> tuple[nn.Module, tuple[InputSpec, ...]]:
                 InputSpec(name=n, shape=tuple(int(d) for d in t.shape), dtype=str(t.dtype).removeprefix("torch."))
                 for n, t in zip(names, tensors)
             )
-    return program.module(), specs
-
-
-def _load_torchscript(path: Path) -> nn.Module:
-    import torch
-
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:
-        raise ModelLoadError(
-            f"Cannot read the TorchScript file {str(path)!r}: {e}", "Re-save it with torch.jit.save."
-        ) from e
-    return module.eval()
+    # the guard function is Python source built from the archive's guard strings and exec-ed: untrusted, skip it
+    # (a forward pre-hook still checks the inputs against the recorded shapes)
+    return program.module(check_guards=trust_pickle), specs
 
 
 def _load_torch_save(path: Path, options: LoadOptions) -> nn.Module:
