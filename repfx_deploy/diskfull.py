@@ -43,11 +43,13 @@ def disk_full_error(folder: Path, exc: BaseException | None = None) -> DiskFullE
     folder = _failed_folder(exc, Path(folder))
     quota = _errno_of(exc) == errno.EDQUOT
     what = "The disk quota is exceeded" if quota else "The disk is full"
-    return DiskFullError(
+    error = DiskFullError(
         f"{what}: writing under {str(folder)!r} failed ({_free_space(folder)} free there).",
         ("Free some space there (or raise the quota)" if quota else "Free some space on that disk")
         + ", or write the output to another disk (-o), then rerun; nothing half-written was kept.",
     )
+    error.errno = errno.EDQUOT if quota else errno.ENOSPC
+    return error
 
 
 def raise_if_disk_full(exc: BaseException, folder: Path) -> None:

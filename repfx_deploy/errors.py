@@ -74,8 +74,9 @@ class OutputLockedError(RepfxError):
     """Another process is writing the same output path (it holds the output's lock file)."""
 
 
-class DiskFullError(RepfxError):
-    """A write failed because the disk (or the user's quota) is full."""
+class DiskFullError(RepfxError, OSError):
+    """A write failed because the disk (or the user's quota) is full. Also an ``OSError`` (``errno`` ENOSPC or
+    EDQUOT), so code that handled the raw write error still does."""
 
 
 class TuningDatabaseError(CompileError):
