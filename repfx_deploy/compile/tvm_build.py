@@ -34,6 +34,7 @@ from repfx_deploy.compile.onnx_import import (
     output_specs,
 )
 from repfx_deploy.digest import file_sha256
+from repfx_deploy.diskfull import raise_if_disk_full
 from repfx_deploy.errors import CompileError
 from repfx_deploy.onnx_signature import graph_input_specs
 from repfx_deploy.spec import InputSpec
@@ -286,6 +287,7 @@ def compile_onnx(
     except CompileError:
         raise
     except Exception as e:
+        raise_if_disk_full(e, out_dir)  # writing the library on a full disk is no build failure
         raise CompileError(
             f"TVM failed to build the model: {type(e).__name__}: {e}",
             "Try conv_layout='NCHW' or default_schedule=False, and report the model.",

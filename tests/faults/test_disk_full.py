@@ -111,3 +111,22 @@ def test_cli_oserror_on_a_full_disk_is_reported_as_disk_full(tmp_path, monkeypat
     result = CliRunner().invoke(app, ["targets", "--json"])
     assert result.exit_code == 2
     assert json.loads(result.stdout)["error"]["type"] == "DiskFullError"
+
+
+@pytest.mark.tvm
+def test_tvm_build_on_a_full_disk_is_disk_full_not_a_build_failure(tmp_path, tiny_onnx, monkeypatch):
+    import repfx_deploy.compile.tvm_build as tvm_build
+    from repfx_deploy.compile import CompileConfig, compile_onnx, host_target
+    from repfx_deploy.errors import CompileError
+
+    def full(executable, out_dir, *a, **k):
+        raise RuntimeError(f"linker: cannot write {out_dir}/model.so: {os.strerror(errno.ENOSPC)}")
+
+    monkeypatch.setattr(tvm_build, "export_artifact", full)
+    out = tmp_path / "tvm"
+    out.mkdir()
+    db = tmp_path / "db"
+    db.mkdir()
+    with pytest.raises(DiskFullError) as info:
+        compile_onnx(tiny_onnx, out, CompileConfig(target=host_target(threads=1), tuning_db=db))
+    assert not isinstance(info.value, CompileError) and str(out) in info.value.problem
