@@ -38,11 +38,11 @@ R = TypeVar("R")
 _json_stream: list[Any] = []
 
 
-class Terminated(BaseException):
+class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that ``finally`` blocks and context managers run.
 
-    A ``BaseException`` like ``KeyboardInterrupt``: the library's ``except Exception`` clauses must not take
-    it for a failure of what they tried."""
+    A ``KeyboardInterrupt``: the library's ``except Exception`` clauses must not take it for a failure of what
+    they tried, and code that saves its work on Ctrl-C (a distillation's checkpoint) saves it on SIGTERM too."""
 
     def __init__(self, signum: int = signal.SIGTERM) -> None:
         self.signum = signum
