@@ -88,4 +88,10 @@ class RpcAuthError(MeasureError):
 
 
 class DeviceUnreachableError(MeasureError):
-    """The tracker handed out a device server that could not be reached (it died, or its address is not routable)."""
+    """The tracker handed out a device server that could not be reached (it died, or its address is not routable).
+
+    ``address``: that server's ``HOST:PORT``."""
+
+    def __init__(self, problem: str, fix: str | None = None, *, address: str = "unknown") -> None:
+        super().__init__(problem, fix)
+        self.address = address
