@@ -36,7 +36,7 @@ class Budget:
         """Refuse, before reading, ``more`` bytes that would take the total over the limit."""
         if self.used + more > self.limits.max_total_bytes:
             raise too_large(
-                f"{what} (with what {self.source!r} decompressed before it)",
+                f"The data decompressed from {self.source!r}, with {what},",
                 self.used + more,
                 self.limits.max_total_bytes,
                 TOTAL_MB_ENV,
@@ -101,7 +101,8 @@ def _cap(limits: DataLimits, budget: Budget) -> tuple[int, str]:
 
 def read_stream(stream: IO[bytes], limit: int, env: str, *, what: str) -> bytes:
     """All of ``stream`` in chunks, refused as soon as it yields more than ``limit`` bytes."""
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         chunk = stream.read(min(_CHUNK, limit + 1 - total))
         if not chunk:
@@ -116,7 +117,7 @@ def read_member(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, limits: DataLimits, budget: Budget
 ) -> bytes:
     """One image member, checked by its declared size and then by the bytes it really yields."""
-    what = f"The member {info.filename!r} of {source!r}"
+    what = f"the member {info.filename!r} of {source!r}"
     if info.file_size > limits.max_file_bytes:
         raise too_large(what, info.file_size, limits.max_file_bytes, FILE_MB_ENV)
     budget.check(info.file_size, what)
@@ -132,7 +133,7 @@ def read_member(
 
 def read_file(path: Path, limits: DataLimits, budget: Budget) -> bytes:
     """One image file of a folder, bounded the same way (a symlink to ``/dev/zero`` has no size to check)."""
-    what = f"The file {str(path)!r}"
+    what = f"the file {str(path)!r}"
     try:
         size = path.stat().st_size
         if size > limits.max_file_bytes:

@@ -3,7 +3,7 @@
 Class-folder layout (``<class>/<image>`` at any depth; classes sorted by name give the labels), as torchvision's
 ImageFolder. Images are chosen before any is read, each is read with its size bounded (see ``archive``), and
 its width x height is checked from its header before its pixels are decoded: PIL's ``DecompressionBombError``
-and ``DecompressionBombWarning`` are ``DataError`` here, with PIL's own bound lowered to ours while decoding.
+and ``DecompressionBombWarning`` are ``DataError`` here, with PIL's own bound set to ours while decoding.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def read_images(path: Path, mode: str, size: int, *, choose: Callable[[int], np.
             )
         classes = sorted({Path(n).parent.name for n in names})
         positions = np.asarray(choose(len(names)), dtype=np.int64)
-        pixels, labels = [], []
+        pixels: list[np.ndarray] = []
+        labels: list[int] = []
         for i in positions:
             name = names[int(i)]
             if archive is not None:
@@ -64,7 +65,7 @@ def read_images(path: Path, mode: str, size: int, *, choose: Callable[[int], np.
             else:
                 blob = read_file(Path(name), limits, budget)
             image = decode(blob, name, source, mode, size, limits)
-            budget.take(image.nbytes, f"The decoded pixels of {len(pixels) + 1} image(s)")
+            budget.take(image.nbytes, f"the decoded pixels of {len(pixels) + 1} image(s)")
             pixels.append(image)
             labels.append(classes.index(Path(name).parent.name))
     shapes = {p.shape for p in pixels}
@@ -92,12 +93,13 @@ def _folder_images(path: Path, limits: DataLimits) -> list[str]:
 
 @contextlib.contextmanager
 def _pil_pixel_bound(max_pixels: int) -> Iterator[None]:
-    """PIL's ``MAX_IMAGE_PIXELS`` lowered to ``max_pixels`` (never raised) for the block, and its bomb warning
-    made an error, so that formats whose size only shows while decoding (GIF frames) are bounded too."""
+    """PIL's ``MAX_IMAGE_PIXELS`` set to ``max_pixels`` for the block and its bomb warning made an error, so
+    PIL refuses past our bound (formats whose size only shows while decoding, GIF frames, included), and a
+    user who raises our bound is not stopped by PIL's default."""
     from PIL import Image
 
     saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = min(saved, max_pixels) if saved else max_pixels
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -106,11 +108,23 @@ def _pil_pixel_bound(max_pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
+def _header_size(blob: bytes) -> tuple[int, int]:
+    """Width and height from an image's header, PIL's bound off (``open`` decodes nothing), for a message."""
+    from PIL import Image
+
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(blob)) as opened:
+            return opened.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def decode(blob: bytes, name: str, source: str, mode: str, size: int, limits: DataLimits) -> np.ndarray:
     """One image's bytes -> H x W (x C) uint8 in ``mode``, resized to ``size`` when given."""
     from PIL import Image, UnidentifiedImageError
 
-    what = f"The image {name!r} in {source!r}"
+    what = f"the image {name!r} in {source!r}"
     try:
         with _pil_pixel_bound(limits.max_image_pixels), Image.open(io.BytesIO(blob)) as opened:
             width, height = opened.size  # from the header: nothing is decoded yet
@@ -123,9 +137,8 @@ def decode(blob: bytes, name: str, source: str, mode: str, size: int, limits: Da
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(
-            f"{what} is a decompression bomb by PIL's check: {e}",
-            f"If it is a genuine image, raise the limit for this run with {PIXELS_ENV}=<pixels>, or downscale it.",
-        ) from e
+        width, height = _header_size(blob)
+        pixels = width * height
+        raise too_large(f"{what} ({width} x {height})", pixels, limits.max_image_pixels, PIXELS_ENV, "pixels") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise DataError(f"Cannot decode {what}: {e}", "Remove or re-save that file.") from e

@@ -78,10 +78,11 @@ def _env_int(name: str, default: int, unit: int) -> int:
 
 def too_large(what: str, size: int, limit: int, env: str, unit: str = "MB") -> DataError:
     """The error for a bound that was hit: what, by how much, and the variable that raises it."""
+    wanted = max(size, 2 * limit)  # a setting that lets this file through, and at least doubles the bound
     if unit == "MB":
-        shown, bound, hint = f"{size / _MIB:,.1f} MiB", f"{limit / _MIB:,.0f} MiB", f"{max(1, 2 * limit // _MIB)}"
+        shown, bound, hint = f"{size / _MIB:,.1f} MiB", f"{limit / _MIB:,.0f} MiB", f"{-(-wanted // _MIB)}"
     else:
-        shown, bound, hint = f"{size:,} {unit}", f"{limit:,} {unit}", f"{2 * limit}"
+        shown, bound, hint = f"{size:,} {unit}", f"{limit:,} {unit}", f"{wanted}"
     what = what[:1].upper() + what[1:]
     return DataError(
         f"{what} is {shown}, over the limit of {bound}, so it was not read (a small file that expands this much is "

@@ -38,7 +38,7 @@ def check_samples(x: np.ndarray, y: np.ndarray | None, source: str) -> np.ndarra
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"The label of sample {i} in {source!r} is {y[i]!r}, not a whole class index.",
+                f"The label of sample {i} in {source!r} is {float(y[i])}, not a whole class index.",
                 "Store labels as integer class indices (0 for the first class).",
             )
     labels = np.asarray(y).astype(np.int64)
@@ -53,7 +53,7 @@ def check_samples(x: np.ndarray, y: np.ndarray | None, source: str) -> np.ndarra
 
 def check_finite(x: np.ndarray, source: str, positions: np.ndarray | None = None) -> None:
     """``DataError`` at the first NaN or infinite value of ``x`` (after preprocessing), naming its sample."""
-    if x.dtype.kind not in "fc":
+    if x.dtype.kind != "f":  # integers cannot be NaN; complex data is refused when read
         return
     for start in range(0, len(x), _CHUNK):
         bad = ~np.isfinite(x[start : start + _CHUNK])
@@ -63,7 +63,7 @@ def check_finite(x: np.ndarray, source: str, positions: np.ndarray | None = None
             index = int(positions[sample]) if positions is not None else sample
             element = ", ".join(map(str, where[1:]))
             raise DataError(
-                f"Sample {index} of {source!r} holds {x[(sample, *where[1:])]!r} at [{element}]: inputs must be finite "
+                f"Sample {index} of {source!r} holds {float(x[(sample, *where[1:])])} at [{element}]: inputs must be finite "
                 "numbers (a NaN sample makes accuracy meaningless).",
                 "Remove or repair the samples with NaN or infinite values (np.isfinite(x).all(axis=...) finds them).",
             )

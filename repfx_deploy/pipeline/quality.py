@@ -105,7 +105,7 @@ def score(
     """``(accuracy, loss, fidelity)`` of ``runner`` on ``data``; each ``None`` where the data has no part for it."""
     accuracy = loss = fid = None
     if data.eval is not None and data.eval.y is not None:
-        evaluation, batch = data.eval, data.batch_size or specs[0].shape[0]
+        evaluation, labels, batch = data.eval, data.eval.y, data.batch_size or specs[0].shape[0]
         if len(evaluation) < batch:
             raise DataError(
                 f"The evaluation data {evaluation.source!r} has {len(evaluation)} sample(s), fewer than one batch "
@@ -114,7 +114,7 @@ def score(
             )
         outputs = predictions(runner, evaluation, batch)
         scores = _scores(outputs)
-        check_labels_fit(evaluation.y[: len(scores)], scores.shape[1], evaluation.source, evaluation.positions)
+        check_labels_fit(labels[: len(scores)], scores.shape[1], evaluation.source, evaluation.positions)
         broken = int((~np.isfinite(scores).all(axis=1)).sum())
         if broken:
             log.warning(
