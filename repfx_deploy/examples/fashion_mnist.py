@@ -97,7 +97,16 @@ def load_pretrained(path: Path | None = None) -> FashionCNN:
     The file is a plain state_dict, so it loads with ``weights_only=True`` and never unpickles code; the load
     is strict, so a file that does not match the architecture fails loudly.
     """
+    from repfx_deploy.errors import ModelLoadError
+
     model = FashionCNN()
-    state = torch.load(WEIGHTS_PATH if path is None else path, map_location="cpu", weights_only=True)
+    source = WEIGHTS_PATH if path is None else Path(path)
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # the weights-only unpickler's refusal, a truncated file, a missing one
+        raise ModelLoadError(
+            f"Cannot read {str(source)!r} as a plain state_dict: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+            "Pass a file written by torch.save(model.state_dict(), path); pickled objects are refused.",
+        ) from e
     model.load_state_dict(state, strict=True)
     return model.eval()

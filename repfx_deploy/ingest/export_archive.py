@@ -53,7 +53,9 @@ def load_export_archive(path: Path, *, trust_pickle: bool) -> ExportedProgram:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ModelLoadError(f"Cannot read {str(path)!r}: {e.strerror or e}.", "Check the path and its permissions.") from e
+        raise ModelLoadError(
+            f"Cannot read {str(path)!r}: {e.strerror or e}.", "Check the path and its permissions."
+        ) from e
     if not trust_pickle:
         vet_export_archive(data, path)
     try:
@@ -83,7 +85,9 @@ def vet_export_archive(data: bytes, path: Path) -> None:
             if "version" in names:  # torch.export.load falls back to the pre-2.8 layout when the new one fails
                 _vet_legacy(z, path)
     except zipfile.BadZipFile as e:
-        raise ModelLoadError(f"{str(path)!r} is a corrupt zip archive ({e}).", "Re-save it with torch.export.save.") from e
+        raise ModelLoadError(
+            f"{str(path)!r} is a corrupt zip archive ({e}).", "Re-save it with torch.export.save."
+        ) from e
     _vet_pt2(data, path)
 
 
@@ -135,7 +139,9 @@ def _vet_payloads(reader: Any, records: list[str], path: Path, folder: str, conf
         member = os.path.join(folder, meta.path_name)  # exactly as torch joins it (an absolute path_name wins)
         name = meta.path_name
         if folder == c.CONSTANTS_DIR and name.startswith(c.CUSTOM_OBJ_FILENAME_PREFIX):
-            raise untrusted(path, member, f"holds the TorchScript object {fqn!r}, which torch loads by running its code")
+            raise untrusted(
+                path, member, f"holds the TorchScript object {fqn!r}, which torch loads by running its code"
+            )
         if folder == c.CONSTANTS_DIR and name.startswith(c.OPAQUE_OBJ_FILENAME_PREFIX):
             if member in records:
                 vet_raw_pickle(_get(reader, member), path=path, member=member)

@@ -58,7 +58,10 @@ def _check_callable(target: Any, node: str, path: Path) -> None:
         return
     if isinstance(target, torch._ops.HigherOrderOperator):
         return
-    if getattr(target, "__module__", None) in _BUILTIN_MODULES and type(target).__name__ == "builtin_function_or_method":
+    if (
+        getattr(target, "__module__", None) in _BUILTIN_MODULES
+        and type(target).__name__ == "builtin_function_or_method"
+    ):
         return
     if target in _torch_functions():
         return

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -116,7 +116,7 @@ def load_hf_folder(
             f"{str(path)!r} has no config.json and {len(ggufs)} .gguf files, so it is not a model folder transformers can load.",
             "Point at the folder holding config.json and the weights, or at a folder with exactly one .gguf file.",
         )
-    source = {} if has_config else {"gguf_file": ggufs[0]}
+    source: dict[str, Any] = {} if has_config else {"gguf_file": ggufs[0]}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         config = transformers.AutoConfig.from_pretrained(

@@ -31,7 +31,9 @@ def load_torchscript(path: Path, *, trust_pickle: bool) -> nn.Module:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ModelLoadError(f"Cannot read {str(path)!r}: {e.strerror or e}.", "Check the path and its permissions.") from e
+        raise ModelLoadError(
+            f"Cannot read {str(path)!r}: {e.strerror or e}.", "Check the path and its permissions."
+        ) from e
     if not trust_pickle:
         vet_torchscript_archive(data, path)
     try:
@@ -62,5 +64,7 @@ def vet_torchscript_archive(data: bytes, path: Path) -> None:
         # every record, tensor data included: a false match costs a refusal, a missed one runs code
         if _LOAD_HOOK in bytes(reader.get_record(record)):
             raise untrusted(
-                path, record, "defines a TorchScript __setstate__ method, which torch.jit.load runs (it can write files)"
+                path,
+                record,
+                "defines a TorchScript __setstate__ method, which torch.jit.load runs (it can write files)",
             )
