@@ -53,7 +53,10 @@ def vet_program_json(data: bytes, *, path: Path, member: str) -> None:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return  # torch cannot parse it either and stops with an error
-    _walk(doc, (), path, member)
+    try:
+        _walk(doc, (), path, member)
+    except RecursionError as e:
+        raise untrusted(path, member, "is nested too deeply to be checked") from e
 
 
 def _walk(node: Any, keys: tuple[str, ...], path: Path, member: str, *, spec: bool = False) -> None:
