@@ -14,14 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from repfx_deploy.data.arrays import read_arrays
-from repfx_deploy.data.images import IMAGE_SUFFIXES, read_images
+from repfx_deploy.data.images import read_images
 from repfx_deploy.data.limits import DataLimits
 from repfx_deploy.data.preprocess import Preprocess
 from repfx_deploy.data.validate import check_finite, check_samples
 from repfx_deploy.errors import DataError
 from repfx_deploy.spec import InputSpec
-
-_IMAGE_SUFFIXES = IMAGE_SUFFIXES  # kept for callers that imported it from here
 
 
 @dataclass(frozen=True)
