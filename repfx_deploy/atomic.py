@@ -12,6 +12,8 @@ contract:
   the next write to the same output removes it (``remove_stale_temps``).
 - Files are created ``0666 & ~umask`` and folders ``0777 & ~umask``, like every other tool's.
 - A full disk inside the block becomes ``DiskFullError`` naming the folder and the free space.
+- A signal (as the CLI raises it) never leaves a temporary or a lock behind: the steps that make and register
+  them, and those that remove them, finish first (``repfx_deploy.interrupts``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Protocol, TypeVar
 
 from repfx_deploy.diskfull import disk_full_as_error
 from repfx_deploy.errors import InputError, OutputExistsError
+from repfx_deploy.interrupts import uninterrupted
 from repfx_deploy.outlock import output_lock
 
 log = logging.getLogger("repfx_deploy.atomic")
@@ -116,13 +119,8 @@ def atomic_file(path: Path, *, force: bool = True) -> Iterator[Path]:
     check_output(path, force=force)
     _make_parent(path)
     remove_stale_temps(path)
-    tmp = _create_temp(path, directory=False)
-    try:
-        with disk_full_as_error(path.parent):
-            yield tmp
-            _put_file_in_place(tmp, path, force=force)
-    finally:
-        _discard(tmp)
+    with _assembled(path, directory=False, force=force) as tmp:
+        yield tmp
 
 
 @contextlib.contextmanager
@@ -133,14 +131,25 @@ def atomic_dir(path: Path, *, force: bool = False) -> Iterator[Path]:
     existing ``path`` is removed only after the new folder is complete; without it, ``path`` is never replaced.
     """
     path = Path(path)
-    with claim_output(path, force=force):
-        tmp = _create_temp(path, directory=True)
-        try:
-            with disk_full_as_error(path.parent):
-                yield tmp
-                _put_dir_in_place(tmp, path, force=force)
-        finally:
-            _discard(tmp)
+    with claim_output(path, force=force), _assembled(path, directory=True, force=force) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _assembled(path: Path, *, directory: bool, force: bool) -> Iterator[Path]:
+    """A new temporary beside ``path``, put in place when the block ends well and removed in every case."""
+    tmp: Path | None = None
+    try:
+        with uninterrupted():  # made and registered for removal, or not made: a signal in between would leave it
+            tmp = _create_temp(path, directory=directory)
+        with disk_full_as_error(path.parent):
+            yield tmp
+            with uninterrupted():  # a --force replacement is two renames, and the second undoes the first on failure
+                (_put_dir_in_place if directory else _put_file_in_place)(tmp, path, force=force)
+    finally:
+        if tmp is not None:
+            with uninterrupted():
+                _discard(tmp)
 
 
 def temp_pattern(path: Path) -> re.Pattern[str]:

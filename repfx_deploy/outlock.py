@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from repfx_deploy.errors import InputError, OutputLockedError
+from repfx_deploy.interrupts import uninterrupted
 
 log = logging.getLogger("repfx_deploy.outlock")
 
@@ -74,24 +75,28 @@ def output_lock(output: Path) -> Iterator[Path]:
     Raises ``OutputLockedError`` at once when another process (or thread) holds it.
     """
     key = _key(output)
-    with _held_guard:
-        entry = _held.get(key)
-        if entry is not None:
-            entry[1] += 1
-    if entry is None:
-        fd = _acquire(Path(output), key[0])
-        with _held_guard:
-            _held[key] = entry = [fd, 1]
+    entry: list[int] | None = None
     try:
+        with uninterrupted():  # a lock file made must be registered, or a signal here would leave it behind
+            with _held_guard:
+                entry = _held.get(key)
+                if entry is not None:
+                    entry[1] += 1
+            if entry is None:
+                fd = _acquire(Path(output), key[0])
+                with _held_guard:
+                    _held[key] = entry = [fd, 1]
         yield key[0]
     finally:
-        with _held_guard:
-            entry[1] -= 1
-            done = entry[1] == 0
-            if done:
-                del _held[key]
-        if done:
-            _release(entry[0], key[0])
+        if entry is not None:
+            with uninterrupted():
+                with _held_guard:
+                    entry[1] -= 1
+                    done = entry[1] == 0
+                    if done:
+                        del _held[key]
+                if done:
+                    _release(entry[0], key[0])
 
 
 def _key(output: Path) -> tuple[Path, int]:

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.text import Text
 
 from repfx_deploy.errors import RepfxError
+from repfx_deploy.interrupts import defer
 
 stderr = Console(stderr=True, highlight=False, markup=False, emoji=False)
 stdout = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
@@ -69,9 +70,9 @@ def install_signal_handlers() -> None:
         if stopping:
             os._exit(SIGNAL_EXIT.get(signal.Signals(stopping[0]), 128 + signum))
         stopping.append(signum)
-        if signum == signal.SIGINT:
-            raise Interrupted
-        raise Terminated(signum)
+        exc = Interrupted() if signum == signal.SIGINT else Terminated(signum)
+        if not defer(exc):  # inside a step that must finish (a lock taken, a temporary made) it comes right after
+            raise exc
 
     for signum in SIGNAL_EXIT:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # one ignored by whoever started us (nohup, `&`) stays so

@@ -135,3 +135,27 @@ def test_signal_ignored_at_start_stays_ignored(tmp_path):
         check=True,
     )
     assert out.stdout.split() == ["True", "False"]  # SIGINT left ignored, SIGTERM handled
+
+
+def test_signal_inside_an_uninterrupted_step_is_raised_right_after_it(tmp_path):
+    """Between making a lock file (or a temporary) and registering it for cleanup, a signal must wait."""
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import os, signal\n"
+        "from repfx_deploy.cli.output import Terminated, install_signal_handlers\n"
+        "from repfx_deploy.interrupts import uninterrupted\n"
+        "install_signal_handlers()\n"
+        "steps = []\n"
+        "try:\n"
+        "    with uninterrupted():\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        for _ in range(1000):\n"
+        "            pass  # bytecodes at which the handler runs\n"
+        "        steps.append('step finished')\n"
+        "    steps.append('after the step')\n"
+        "except Terminated:\n"
+        "    steps.append('raised')\n"
+        "print(steps)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "['step finished', 'raised']"
