@@ -44,10 +44,14 @@ def test_device_list_json_shows_the_registered_server(tracker_with_device):
 
 
 def test_bench_rpc_json_reports_device_latency_and_check_against_ort(tracker_with_device, tiny_onnx):
-    result = _invoke("bench", tiny_onnx, "--rpc", tracker_with_device, "--rpc-key", KEY, "--warmup", "1", "--repeats", "5", "--json")
+    result = _invoke(
+        "bench", tiny_onnx, "--rpc", tracker_with_device, "--rpc-key", KEY, "--warmup", "1", "--repeats", "5", "--json"
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert list(doc["latency_ms"]) == ["tvm-rpc"] and doc["rpc"] == {"tracker": tracker_with_device, "key": KEY}
+    assert list(doc["latency_ms"]) == ["tvm-rpc"]
+    assert (doc["rpc"]["tracker"], doc["rpc"]["key"]) == (tracker_with_device, KEY)
+    assert doc["rpc"]["servers"] == [{"address": doc["device"]["address"], "outcome": "measured"}]
     assert doc["results"]["tvm-rpc"]["runtime"] == "tvm-rpc" and doc["emulated"] is False
     assert doc["verification"][0]["max_abs_error"] < 1e-4
 
@@ -64,7 +68,9 @@ def test_bench_rpc_with_unknown_key_exits_2_naming_the_keys_there(tracker_with_d
 def test_bench_rpc_with_unreachable_tracker_exits_2_fast(tiny_onnx):
     started = time.monotonic()
     result = _invoke("bench", tiny_onnx, "--rpc", f"127.0.0.1:{rpc_devices.free_port()}")
-    assert result.exit_code == 2 and "Cannot reach the RPC tracker" in result.output and "Traceback" not in result.output
+    assert (
+        result.exit_code == 2 and "Cannot reach the RPC tracker" in result.output and "Traceback" not in result.output
+    )
     assert time.monotonic() - started < 10
 
 
@@ -82,9 +88,22 @@ def test_bench_foreign_target_without_rpc_points_at_rpc(tiny_onnx):
 
 def test_serve_without_a_tracker_exits_2_with_the_fix():
     proc = subprocess.run(
-        [sys.executable, "-m", "repfx_deploy.cli", "device", "serve", "--tracker", f"127.0.0.1:{rpc_devices.free_port()}", "--key", "k"],
-        cwd=rpc_devices.ROOT, env={**os.environ, "PYTHONPATH": str(rpc_devices.ROOT)},
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "repfx_deploy.cli",
+            "device",
+            "serve",
+            "--tracker",
+            f"127.0.0.1:{rpc_devices.free_port()}",
+            "--key",
+            "k",
+        ],
+        cwd=rpc_devices.ROOT,
+        env={**os.environ, "PYTHONPATH": str(rpc_devices.ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "Cannot reach the RPC tracker" in proc.stderr and "device tracker" in proc.stderr
 
@@ -97,11 +116,29 @@ def test_serve_emulated_without_emulator_root_exits_2_naming_the_setup_script(tm
     assert result.exit_code == 2 and "is not valid" in result.output
 
 
-def test_compress_rpc_measures_tvm_on_the_device_and_the_rest_here(tracker_with_device, tmp_path, tiny_state_dict, fixtures_dir):
+def test_compress_rpc_measures_tvm_on_the_device_and_the_rest_here(
+    tracker_with_device, tmp_path, tiny_state_dict, fixtures_dir
+):
     out = tmp_path / "res"
-    result = _invoke("compress", tiny_state_dict, "--arch", "tiny_models:TinyConvNet", "--python-path", fixtures_dir,
-                     "--input-shape", "1,3,8,8", "--target", "host", "--rpc", tracker_with_device, "--key", KEY,
-                     "-o", out, "--json")
+    result = _invoke(
+        "compress",
+        tiny_state_dict,
+        "--arch",
+        "tiny_models:TinyConvNet",
+        "--python-path",
+        fixtures_dir,
+        "--input-shape",
+        "1,3,8,8",
+        "--target",
+        "host",
+        "--rpc",
+        tracker_with_device,
+        "--key",
+        KEY,
+        "-o",
+        out,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     for side in ("baseline", "compressed"):
@@ -113,9 +150,55 @@ def test_compress_rpc_measures_tvm_on_the_device_and_the_rest_here(tracker_with_
     assert "measured on device over RPC" in (out / "report.md").read_text()
 
 
-def test_compress_rpc_with_unknown_key_exits_2_before_any_work(tracker_with_device, tmp_path, tiny_state_dict, fixtures_dir):
+def test_compress_rpc_with_unknown_key_exits_2_before_any_work(
+    tracker_with_device, tmp_path, tiny_state_dict, fixtures_dir
+):
     started = time.monotonic()
-    result = _invoke("compress", tiny_state_dict, "--arch", "tiny_models:TinyConvNet", "--python-path", fixtures_dir,
-                     "--input-shape", "1,3,8,8", "--rpc", tracker_with_device, "--key", "no-such-board", "-o", tmp_path / "o", "--json")
+    result = _invoke(
+        "compress",
+        tiny_state_dict,
+        "--arch",
+        "tiny_models:TinyConvNet",
+        "--python-path",
+        fixtures_dir,
+        "--input-shape",
+        "1,3,8,8",
+        "--rpc",
+        tracker_with_device,
+        "--key",
+        "no-such-board",
+        "-o",
+        tmp_path / "o",
+        "--json",
+    )
     assert result.exit_code == 2 and json.loads(result.stdout)["error"]["type"] == "MeasureError"
     assert time.monotonic() - started < 30 and not (tmp_path / "o").exists()
+
+
+def test_device_token_writes_a_private_token_file_and_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "rpc-token"
+    result = _invoke("device", "token", path, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"token_file": str(path)}
+    assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_text().strip()) >= 32
+    first = path.read_text()
+    result = _invoke("device", "token", path)
+    assert result.exit_code == 2 and "--force" in result.output and path.read_text() == first
+    assert _invoke("device", "token", path, "--force").exit_code == 0 and path.read_text() != first
+
+
+def test_device_list_needs_the_token_of_a_tracker_that_has_one(tmp_path, monkeypatch):
+    for name in rpc_devices.TOKEN_VARS:
+        monkeypatch.delenv(name, raising=False)
+    token = tmp_path / "rpc-token"
+    assert _invoke("device", "token", token).exit_code == 0
+    tracker = rpc_devices.start(["tracker", "--port", str(rpc_devices.free_port()), "--token-file", str(token)])
+    try:
+        address = f"127.0.0.1:{tracker.port}"
+        result = _invoke("device", "list", "--tracker", address, "--json")
+        assert result.exit_code == 2 and json.loads(result.stdout)["error"]["type"] == "RpcAuthError"
+        result = _invoke("device", "list", "--tracker", address, "--token-file", token, "--json")
+        assert result.exit_code == 0 and json.loads(result.stdout)["devices"] == []
+        monkeypatch.setenv("REPFX_RPC_TOKEN_FILE", str(token))  # what bench, compress and compile read
+        assert _invoke("device", "list", "--tracker", address, "--json").exit_code == 0
+    finally:
+        tracker.kill()

@@ -6,6 +6,8 @@ without it. Everything else runs on the native server.
 
 import json
 import shutil
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -45,7 +47,11 @@ def loopback():
         emulated_skip = None
     except MeasureError as e:
         emulated_skip = f"{e.problem} {e.fix}"
-    emulated = None if emulated_skip else rpc_devices.Launched(rpc_devices.serve_args(tracker, EMULATED, "--emulate", "aarch64"))
+    emulated = (
+        None
+        if emulated_skip
+        else rpc_devices.Launched(rpc_devices.serve_args(tracker, EMULATED, "--emulate", "aarch64"))
+    )
     try:
         native = rpc_devices.start(rpc_devices.serve_args(tracker, NATIVE))
         rpc_devices.wait_for_key(tracker, NATIVE, 1)
@@ -54,7 +60,12 @@ def loopback():
             if process is not None:
                 process.kill()
         raise
-    state = {"tracker": tracker, "endpoint": RpcEndpoint("127.0.0.1", tracker.port), "emulated_skip": emulated_skip, "emulated": emulated}
+    state = {
+        "tracker": tracker,
+        "endpoint": RpcEndpoint("127.0.0.1", tracker.port),
+        "emulated_skip": emulated_skip,
+        "emulated": emulated,
+    }
     yield state
     for process in (emulated, native, tracker):
         if process is not None:
@@ -81,7 +92,11 @@ def _inputs(seed=0):
 @pytest.fixture(scope="module")
 def host_artifact(tmp_path_factory, module_tiny_onnx):
     out = tmp_path_factory.mktemp("host-art")
-    compile_onnx(module_tiny_onnx, out, CompileConfig(target=resolve_tvm_target(get_profile("host")), tuning_db=out.parent / "db"))
+    compile_onnx(
+        module_tiny_onnx,
+        out,
+        CompileConfig(target=resolve_tvm_target(get_profile("host")), tuning_db=out.parent / "db"),
+    )
     return out
 
 
@@ -121,7 +136,13 @@ def test_bench_on_native_device_times_on_device_and_agrees_with_onnxruntime(loop
 def test_unknown_key_fails_fast_naming_registered_keys(loopback, host_artifact):
     started = time.monotonic()
     with pytest.raises(MeasureError, match="No device is registered under key 'no-such-board'") as info:
-        measure_on_device([DeviceJob("a", host_artifact)], [_inputs()], _inputs(), RpcConfig(loopback["endpoint"], "no-such-board"), FAST)
+        measure_on_device(
+            [DeviceJob("a", host_artifact)],
+            [_inputs()],
+            _inputs(),
+            RpcConfig(loopback["endpoint"], "no-such-board"),
+            FAST,
+        )
     assert NATIVE in info.value.problem and "device serve" in info.value.fix
     assert time.monotonic() - started < 5
 
@@ -129,7 +150,13 @@ def test_unknown_key_fails_fast_naming_registered_keys(loopback, host_artifact):
 def test_unreachable_tracker_fails_fast(host_artifact):
     started = time.monotonic()
     with pytest.raises(MeasureError, match="Cannot reach the RPC tracker"):
-        measure_on_device([DeviceJob("a", host_artifact)], [_inputs()], _inputs(), RpcConfig(RpcEndpoint("127.0.0.1", rpc_devices.free_port()), NATIVE), FAST)
+        measure_on_device(
+            [DeviceJob("a", host_artifact)],
+            [_inputs()],
+            _inputs(),
+            RpcConfig(RpcEndpoint("127.0.0.1", rpc_devices.free_port()), NATIVE),
+            FAST,
+        )
     assert time.monotonic() - started < 5
 
 
@@ -153,10 +180,12 @@ def _drop_test_servers(loopback, key, count):
 
 def _killer(servers):
     """``on_result`` that kills the server which produced the first result (a device dropping mid-run)."""
+
     def on_result(result):
         if not any(s.proc.poll() is not None for s in servers):
             port = int(result.device["address"].rsplit(":", 1)[1])
             next(s for s in servers if s.port == port).kill()
+
     return on_result
 
 
@@ -165,12 +194,19 @@ def test_device_dropped_mid_run_is_retried_on_another_device(loopback, host_arti
     try:
         started = time.monotonic()
         run = measure_on_device(
-            [DeviceJob("first", host_artifact), DeviceJob("second", host_artifact)], [_inputs()], _inputs(),
-            RpcConfig(loopback["endpoint"], "repfx-test-drop2", retries=1, wait_s=10), FAST, on_result=_killer(servers),
+            [DeviceJob("first", host_artifact), DeviceJob("second", host_artifact)],
+            [_inputs()],
+            _inputs(),
+            RpcConfig(loopback["endpoint"], "repfx-test-drop2", retries=1, wait_s=10),
+            FAST,
+            on_result=_killer(servers),
         )
         assert list(run.results) == ["first", "second"] and not run.failures
         assert run.results["first"].attempts == 1 and run.results["second"].attempts == 2
         assert run.results["first"].device["address"] != run.results["second"].device["address"]
+        killed, measured = run.results["second"].to_dict()["servers"]  # which server measured what, in the record
+        assert killed["address"] == run.results["first"].device["address"] and killed["outcome"].startswith("dropped")
+        assert measured == {"address": run.results["second"].device["address"], "outcome": "measured"}
         assert time.monotonic() - started < 60
     finally:
         for s in servers:
@@ -183,7 +219,10 @@ def test_device_dropped_with_no_other_reports_failure_and_keeps_completed(loopba
         started = time.monotonic()
         run = measure_on_device(
             [DeviceJob("first", host_artifact), DeviceJob("second", host_artifact), DeviceJob("third", host_artifact)],
-            [_inputs()], _inputs(), RpcConfig(loopback["endpoint"], "repfx-test-drop1", retries=1, wait_s=5), FAST,
+            [_inputs()],
+            _inputs(),
+            RpcConfig(loopback["endpoint"], "repfx-test-drop1", retries=1, wait_s=5),
+            FAST,
             on_result=_killer(servers),
         )
         assert list(run.results) == ["first"] and run.results["first"].stats.median_ms > 0
@@ -194,12 +233,99 @@ def test_device_dropped_with_no_other_reports_failure_and_keeps_completed(loopba
             s.kill()
 
 
+def _kill_when_serving(servers):
+    """A thread that kills the first server seen serving a session (it has a session child): a device server
+    killed in the middle of a measurement. It is frozen (SIGSTOP) the moment its session starts, so the kill
+    cannot come after the measurement ended. ``killed`` holds its address once done."""
+    import os
+    import signal
+
+    import psutil
+
+    killed: list[str] = []
+
+    def watch():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for s in servers:
+                if psutil.Process(s.proc.pid).children():
+                    os.killpg(s.proc.pid, signal.SIGSTOP)
+                    time.sleep(0.5)
+                    s.kill()
+                    killed.append(f"127.0.0.1:{s.port}")
+                    return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, killed
+
+
+def test_bench_rpc_with_its_server_killed_mid_measurement_is_retried_on_another_and_says_which(
+    loopback, module_tiny_onnx
+):
+    key = "repfx-test-kill2"
+    servers = _drop_test_servers(loopback, key, 2)
+    try:
+        watcher, killed = _kill_when_serving(servers)
+        doc = bench(BenchRequest(source=module_tiny_onnx, rpc=str(loopback["endpoint"]), rpc_key=key, timing=FAST))
+        watcher.join(5)
+        (gone,) = killed
+        dropped, measured = doc["rpc"]["servers"]
+        assert dropped["address"] == gone and dropped["outcome"].startswith("dropped")
+        assert measured["outcome"] == "measured" and measured["address"] == doc["device"]["address"] != gone
+        assert doc["results"][RUNTIME]["attempts"] == 2 and doc["latency_ms"][RUNTIME] > 0
+        assert doc["verification"][0]["max_abs_error"] < 1e-4
+    finally:
+        for s in servers:
+            s.kill()
+
+
+def test_handed_out_server_that_cannot_be_reached_is_passed_over_for_another(loopback, host_artifact):
+    from repfx_deploy.measure.rpc import framing
+
+    key = "repfx-test-ghost"
+    ghost = socket.create_connection(("127.0.0.1", loopback["tracker"].port))  # registers a server that is not there
+    ghost.sendall(framing.int32(framing.RPC_TRACKER_MAGIC))
+    assert framing.recv_int32(ghost) == framing.RPC_TRACKER_MAGIC
+    dead_port = rpc_devices.free_port()
+    assert (
+        framing.call(ghost, [framing.TrackerCode.UPDATE_INFO, {"key": f"server:{key}", "addr": [None, dead_port]}]) == 0
+    )
+    assert framing.call(ghost, [framing.TrackerCode.PUT, key, [dead_port, f"{key}:0.5"], None]) == 0
+    real = rpc_devices.start(rpc_devices.serve_args(loopback["tracker"], key))
+    try:
+        rpc_devices.wait_for_key(loopback["tracker"], key, 2)
+        run = measure_on_device(
+            [DeviceJob("a", host_artifact)],
+            [_inputs()],
+            _inputs(),
+            RpcConfig(loopback["endpoint"], key, wait_s=10),
+            FAST,
+        )
+        # the ghost first (the tracker hands out servers in the order they registered), then the real one
+        assert list(run.results) == ["a"] and run.results["a"].attempts == 2
+        assert run.results["a"].device["address"] == f"127.0.0.1:{real.port}"
+        ghost_try, measured = run.results["a"].to_dict()["servers"]
+        assert ghost_try["address"] == f"127.0.0.1:{dead_port}" and "connecting to it failed" in ghost_try["outcome"]
+        assert measured["outcome"] == "measured"
+    finally:
+        ghost.close()
+        real.kill()
+
+
 def test_artifact_for_another_cpu_is_refused_without_retry(loopback, module_tiny_onnx, tmp_path):
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("aarch64-linux-gnu-g++ is not installed (scripts/setup.sh installs it)")
     profile = get_profile("rpi4")
-    compile_onnx(module_tiny_onnx, tmp_path, CompileConfig(target=resolve_tvm_target(profile), link=profile.link, tuning_db=tmp_path / "db"))
-    run = measure_on_device([DeviceJob("arm", tmp_path)], [_inputs()], _inputs(), RpcConfig(loopback["endpoint"], NATIVE), FAST)
+    compile_onnx(
+        module_tiny_onnx,
+        tmp_path,
+        CompileConfig(target=resolve_tvm_target(profile), link=profile.link, tuning_db=tmp_path / "db"),
+    )
+    run = measure_on_device(
+        [DeviceJob("arm", tmp_path)], [_inputs()], _inputs(), RpcConfig(loopback["endpoint"], NATIVE), FAST
+    )
     assert not run.results and "built for aarch64, but the device" in run.failures["arm"]
 
 
@@ -207,7 +333,13 @@ def test_rpc_device_threads_and_outputs_match_local_run(loopback, host_artifact)
     from repfx_deploy.compile.tvm_runtime import load_tvm_runner
 
     samples = [_inputs(s) for s in range(2)]
-    run = measure_on_device([DeviceJob("t", Path(host_artifact))], samples, samples[0], RpcConfig(loopback["endpoint"], NATIVE, threads=1), FAST)
+    run = measure_on_device(
+        [DeviceJob("t", Path(host_artifact))],
+        samples,
+        samples[0],
+        RpcConfig(loopback["endpoint"], NATIVE, threads=1),
+        FAST,
+    )
     result = run.results["t"]
     assert result.threads == 1
     local = load_tvm_runner(host_artifact, 1)
@@ -222,35 +354,69 @@ def test_metaschedule_tuning_over_rpc_times_on_the_device_and_reuses_the_databas
 
     target = resolve_tvm_target(get_profile("host"))
     db = tmp_path / "db"
-    with pytest.raises(MeasureError, match="No device is registered"):  # the RPC path is taken, and fails before building
+    # the RPC path is taken, and fails before building
+    with pytest.raises(MeasureError, match="No device is registered"):
         (tmp_path / "never").mkdir()
-        compile_onnx(module_tiny_onnx, tmp_path / "never", CompileConfig(target=target, tune_trials=8, tuning_db=db, tune_rpc=RpcTuning(str(loopback["endpoint"]), "no-such-board")))
-    config = CompileConfig(target=target, tune_trials=8, tuning_db=db, tune_rpc=RpcTuning(str(loopback["endpoint"]), NATIVE))
+        compile_onnx(
+            module_tiny_onnx,
+            tmp_path / "never",
+            CompileConfig(
+                target=target,
+                tune_trials=8,
+                tuning_db=db,
+                tune_rpc=RpcTuning(str(loopback["endpoint"]), "no-such-board"),
+            ),
+        )
+    config = CompileConfig(
+        target=target, tune_trials=8, tuning_db=db, tune_rpc=RpcTuning(str(loopback["endpoint"]), NATIVE)
+    )
     (tmp_path / "first").mkdir()
     first = compile_onnx(module_tiny_onnx, tmp_path / "first", config).manifest["tuning"]
     assert first["trials_run"] == 8 and first["tasks_tuned"] == 1 and count_records(db) > 0
-    records = [json.loads(line)[1] for line in (db / "database_tuning_record.json").read_text().splitlines() if line.strip()]
+    records = [
+        json.loads(line)[1] for line in (db / "database_tuning_record.json").read_text().splitlines() if line.strip()
+    ]
     assert any(max(r[1]) < 1.0 for r in records)  # candidates really ran there (a failed run is recorded as 1e10 s)
     (choice,) = read_choices(db).values()
-    assert choice["choice"] in ("tuned", "default") and choice["default_us"] > 0 and choice["tuned_us"] > 0  # A/B timed on the device
+    # A/B timed on the device
+    assert choice["choice"] in ("tuned", "default") and choice["default_us"] > 0 and choice["tuned_us"] > 0
     (tmp_path / "second").mkdir()
     second = compile_onnx(module_tiny_onnx, tmp_path / "second", config).manifest
-    assert second["tuning"]["trials_run"] == 0 and second["tuning"]["tasks_reused"] == 1 and second["kernels_tuned"] == 1
+    assert (
+        second["tuning"]["trials_run"] == 0 and second["tuning"]["tasks_reused"] == 1 and second["kernels_tuned"] == 1
+    )
 
 
 # The emulated device last: its server has been starting (TVM import under qemu) while the tests above ran.
 def test_aarch64_artifact_runs_on_emulated_device_agrees_and_is_labeled_emulated(emulated_device, module_tiny_onnx):
-    doc = bench(BenchRequest(source=module_tiny_onnx, target="rpi4", rpc=str(emulated_device), rpc_key=EMULATED, timing=FAST))
+    doc = bench(
+        BenchRequest(source=module_tiny_onnx, target="rpi4", rpc=str(emulated_device), rpc_key=EMULATED, timing=FAST)
+    )
     assert doc["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
     assert doc["device"]["machine"] == "aarch64" and doc["emulated"] is True
     assert doc["results"][RUNTIME]["note"] == doc["note"] == "emulated: timings meaningless"
     assert doc["verification"][0]["max_abs_error"] <= 1e-4 and doc["verification"][0]["cosine"] > 0.9999
 
 
-def test_compile_rpc_verifies_cross_compiled_artifact_on_the_emulated_device(emulated_device, module_tiny_onnx, tmp_path):
+def test_compile_rpc_verifies_cross_compiled_artifact_on_the_emulated_device(
+    emulated_device, module_tiny_onnx, tmp_path
+):
     from repfx_deploy.pipeline.compile import CompileRequest, compile_model
 
-    doc = compile_model(CompileRequest(source=module_tiny_onnx, out_dir=tmp_path / "rpi4", target="rpi4", rpc=str(emulated_device), rpc_key=EMULATED))
+    doc = compile_model(
+        CompileRequest(
+            source=module_tiny_onnx,
+            out_dir=tmp_path / "rpi4",
+            target="rpi4",
+            rpc=str(emulated_device),
+            rpc_key=EMULATED,
+        )
+    )
     check = doc["verification"]
-    assert check["device"] == {"key": EMULATED, "address": check["device"]["address"], "machine": "aarch64", "emulated": True}
+    assert check["device"] == {
+        "key": EMULATED,
+        "address": check["device"]["address"],
+        "machine": "aarch64",
+        "emulated": True,
+    }
     assert check["max_abs_error"] <= 1e-4 and (tmp_path / "rpi4" / "verification.json").is_file()

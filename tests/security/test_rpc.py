@@ -55,8 +55,14 @@ def locked(token_file):
     try:
         server = rpc_devices.start(
             rpc_devices.serve_args(
-                tracker, KEY, "--token-file", str(token_file), "--handshake-timeout", str(HANDSHAKE_S),
-                "--max-upload-mb", "1",
+                tracker,
+                KEY,
+                "--token-file",
+                str(token_file),
+                "--handshake-timeout",
+                str(HANDSHAKE_S),
+                "--max-upload-mb",
+                "1",
             )
         )
         rpc_devices.wait_for_key(tracker, KEY, 1, token_file=token_file)
@@ -107,7 +113,7 @@ def _inputs():
 
 
 def _refused(call, *args) -> str:
-    with pytest.raises(Exception) as info:  # TVM's RPCError carries the server's message
+    with pytest.raises(RuntimeError) as info:  # TVM's RPCError carries the server's message
         call(*args)
     text = str(info.value)
     assert files.PATH_REFUSED in text or files.UPLOAD_REFUSED in text, text
@@ -120,7 +126,12 @@ def _refused(call, *args) -> str:
 @pytest.mark.tvm
 def test_download_of_etc_passwd_by_traversal_or_absolute_path_is_refused(session):
     remote, folder = session
-    for name in ["../../etc/passwd", "../" * (len(folder.parts) + 2) + "etc/passwd", "/etc/passwd", "x/../../etc/passwd"]:
+    for name in [
+        "../../etc/passwd",
+        "../" * (len(folder.parts) + 2) + "etc/passwd",
+        "/etc/passwd",
+        "x/../../etc/passwd",
+    ]:
         text = _refused(remote.download, name)
         assert "root:" not in text
 
@@ -161,8 +172,21 @@ def test_confine_refuses_every_escape_and_keeps_plain_names(tmp_path):
     root = tmp_path.resolve()
     (root / "sub").mkdir()
     (root / "up").symlink_to(root.parent, target_is_directory=True)
-    for bad in ["", ".", "/etc/passwd", "\\\\server\\share", "C:\\x", "..", "../x", "sub/../../x", "a/..", "up/x",
-                "x\x00y", None, 7]:
+    for bad in [
+        "",
+        ".",
+        "/etc/passwd",
+        "\\\\server\\share",
+        "C:\\x",
+        "..",
+        "../x",
+        "sub/../../x",
+        "a/..",
+        "up/x",
+        "x\x00y",
+        None,
+        7,
+    ]:
         with pytest.raises(files.PathRefused):
             files.confine(root, bad)
     assert files.confine(root, "sub/model.so") == root / "sub" / "model.so"
@@ -197,7 +221,7 @@ def test_device_session_without_or_with_a_wrong_token_is_refused_before_anything
     host, port, matchkey = _raw_request(locked["endpoint"], token_file)  # the match key is not the secret
     server = psutil.Process(locked["server"].proc.pid)
     for key in [matchkey, auth.session_key(matchkey, b"not-the-token-at-all")]:
-        with pytest.raises(Exception):
+        with pytest.raises(RuntimeError):  # TVM's error for a refused handshake
             rpc.connect(host, port, key, 30)
         assert server.children() == []  # no session process was ever started: nothing uploaded or loaded
     log = locked["server"].log.read_text()
@@ -232,13 +256,53 @@ def test_tracker_refuses_a_server_without_or_with_a_wrong_token(locked, token_fi
     wrong = auth.write_token_file(tmp_path / "wrong")
     for extra in [[], ["--token-file", str(wrong)]]:
         proc = subprocess.run(
-            [sys.executable, "-m", "repfx_deploy.cli", "device", *rpc_devices.serve_args(locked["tracker"], "rogue"),
-             *extra, "--json"],
-            cwd=rpc_devices.ROOT, env={**os.environ, "PYTHONPATH": str(rpc_devices.ROOT)},
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "repfx_deploy.cli",
+                "device",
+                *rpc_devices.serve_args(locked["tracker"], "rogue"),
+                *extra,
+                "--json",
+            ],
+            cwd=rpc_devices.ROOT,
+            env={**os.environ, "PYTHONPATH": str(rpc_devices.ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 2 and '"RpcAuthError"' in proc.stdout, proc.stdout + proc.stderr
     assert list(device_queues(locked["endpoint"], token_file=token_file)) == [KEY]
+
+
+@pytest.mark.tvm
+def test_bench_rpc_and_tuning_sessions_send_the_token_from_the_environment(locked, token_file, tmp_path, monkeypatch):
+    import tiny_models
+    import torch
+
+    from repfx_deploy.lower.onnx_export import export_onnx
+    from repfx_deploy.measure.rpc.tracker import metaschedule_session
+    from repfx_deploy.pipeline.bench import BenchRequest, bench
+    from repfx_deploy.spec import InputSpec
+
+    torch.manual_seed(0)
+    onnx = export_onnx(tiny_models.TinyConvNet().eval(), (InputSpec("input", (1, 3, 8, 8)),), tmp_path / "t.onnx").path
+    request = BenchRequest(source=onnx, rpc=str(locked["endpoint"]), rpc_key=KEY, timing=FAST)
+    started = time.monotonic()
+    with pytest.raises(RpcAuthError, match="requires a token"):
+        bench(request)
+    assert time.monotonic() - started < 10  # refused before compiling anything
+    monkeypatch.setenv(auth.TOKEN_FILE_ENV, str(token_file))
+    doc = bench(request)
+    assert doc["latency_ms"]["tvm-rpc"] > 0 and doc["device"]["key"] == KEY
+    rpc_devices.wait_for_key(locked["tracker"], KEY, 1, timeout_s=20, token_file=token_file)
+    from tvm.s_tir.meta_schedule.runner import RPCConfig
+
+    config = RPCConfig("127.0.0.1", locked["tracker"].port, KEY, session_timeout_sec=30)
+    remote = metaschedule_session(config)  # what tuning over RPC connects with (compile.tvm_tune_rpc)
+    assert remote.get_function("runtime.NumThreads")() >= 1
+    del remote
+    rpc_devices.wait_for_key(locked["tracker"], KEY, 1, timeout_s=20, token_file=token_file)
 
 
 # -- availability --------------------------------------------------------------------------------------------
@@ -275,8 +339,9 @@ def test_upload_over_the_server_limit_is_refused_by_the_server(session):
 
 
 @pytest.mark.tvm
-def test_artifact_over_the_server_limit_fails_with_a_clear_error_before_uploading(locked, token_file, tiny_artifact,
-                                                                                  tmp_path):
+def test_artifact_over_the_server_limit_fails_with_a_clear_error_before_uploading(
+    locked, token_file, tiny_artifact, tmp_path
+):
     padded = tmp_path / "padded"
     shutil.copytree(tiny_artifact, padded)
     with (padded / "model.so").open("ab") as f:
@@ -291,8 +356,10 @@ def test_artifact_over_the_server_limit_fails_with_a_clear_error_before_uploadin
 
 def test_binding_beyond_loopback_needs_allow_remote_and_a_token(token_file):
     runner = CliRunner()
-    for command in (["device", "tracker", "--port", "9"],
-                    ["device", "serve", "--tracker", "127.0.0.1:9", "--key", "k", "--port", "9"]):
+    for command in (
+        ["device", "tracker", "--port", "9"],
+        ["device", "serve", "--tracker", "127.0.0.1:9", "--key", "k", "--port", "9"],
+    ):
         result = runner.invoke(app, [*command, "--host", "0.0.0.0", "--json"])
         assert result.exit_code == 2 and "--allow-remote" in result.output and "0.0.0.0" in result.output
         result = runner.invoke(app, [*command, "--host", "0.0.0.0", "--allow-remote", "--json"])
@@ -304,8 +371,16 @@ def test_binding_beyond_loopback_needs_allow_remote_and_a_token(token_file):
 @pytest.mark.tvm
 def test_tracker_beyond_loopback_with_allow_remote_and_a_token_warns_naming_the_address(token_file):
     tracker = rpc_devices.start(
-        ["tracker", "--host", "0.0.0.0", "--port", str(rpc_devices.free_port()), "--allow-remote",
-         "--token-file", str(token_file)]
+        [
+            "tracker",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(rpc_devices.free_port()),
+            "--allow-remote",
+            "--token-file",
+            str(token_file),
+        ]
     )
     try:
         time.sleep(0.5)

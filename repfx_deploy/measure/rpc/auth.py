@@ -162,18 +162,22 @@ def login(sock: socket.socket, token: bytes | None, where: str) -> None:
             f"Start it with `repfx-deploy device tracker --token-file PATH`, or unset {TOKEN_FILE_ENV} and "
             f"{TOKEN_ENV} to use it without a token.",
         ) from e
-    ok = isinstance(reply, list) and len(reply) == 3 and reply[0] == framing.TRACKER_SUCCESS
-    if ok and reply[1] is None:
+    if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == framing.TRACKER_SUCCESS):
+        raise RpcAuthError(f"The RPC tracker at {where} answered the token handshake with {reply!r}.", _TOKEN_FIX)
+    theirs, their_proof = reply[1], reply[2]
+    if theirs is None:
         raise RpcAuthError(
             f"The RPC tracker at {where} holds no token, but this side has one: it may not be your tracker.",
             f"Restart the tracker with --token-file PATH, or unset {TOKEN_FILE_ENV} and {TOKEN_ENV} here.",
         )
-    if not ok or not valid_nonce(reply[1]) or not verify(token, "tracker", (mine, reply[1]), reply[2]):
+    if not valid_nonce(theirs) or not verify(token, "tracker", (mine, theirs), their_proof):
         raise RpcAuthError(f"The RPC tracker at {where} holds another token than this side.", _TOKEN_FIX)
     try:
-        answer = framing.call(sock, [AUTH, proof(token, "client", mine, reply[1])])
+        answer = framing.call(sock, [AUTH, proof(token, "client", mine, theirs)])
     except (OSError, ValueError) as e:
-        raise RpcAuthError(f"The RPC tracker at {where} dropped the connection at the token check: {e}.", _TOKEN_FIX) from e
+        raise RpcAuthError(
+            f"The RPC tracker at {where} dropped the connection at the token check: {e}.", _TOKEN_FIX
+        ) from e
     if answer != framing.TRACKER_SUCCESS:
         raise RpcAuthError(f"The RPC tracker at {where} refused this side's token ({answer!r}).", _TOKEN_FIX)
 

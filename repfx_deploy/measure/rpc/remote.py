@@ -359,6 +359,7 @@ def measure_on_device(
                     session = _request(config)
                 except DeviceUnreachableError as e:  # died since it registered: the tracker has others
                     errors.append(f"attempt {attempt + 1}: {e.problem}")
+                    dropped.append({"address": e.address, "error": e.problem})
                     log.warning("%s: %s", job.name, errors[-1])
                     continue
                 except MeasureError as e:

@@ -230,7 +230,13 @@ def serve_tracker(config: TrackerConfig, ready: Callable[[dict], None] | None = 
         warn_exposed("tracker", config.host, port)
     _announce(
         ready,
-        {"tracker": f"{config.host}:{port}", "host": config.host, "port": port, "pid": os.getpid(), "token": token is not None},
+        {
+            "tracker": f"{config.host}:{port}",
+            "host": config.host,
+            "port": port,
+            "pid": os.getpid(),
+            "token": token is not None,
+        },
     )
 
     def wait() -> None:

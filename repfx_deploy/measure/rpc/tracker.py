@@ -169,6 +169,7 @@ def request_session(
             f"The tracker gave device {host}:{port} for {key!r}, but connecting to it failed: {e}",
             "Check that the device server is running, reachable from here (its --host / --custom-addr), and "
             "holds the same token as the tracker.",
+            address=f"{host}:{port}",
         ) from e
     return DeviceSession(session=session, key=key, address=f"{host}:{port}")
 
