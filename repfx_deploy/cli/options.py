@@ -20,7 +20,9 @@ PythonPath = Annotated[
 TrustPickle = Annotated[
     bool,
     typer.Option(
-        "--trust-pickle", help="Allow loading a pickled nn.Module. Unpickling runs code: only for files you trust."
+        "--trust-pickle",
+        help="Allow loading a file that carries code: a pickled nn.Module or other Python objects, TorchScript with "
+        "__setstate__, a .pt2 that fails the checks. Loading it runs that code: only for files you trust.",
     ),
 ]
 InputShape = Annotated[

@@ -115,6 +115,9 @@ def ort_graph(model: onnx.ModelProto, specs: tuple[InputSpec, ...], threads: int
         try:
             ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
+            from repfx_deploy.diskfull import raise_if_disk_full
+
+            raise_if_disk_full(e, Path(tmp))  # ORT writes the optimised model here
             raise MeasureError(
                 f"ONNX Runtime cannot load the model: {e}",
                 "Check it with `repfx-deploy inspect`, or use --method analytic.",
