@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ from rich.text import Text
 
 from repfx_deploy.errors import RepfxError
 from repfx_deploy.interrupts import defer
+from repfx_deploy.report import strict_json
 
 stderr = Console(stderr=True, highlight=False, markup=False, emoji=False)
 stdout = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
@@ -108,7 +108,7 @@ def stdout_to_stderr() -> Iterator[None]:
 
 def emit_json(doc: Any) -> None:
     stream = _json_stream[-1] if _json_stream else sys.stdout
-    stream.write(json.dumps(doc, indent=2, default=str) + "\n")
+    stream.write(strict_json.dumps(doc) + "\n")
     stream.flush()
 
 

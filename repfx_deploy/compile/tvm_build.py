@@ -17,7 +17,6 @@ Calling convention of the artifact: ``vm = relax.VirtualMachine(tvm.runtime.load
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 from repfx_deploy.compile.config import CompileConfig
 from repfx_deploy.compile.host import ensure_thread_pool_capacity
 from repfx_deploy.compile.link import export_artifact, is_foreign_target
-from repfx_deploy.compile.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
+from repfx_deploy.compile.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, write_manifest
 from repfx_deploy.compile.onnx_import import (
     import_onnx,
     load_onnx,
@@ -333,5 +332,5 @@ def compile_onnx(
         "compile_s": round(time.perf_counter() - started, 3),
     }
     manifest_path = out_dir / MANIFEST_NAME
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(manifest_path, manifest)
     return CompiledArtifact(library_path=library_path, manifest_path=manifest_path, manifest=manifest)

@@ -204,7 +204,6 @@ def _record_choice(db_dir: Path, key: str, entry: dict) -> None:
     choices[key] = entry
     with atomic_file(Path(db_dir) / CHOICES_FILE) as tmp:
         tmp.write_text(strict_json.dumps(choices, indent=1, sort_keys=True) + "\n")
-        tmp.chmod(0o644)  # like the database files beside it (the temporary file is created 0600)
 
 
 def tuned_schedule(db, choices: dict, task_mod, target):

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from repfx_deploy.errors import CompileError, InputError
+from repfx_deploy.compile.manifest import write_manifest
+from repfx_deploy.errors import CompileError, InputError, TuningDatabaseError
 from repfx_deploy.lower.onnx_export import ExportConfig, export_onnx
 from repfx_deploy.measure.runner import run_all
 from repfx_deploy.spec import InputSpec
@@ -107,6 +108,8 @@ def compile_checked(
                 target=tvm_target, tune_trials=tune_trials, link=link, tune_rpc=tune_rpc if tune_trials > 0 else None
             ),
         )
+    except TuningDatabaseError:
+        raise  # not the model's fault: the fix is --fresh-tuning, not another runtime
     except CompileError as e:
         log.error("TVM compile failed: %s", e)
         artifacts.compile_error, artifacts.compile_failure = str(e), e
@@ -325,4 +328,4 @@ def relativize_manifest(tvm_dir: Path | None, folder: Path) -> None:
     if tvm_dir is None or not (tvm_dir / "manifest.json").exists():
         return
     manifest = json.loads((tvm_dir / "manifest.json").read_text())
-    (tvm_dir / "manifest.json").write_text(json.dumps(relative_paths(manifest, folder), indent=2) + "\n")
+    write_manifest(tvm_dir / "manifest.json", relative_paths(manifest, folder))

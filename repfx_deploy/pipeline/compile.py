@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from repfx_deploy.pipeline.artifacts import (
     relativize_manifest,
     relocate,
 )
+from repfx_deploy.report import strict_json
 from repfx_deploy.targets import get_profile, resolve_threads, resolve_tvm_target
 from repfx_deploy.verify import compare
 
@@ -104,7 +104,7 @@ def compile_model(request: CompileRequest) -> dict:
             reference = art.outputs.get("onnxruntime") or run_all(OrtRunner(art.onnx_path, threads), samples)
             verification = _verify_on_device(tmp, samples, reference, tune_rpc)
         if verification is not None:
-            (tmp / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
+            strict_json.write(tmp / "verification.json", verification)
         relativize_manifest(tmp, tmp)
         summary = relocate(art.compile, tmp, request.out_dir)
     return {
