@@ -65,6 +65,7 @@ def loopback():
         "endpoint": RpcEndpoint("127.0.0.1", tracker.port),
         "emulated_skip": emulated_skip,
         "emulated": emulated,
+        "native": native,
     }
     yield state
     for process in (emulated, native, tracker):
@@ -312,6 +313,23 @@ def test_handed_out_server_that_cannot_be_reached_is_passed_over_for_another(loo
     finally:
         ghost.close()
         real.kill()
+
+
+def test_session_process_killed_alone_leaves_its_server_serving(loopback):
+    import signal
+
+    import psutil
+
+    held = request_session(loopback["endpoint"], NATIVE, wait_s=10, session_timeout_s=60)
+    (child,) = psutil.Process(loopback["native"].proc.pid).children()
+    child.send_signal(signal.SIGTERM)  # the session alone: its server must clean up after it and go on
+    child.wait(10)
+    del held
+    rpc_devices.wait_for_key(loopback["tracker"], NATIVE, 1, timeout_s=20)
+    again = request_session(loopback["endpoint"], NATIVE, wait_s=10, session_timeout_s=60)
+    assert again.session.get_function("runtime.NumThreads")() >= 1
+    del again
+    rpc_devices.wait_for_key(loopback["tracker"], NATIVE, 1, timeout_s=20)
 
 
 def test_artifact_for_another_cpu_is_refused_without_retry(loopback, module_tiny_onnx, tmp_path):

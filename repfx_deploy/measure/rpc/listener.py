@@ -37,14 +37,13 @@ from pathlib import Path
 from repfx_deploy.errors import MeasureError, RpcAuthError
 from repfx_deploy.measure.rpc import auth, files, framing
 from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-from repfx_deploy.measure.rpc.tracker import call, open_tracker
+from repfx_deploy.measure.rpc.registration import TrackerLink
 
 log = logging.getLogger("repfx_deploy.measure")
 
 TICK_S = 2.0  # TVM's ping period
 UNCLAIMED_S = 6.0  # a match key handed out but not used this long is replaced (TVM: 4 s plus one ping)
 TRACKER_RETRY_S = 60.0  # how long a lost tracker is retried, as TVM's connect_with_retry does
-TRACKER_TIMEOUT_S = 5.0
 MAX_PENDING = 256  # handshakes in progress at once; more connections are closed at once
 _LISTEN, _SESSION = "listen", "session"
 
@@ -87,55 +86,13 @@ class _Session:
     timed_out: bool = False
 
 
-class _TrackerLink:
-    """This server's registration at the tracker: one connection, reopened when it drops."""
-
-    def __init__(self, config: ListenerConfig) -> None:
-        self.config = config
-        self.sock: socket.socket | None = None
-
-    def connect(self) -> None:
-        c = self.config
-        sock = open_tracker(c.tracker, TRACKER_TIMEOUT_S, c.token)
-        try:
-            info = {"key": "server:" + c.key, "addr": [c.custom_addr, c.port]}
-            reply = call(sock, [framing.TrackerCode.UPDATE_INFO, info], c.tracker)
-        except (OSError, ValueError) as e:
-            sock.close()
-            raise MeasureError(f"The RPC tracker at {c.tracker} dropped this server's registration: {e}.") from e
-        if reply != framing.TRACKER_SUCCESS:
-            sock.close()
-            raise MeasureError(f"The RPC tracker at {c.tracker} refused to register this server ({reply!r}).")
-        self.sock = sock
-
-    def _call(self, message: list) -> object:
-        if self.sock is None:
-            raise ConnectionError("not connected to the tracker")
-        return call(self.sock, message, self.config.tracker)
-
-    def put(self, matchkey: str) -> None:
-        c = self.config
-        reply = self._call([framing.TrackerCode.PUT, c.key, [c.port, matchkey], c.custom_addr])
-        if reply != framing.TRACKER_SUCCESS:
-            raise ValueError(f"the tracker refused the registration ({reply!r})")
-
-    def pending(self) -> list:
-        reply = self._call([framing.TrackerCode.GET_PENDING_MATCHKEYS])
-        return reply if isinstance(reply, list) else []
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
 class DeviceListener:
     """The loop: ``register()`` once (its errors are the user's to see), then ``run()`` until the process ends."""
 
     def __init__(self, sock: socket.socket, config: ListenerConfig) -> None:
         self.sock = sock
         self.config = config
-        self.link = _TrackerLink(config)
+        self.link = TrackerLink(config.tracker, config.key, config.port, config.token, config.custom_addr)
         self.selector = selectors.DefaultSelector()
         self.pending: dict[int, _Handshake] = {}
         self.matchkey: str | None = None
@@ -272,7 +229,6 @@ class DeviceListener:
         self.matchkey = None  # used up: the next session gets a new one
         self.sessions += 1
         folder = self.config.work_root / f"session-{self.sessions}"
-        folder.mkdir(mode=0o700)
         timeout_s = _requested_timeout_s(opts)
         others = [self.sock, self.link.sock, *(p.conn for p in self.pending.values())]
         context = multiprocessing.get_context("fork")
@@ -281,7 +237,15 @@ class DeviceListener:
             args=(h.conn, folder, self.config.max_upload_bytes, others),
             name=f"repfx-rpc-session-{self.sessions}",
         )
-        proc.start()
+        try:
+            folder.mkdir(mode=0o700, parents=True)
+            proc.start()
+        except OSError as e:  # out of processes, memory or disk: this session fails, the server goes on
+            log.error("could not start session %d from %s: %s", self.sessions, h.addr, e)
+            h.conn.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            self._offer()
+            return
         deadline = time.monotonic() + timeout_s if timeout_s else math.inf
         self.session = _Session(self.sessions, proc, h.conn, h.addr, folder, deadline)
         self.selector.register(proc.sentinel, selectors.EVENT_READ, _SESSION)
@@ -405,6 +369,11 @@ def _kill_tree(proc: multiprocessing.process.BaseProcess) -> None:
 
 def _serve_session(conn: socket.socket, folder: Path, max_upload_bytes: int, others: list) -> None:
     """In the forked child: drop the parent's other sockets, confine the file functions, serve the session."""
+    import signal
+
+    # the server's handlers clean up the server (its work folder included): a session stopped alone just ends
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     for other in others:
         if other is not None:
             try:
