@@ -429,3 +429,20 @@ def test_framing_constants_are_tvms():
     assert (framing.RPC_CODE_SUCCESS, framing.RPC_CODE_MISMATCH) == (base.RPC_CODE_SUCCESS, base.RPC_CODE_MISMATCH)
     for name in ("FAIL", "SUCCESS", "PUT", "REQUEST", "UPDATE_INFO", "SUMMARY", "GET_PENDING_MATCHKEYS"):
         assert getattr(framing.TrackerCode, name) == getattr(base.TrackerCode, name)
+
+
+def test_work_folders_of_servers_that_are_gone_are_removed_at_the_next_start(tmp_path, monkeypatch):
+    import tempfile
+
+    from repfx_deploy.measure.rpc import server
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tmp_path / f"repfx-rpc-work-{dead.pid}-k-abc"
+    alive = tmp_path / f"repfx-rpc-work-{os.getpid()}-k-def"
+    other = tmp_path / "repfx-rpc-work-notapid-k"
+    for folder in (gone, alive, other):
+        (folder / "session-1").mkdir(parents=True)
+    server._remove_stale_work_folders()
+    assert not gone.exists() and alive.is_dir() and other.is_dir()

@@ -49,6 +49,8 @@ EMULATED_NOTE = "emulated: timings meaningless"
 DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
 DEFAULT_MAX_UPLOAD_MB = 256
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_WORK_PREFIX = "repfx-rpc-work-"  # then the server's pid: a folder whose server is gone is removed at the next start
+_WORK_FOLDER = re.compile(r"^repfx-rpc-work-(\d+)-")
 _cleanup: list[Path] = []  # work folders removed when the process is stopped
 
 
@@ -131,6 +133,27 @@ def device_info(key: str, emulated: bool, max_upload_bytes: int | None = None) -
     }
 
 
+def _remove_stale_work_folders() -> None:
+    """Delete this user's server work folders whose server is gone (one killed with SIGKILL cannot clean up)."""
+    root = Path(tempfile.gettempdir())
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = _WORK_FOLDER.match(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:  # alive under another user, or unreadable: not ours to judge
+            continue
+
+
 def _announce(ready: Callable[[dict], None] | None, doc: dict) -> None:
     if ready is not None:
         ready(doc)
@@ -177,7 +200,8 @@ def serve_device(config: ServeConfig, ready: Callable[[dict], None] | None = Non
     payload = json.dumps(info)
     tvm_ffi.register_global_func(DEVICE_INFO_FUNC, lambda: payload, override=True)
     sock, port = bind_listener(config.host, config.port)
-    work_root = Path(tempfile.mkdtemp(prefix=f"repfx-rpc-{config.key}-")).resolve()
+    _remove_stale_work_folders()
+    work_root = Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{os.getpid()}-{config.key}-")).resolve()
     _cleanup.append(work_root)
     listener = DeviceListener(
         sock,
