@@ -1,0 +1,184 @@
+"""The Pareto front of a study's trials: accuracy (higher is better) against latency (lower is better).
+
+    front = pareto_front(study.trials)                    # COMPLETE, feasible, non-dominated; fastest first
+    near = nearest_to_front(study.trials, front, k=2)     # the k others closest to it, to measure whole too
+    feasible = judged_feasible(trial, config.budgets)     # the budgets on the measured latency, once there is one
+
+A trial's objectives are ``trial.values``: ``(accuracy, latency_ms)``, the latency predicted by the scorer.
+Once a trial is measured whole (``measure_front``), its ``user_attrs["measured_latency_ms"]`` is the latency
+that counts: ``pareto_front(..., measured=True)`` and ``judged_feasible`` use it wherever it is there, so the
+budget is never judged on the estimate alone where the target could be reached.
+
+Feasibility before measurement is what the objective stored with ``trial.set_constraint`` (Optuna 5.0's
+``trial.constraints``: every value <= 0 is feasible; a trial without constraints is feasible).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+# user_attrs written when a trial is measured whole
+MEASURED_LATENCY = "measured_latency_ms"
+MEASURED_SOURCE = "measured_latency_source"
+
+
+class BudgetLike(Protocol):
+    """What ``judged_feasible`` needs of a budget (``search.config.Budget``)."""
+
+    @property
+    def metric(self) -> str: ...
+
+    def violation(self, value: float) -> float: ...
+
+
+def completed(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that finished with both objectives (finite values), in trial order."""
+    from optuna.trial import TrialState
+
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and t.values is not None
+        and len(t.values) >= 2
+        and all(math.isfinite(v) for v in t.values[:2])
+    ]
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether every constraint the objective stored is <= 0 (a trial with none is feasible)."""
+    return all(v <= 0.0 for v in trial.constraints.values())
+
+
+def accuracy_of(trial: FrozenTrial) -> float:
+    assert trial.values is not None  # callers pass completed trials
+    return float(trial.values[0])
+
+
+def latency_of(trial: FrozenTrial, *, measured: bool = False) -> float:
+    """The trial's latency: the measured whole-model latency when ``measured`` and there is one, else the
+    predicted one (its second objective)."""
+    if measured and trial.user_attrs.get(MEASURED_LATENCY) is not None:
+        return float(trial.user_attrs[MEASURED_LATENCY])
+    assert trial.values is not None  # callers pass completed trials
+    return float(trial.values[1])
+
+
+def is_measured(trial: FrozenTrial) -> bool:
+    return trial.user_attrs.get(MEASURED_LATENCY) is not None
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """``a`` = (accuracy, latency) is at least as good as ``b`` in both and better in one."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+def _point(trial: FrozenTrial, measured: bool) -> tuple[float, float]:
+    return accuracy_of(trial), latency_of(trial, measured=measured)
+
+
+def _key(trial: FrozenTrial) -> tuple:
+    """Trials of the same assignment (a cached repeat) are one candidate."""
+    return tuple(sorted((k, repr(v)) for k, v in trial.params.items()))
+
+
+def unique(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """One trial per assignment: the first, in trial order."""
+    seen: set[tuple] = set()
+    out = []
+    for t in sorted(trials, key=lambda t: t.number):
+        key = _key(t)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def pareto_front(
+    trials: Iterable[FrozenTrial],
+    *,
+    measured: bool = False,
+    budgets: Sequence[BudgetLike] | None = None,
+) -> list[FrozenTrial]:
+    """The COMPLETE, feasible trials no other such trial dominates, one per assignment, fastest first.
+
+    Feasible: the stored constraints (``is_feasible``), or with ``budgets`` given, ``judged_feasible`` (the
+    measured latency where there is one). ``measured``: latencies are the measured ones where there are.
+    """
+    pool = [
+        t for t in unique(completed(trials)) if (judged_feasible(t, budgets) if budgets is not None else is_feasible(t))
+    ]
+    points = {t.number: _point(t, measured) for t in pool}
+    front = [t for t in pool if not any(dominates(points[o.number], points[t.number]) for o in pool)]
+    return sorted(front, key=lambda t: (points[t.number][1], -points[t.number][0], t.number))
+
+
+def nearest_to_front(
+    trials: Iterable[FrozenTrial], front: Sequence[FrozenTrial], k: int, *, measured: bool = False
+) -> list[FrozenTrial]:
+    """The ``k`` COMPLETE trials off ``front`` nearest to it, nearest first.
+
+    Distance is Euclidean in the objectives scaled by their range over the completed trials, to the nearest
+    front member. Infeasible trials count too: a candidate just over the budget by its estimate may be under it
+    when measured, which is why the ones near the front are measured at all.
+    """
+    if k <= 0 or not front:
+        return []
+    on_front = {_key(t) for t in front}
+    pool = [t for t in unique(completed(trials)) if _key(t) not in on_front]
+    every = [_point(t, measured) for t in completed(trials)]
+    span = [max(p[i] for p in every) - min(p[i] for p in every) for i in (0, 1)]
+    scale = [s if s > 0 else 1.0 for s in span]
+
+    def distance(t: FrozenTrial) -> float:
+        p = _point(t, measured)
+        return min(
+            math.hypot((p[0] - q[0]) / scale[0], (p[1] - q[1]) / scale[1]) for q in (_point(f, measured) for f in front)
+        )
+
+    return sorted(pool, key=lambda t: (distance(t), t.number))[:k]
+
+
+def budget_value(trial: FrozenTrial, metric: str) -> float | None:
+    """The figure a budget on ``metric`` is judged on: for latency the measured one where there is one, else
+    the predicted objective; otherwise the score's own figure (``user_attrs[metric]``, or in ``score``)."""
+    if metric == "latency_ms":
+        return latency_of(trial, measured=True)
+    value: Any = trial.user_attrs.get(metric)
+    if value is None and isinstance(trial.user_attrs.get("score"), dict):
+        value = trial.user_attrs["score"].get(metric)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def violations(trial: FrozenTrial, budgets: Sequence[BudgetLike]) -> dict[str, float]:
+    """Each budget's violation ((value - limit) / limit, <= 0 within) as judged now (``budget_value``); a
+    budget whose figure the trial lacks falls back to the constraint the objective stored for its metric."""
+    out = {}
+    for budget in budgets:
+        value = budget_value(trial, budget.metric)
+        if value is not None:
+            out[budget.metric] = float(budget.violation(value))
+        elif budget.metric in trial.constraints:
+            out[budget.metric] = float(trial.constraints[budget.metric])
+    return out
+
+
+def judged_feasible(trial: FrozenTrial, budgets: Sequence[BudgetLike] | None) -> bool:
+    """Whether ``trial`` is within every budget, latency judged on its whole-model measurement where it has
+    one (the estimate alone never decides then). Without budgets: the stored constraints."""
+    if not budgets:
+        return is_feasible(trial)
+    return all(v <= 0.0 for v in violations(trial, budgets).values())
+
+
+def most_accurate(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """The most accurate of ``trials`` (the faster on a tie, then the earlier), or ``None``."""
+    pool = list(trials)
+    if not pool:
+        return None
+    return min(pool, key=lambda t: (-accuracy_of(t), latency_of(t, measured=True), t.number))
