@@ -15,8 +15,9 @@ Feasibility before measurement is what the objective stored with ``trial.set_con
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 # user_attrs written when a trial is measured whole
 MEASURED_LATENCY = "measured_latency_ms"
 MEASURED_SOURCE = "measured_latency_source"
+# A finished trial cannot be changed in Optuna's storage, so measurements are kept as study user attributes
+# under this prefix plus the trial number (in the study's storage, so a rerun does not measure them again).
+MEASUREMENT_PREFIX = "measured:"
 
 
 class BudgetLike(Protocol):
@@ -34,6 +38,32 @@ class BudgetLike(Protocol):
     def metric(self) -> str: ...
 
     def violation(self, value: float) -> float: ...
+
+
+def measurements(study_attrs: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """The whole-model measurements stored in a study's user attributes, by trial number."""
+    out = {}
+    for key, value in study_attrs.items():
+        number = key[len(MEASUREMENT_PREFIX) :]
+        if key.startswith(MEASUREMENT_PREFIX) and number.isdigit() and isinstance(value, Mapping):
+            out[int(number)] = dict(value)
+    return out
+
+
+def measurement_key(trial: FrozenTrial) -> str:
+    return f"{MEASUREMENT_PREFIX}{trial.number}"
+
+
+def with_measurements(trials: Iterable[FrozenTrial], measured: Mapping[int, Mapping[str, Any]]) -> list[FrozenTrial]:
+    """``trials`` with each one's measurement (``{"latency_ms", "source"}``) in its user_attrs, as copies."""
+    out = []
+    for t in trials:
+        m = measured.get(t.number)
+        if m is not None and m.get("latency_ms") is not None:
+            t = copy.copy(t)
+            t.user_attrs = {**t.user_attrs, MEASURED_LATENCY: m["latency_ms"], MEASURED_SOURCE: m.get("source")}
+        out.append(t)
+    return out
 
 
 def completed(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:

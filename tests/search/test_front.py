@@ -117,3 +117,18 @@ def test_front_of_a_real_study_matches_optunas_best_trials():
             )
         )
     assert {t.number for t in pareto_front(study.trials)} == {t.number for t in study.best_trials}
+
+
+def test_measurements_stored_on_the_study_come_back_on_copies_of_the_trials():
+    from repfx_deploy.search.front import measurement_key, measurements, with_measurements
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = _trial(0, 0.9, 10.0)
+    study.add_trial(trial)
+    (stored,) = study.trials
+    study.set_user_attr(measurement_key(stored), {"latency_ms": 7.5, "source": "measured-local"})
+    study.set_user_attr("unrelated", 1)
+    found = measurements(study.user_attrs)
+    assert found == {stored.number: {"latency_ms": 7.5, "source": "measured-local"}}
+    (copy_,) = with_measurements(study.trials, found)
+    assert copy_.user_attrs[MEASURED_LATENCY] == 7.5 and MEASURED_LATENCY not in study.trials[0].user_attrs
