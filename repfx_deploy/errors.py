@@ -95,3 +95,7 @@ class DeviceUnreachableError(MeasureError):
     def __init__(self, problem: str, fix: str | None = None, *, address: str = "unknown") -> None:
         super().__init__(problem, fix)
         self.address = address
+
+
+class SearchError(RepfxError):
+    """A search cannot go on: its study cannot be stored or resumed, its workers failed, or every candidate failed."""
