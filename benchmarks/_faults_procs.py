@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repfx_deploy.atomic import list_temps
-from repfx_deploy.outlock import lock_holder, lock_path
+from repfx_deploy.outlock import lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_MODEL = ROOT / "examples" / "fashion-mnist" / "model.pt"
@@ -227,7 +227,6 @@ class Leftovers:
     exists: bool
     temps: tuple[str, ...]
     lock: bool
-    lock_pid: int | None
 
     @classmethod
     def of(cls, out: Path) -> Leftovers:
@@ -235,7 +234,6 @@ class Leftovers:
             os.path.lexists(out),
             tuple(p.name for p in list_temps(out)),
             os.path.lexists(lock_path(out)),
-            lock_holder(out),
         )
 
     @property

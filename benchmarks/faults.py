@@ -220,7 +220,7 @@ def _mount(folder: Path, pages: int) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"mount failed: {e}"
-    return None if done.returncode == 0 else f"mount failed: {(done.stderr or done.stdout).strip()}"
+    return None if done.returncode == 0 else f"mount failed: {' '.join((done.stderr or done.stdout).split())}"
 
 
 def _umount(folder: Path) -> None:
