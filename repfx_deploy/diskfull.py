@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,7 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def disk_full_error(folder: Path, exc: BaseException | None = None) -> DiskFullError:
     """The ``DiskFullError`` for a write under ``folder``: the folder, the free space there, and the fix."""
-    folder = _failed_folder(exc, Path(folder))
+    folder = _output_of(_failed_folder(exc, Path(folder)))
     quota = _errno_of(exc) == errno.EDQUOT
     what = "The disk quota is exceeded" if quota else "The disk is full"
     error = DiskFullError(
@@ -69,6 +70,20 @@ def disk_full_as_error(folder: Path) -> Iterator[None]:
     except Exception as e:  # only a full disk is translated; everything else goes on unchanged
         raise_if_disk_full(e, folder)
         raise
+
+
+# A run's hidden temporary (atomic.py: ``.<name>.<pid>.<8 hex>.tmp``) is gone by the time the message is read.
+_TEMP_PART = re.compile(r"^\.(.+)\.\d+\.[0-9a-f]{8}\.tmp$")
+
+
+def _output_of(folder: Path) -> Path:
+    """``folder`` with a temporary of ``atomic_dir``/``atomic_file`` in it named as the output it was becoming."""
+    parts = folder.parts
+    for i, part in enumerate(parts):
+        match = _TEMP_PART.match(part)
+        if match:
+            return Path(*parts[:i], match.group(1), *parts[i + 1 :])
+    return folder
 
 
 def _errno_of(exc: BaseException | None) -> int | None:

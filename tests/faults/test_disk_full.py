@@ -83,6 +83,16 @@ def test_atomic_dir_turns_a_full_disk_into_disk_full_and_keeps_nothing(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_disk_full_names_the_output_not_its_hidden_temporary(tmp_path):
+    out = tmp_path / "res"
+    with pytest.raises(DiskFullError) as caught:
+        with atomic_dir(out) as tmp:
+            (tmp / "baseline").mkdir()
+            raise _enospc(tmp / "baseline" / "model.so")
+    assert str(out / "baseline") in caught.value.problem
+    assert ".tmp" not in caught.value.problem
+
+
 def test_quota_exceeded_is_named_as_such(tmp_path):
     with pytest.raises(DiskFullError, match="quota"):
         with atomic_file(tmp_path / "m.onnx"):
