@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from repfx_deploy.errors import ModelLoadError
 from repfx_deploy.ingest.export_json import vet_program_json
+from repfx_deploy.ingest.formats import read_model_bytes
 from repfx_deploy.ingest.safe_pickle import untrusted, vet_raw_pickle, vet_torch_bytes
 
 if TYPE_CHECKING:
@@ -50,12 +51,7 @@ def load_export_archive(path: Path, *, trust_pickle: bool) -> ExportedProgram:
     import torch
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelLoadError(
-            f"Cannot read {str(path)!r}: {e.strerror or e}.", "Check the path and its permissions."
-        ) from e
+    data = read_model_bytes(path)
     if not trust_pickle:
         vet_export_archive(data, path)
     try:

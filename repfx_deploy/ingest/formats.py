@@ -62,3 +62,14 @@ def detect_format(path: Path) -> Format:
         f"Cannot tell what kind of model {str(path)!r} is (not an ONNX file by name, not a PyTorch archive).",
         "Pass a .pt/.pth state_dict with --arch, a .pt2 torch.export archive, a TorchScript file, or an .onnx file.",
     )
+
+
+def read_model_bytes(path: Path) -> bytes:
+    """The whole file, read once so that what is vetted is exactly what torch then loads; ``ModelLoadError``
+    naming the path when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ModelLoadError(
+            f"Cannot read {str(path)!r}: {e.strerror or e}.", "Check the path and its permissions."
+        ) from e

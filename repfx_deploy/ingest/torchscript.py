@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from repfx_deploy.errors import ModelLoadError
+from repfx_deploy.ingest.formats import read_model_bytes
 from repfx_deploy.ingest.safe_pickle import untrusted
 
 if TYPE_CHECKING:
@@ -28,12 +29,7 @@ def load_torchscript(path: Path, *, trust_pickle: bool) -> nn.Module:
     import torch
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelLoadError(
-            f"Cannot read {str(path)!r}: {e.strerror or e}.", "Check the path and its permissions."
-        ) from e
+    data = read_model_bytes(path)
     if not trust_pickle:
         vet_torchscript_archive(data, path)
     try:
