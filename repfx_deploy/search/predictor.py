@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from repfx_deploy.passes.registry import PassRun
     from repfx_deploy.search.tvm_layers import KernelTiming, TvmKernelTable
     from repfx_deploy.spec import InputSpec
-    from repfx_deploy.targets import TargetProfile
+    from repfx_deploy.targets import EstimatorMethod, TargetProfile
 
 # An offset fitted on large models must not drive a small one's prediction to nothing: the corrected figure
 # keeps at least this share of the scaled raw one.
@@ -271,7 +271,7 @@ class TieredPredictor:
             onnx_model, specs = prepare_onnx(run.module, self.input_specs)
             estimate = self.table().estimate(onnx_model, specs)
             return Prediction(estimate.latency_ms, self.tier, estimate.latency_ms, estimate.to_dict())
-        method = "lookup table" if self.tier == "lut-ort" else None
+        method: EstimatorMethod | None = "lookup table" if self.tier == "lut-ort" else None
         est = estimate_latency(
             run.module, self.input_specs, self.profile, method=method, threads=self.threads, cache_root=self.cache_root
         )
