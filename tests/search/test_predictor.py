@@ -143,6 +143,14 @@ def test_recalibration_corrects_later_predictions_and_error_reports_it(monkeypat
     error = p.error()
     assert error["n"] == 3 and error["mape_pct"] == pytest.approx(0.0, abs=1e-9) and error["kendall_tau"] == 1.0
     assert error["mape_raw_pct"] > 50 and error["correction"]["scale"] == pytest.approx(2.0)
+    assert error["mape_loo_pct"] == pytest.approx(0.0, abs=1e-9)  # an exact line is predicted from any two points
+
+
+def test_leave_one_out_error_is_reported_from_three_pairs_and_exceeds_the_in_sample_one():
+    pairs = [(1.0, 1.1), (2.0, 1.9), (3.0, 3.3), (4.0, 3.8)]
+    error = prediction_error(pairs, fit_correction(pairs))
+    assert error["mape_loo_pct"] > error["mape_pct"] > 0
+    assert prediction_error(pairs[:2], fit_correction(pairs[:2]))["mape_loo_pct"] is None
 
 
 def test_recalibrate_without_pairs_fits_the_measured_candidates():

@@ -174,3 +174,15 @@ def test_a_candidate_that_does_not_run_is_a_pass_error():
     scorer = CandidateScorer(FixedChain(Broken()), PROXY, CountingPredictor(), HOST, threads=1)
     with pytest.raises(PassError, match="cannot run"):
         scorer.score({})
+
+
+def test_measure_times_the_scored_candidate_whole_and_keeps_its_pair(tmp_path):
+    from repfx_deploy.measure.timing import TimingConfig
+
+    fast = TimingConfig(warmup=1, repeats=3, min_time_s=0.0, max_repeats=3, remeasure=0)
+    predictor = TieredPredictor(HOST, "onnxruntime", SPECS, threads=1, timing=fast, cache_root=tmp_path)
+    scorer = CandidateScorer(_chain(PRUNE), PROXY, predictor, HOST, threads=1)
+    score = scorer.score(SMALL)
+    measured = scorer.measure(SMALL)
+    assert measured.source == "measured-local" and measured.latency_ms > 0 and predictor.measurements == 1
+    assert predictor.pairs == [(score.details["latency_raw_ms"], measured.latency_ms)]
