@@ -389,31 +389,21 @@ def _record(
     attrs: dict[str, Any],
 ) -> int | None:
     """Store one proposal as a trial, the way objective.py stores the optuna strategy's; its number."""
-    from optuna.distributions import CategoricalDistribution
+    from optuna.distributions import BaseDistribution, CategoricalDistribution
     from optuna.trial import TrialState, create_trial
 
-    distributions = {key: CategoricalDistribution(list(site.choices)) for key, site in sites.items()}
-    if score is None:
-        trial = create_trial(
-            state=TrialState.FAIL,
-            params=dict(assignment),
-            distributions=distributions,
-            user_attrs={**attrs, FAILURE: failure},
-        )
-    else:
-        trial = create_trial(
-            state=TrialState.COMPLETE,
-            values=[float(score.accuracy), float(score.latency_ms)],
-            params=dict(assignment),
-            distributions=distributions,
-            user_attrs={
-                **attrs,
-                "size_bytes": score.size_bytes,
-                "latency_source": score.latency_source,
-                "details": finite(score.details),
-            },
-            constraints={b.metric: b.violation(score.metric(b.metric)) for b in config.budgets},
-        )
+    distributions: dict[str, BaseDistribution] = {k: CategoricalDistribution(list(s.choices)) for k, s in sites.items()}
+    if score is not None:
+        attrs = {**attrs, "size_bytes": score.size_bytes, "latency_source": score.latency_source}
+        attrs["details"] = finite(score.details)
+    trial = create_trial(
+        state=TrialState.FAIL if score is None else TrialState.COMPLETE,
+        values=None if score is None else [float(score.accuracy), float(score.latency_ms)],
+        params=dict(assignment),
+        distributions=distributions,
+        user_attrs={**attrs, FAILURE: failure} if score is None else attrs,
+        constraints=None if score is None else {b.metric: b.violation(score.metric(b.metric)) for b in config.budgets},
+    )
     study.add_trial(trial)
     # add_trial returns nothing; this process is the only one adding greedy trials, so the newest match is it
     for t in reversed(study.get_trials(deepcopy=False)):
