@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # user_attrs written when a trial is measured whole
 MEASURED_LATENCY = "measured_latency_ms"
 MEASURED_SOURCE = "measured_latency_source"
+MEASURE_ERROR = "measure_error"  # why the whole model could not be built or timed: it cannot be deployed
 # A finished trial cannot be changed in Optuna's storage, so measurements are kept as study user attributes
 # under this prefix plus the trial number (in the study's storage, so a rerun does not measure them again).
 MEASUREMENT_PREFIX = "measured:"
@@ -55,13 +56,17 @@ def measurement_key(trial: FrozenTrial) -> str:
 
 
 def with_measurements(trials: Iterable[FrozenTrial], measured: Mapping[int, Mapping[str, Any]]) -> list[FrozenTrial]:
-    """``trials`` with each one's measurement (``{"latency_ms", "source"}``) in its user_attrs, as copies."""
+    """``trials`` with each one's measurement (``{"latency_ms", "source"}``, or ``{"error"}``) in its user_attrs,
+    as copies."""
     out = []
     for t in trials:
         m = measured.get(t.number)
         if m is not None and m.get("latency_ms") is not None:
             t = copy.copy(t)
             t.user_attrs = {**t.user_attrs, MEASURED_LATENCY: m["latency_ms"], MEASURED_SOURCE: m.get("source")}
+        elif m is not None and m.get("error"):
+            t = copy.copy(t)
+            t.user_attrs = {**t.user_attrs, MEASURE_ERROR: m["error"]}
         out.append(t)
     return out
 
@@ -137,12 +142,11 @@ def pareto_front(
 ) -> list[FrozenTrial]:
     """The COMPLETE, feasible trials no other such trial dominates, one per assignment, fastest first.
 
-    Feasible: the stored constraints (``is_feasible``), or with ``budgets`` given, ``judged_feasible`` (the
-    measured latency where there is one). ``measured``: latencies are the measured ones where there are.
+    Feasible: ``judged_feasible``: the stored constraints, or with ``budgets`` given, the budgets on the measured
+    latency where there is one; never a trial whose whole model failed to build. ``measured``: latencies are the
+    measured ones where there are.
     """
-    pool = [
-        t for t in unique(completed(trials)) if (judged_feasible(t, budgets) if budgets is not None else is_feasible(t))
-    ]
+    pool = [t for t in unique(completed(trials)) if judged_feasible(t, budgets)]
     points = {t.number: _point(t, measured) for t in pool}
     front = [t for t in pool if not any(dominates(points[o.number], points[t.number]) for o in pool)]
     return sorted(front, key=lambda t: (points[t.number][1], -points[t.number][0], t.number))
@@ -200,7 +204,10 @@ def violations(trial: FrozenTrial, budgets: Sequence[BudgetLike]) -> dict[str, f
 
 def judged_feasible(trial: FrozenTrial, budgets: Sequence[BudgetLike] | None) -> bool:
     """Whether ``trial`` is within every budget, latency judged on its whole-model measurement where it has
-    one (the estimate alone never decides then). Without budgets: the stored constraints."""
+    one (the estimate alone never decides then). Without budgets: the stored constraints. A trial whose whole
+    model could not be built or timed (``MEASURE_ERROR``) is never feasible: it cannot be deployed."""
+    if trial.user_attrs.get(MEASURE_ERROR):
+        return False
     if not budgets:
         return is_feasible(trial)
     return all(v <= 0.0 for v in violations(trial, budgets).values())

@@ -132,3 +132,12 @@ def test_measurements_stored_on_the_study_come_back_on_copies_of_the_trials():
     assert found == {stored.number: {"latency_ms": 7.5, "source": "measured-local"}}
     (copy_,) = with_measurements(study.trials, found)
     assert copy_.user_attrs[MEASURED_LATENCY] == 7.5 and MEASURED_LATENCY not in study.trials[0].user_attrs
+
+
+def test_a_trial_whose_whole_model_failed_to_build_is_never_on_the_front():
+    from repfx_deploy.search.front import with_measurements
+
+    trials = [_trial(0, 0.9, 10.0), _trial(1, 0.8, 5.0)]
+    marked = with_measurements(trials, {1: {"latency_ms": None, "error": "CompileError: no kernel"}})
+    assert [t.number for t in pareto_front(marked)] == [0]
+    assert [t.number for t in pareto_front(marked, budgets=[_Budget("latency_ms", 100.0)])] == [0]
