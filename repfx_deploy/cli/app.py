@@ -33,6 +33,7 @@ from repfx_deploy.cli.output import (
     stderr,
     stdout,
 )
+from repfx_deploy.cli.search import search
 from repfx_deploy.cli.space import space
 
 app = typer.Typer(
@@ -314,6 +315,14 @@ def compress(
         Path | None, typer.Option("--eval-data", help="Labeled evaluation data, for accuracy before and after.")
     ] = None,
     tune_trials: Annotated[int | None, typer.Option("--tune-trials", min=0)] = None,
+    latency_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--latency-budget",
+            help="Search the recipe's knobs (default: prune + int8) for the most accurate model within this "
+            "latency (20ms) and ship it in OUTPUT/best/; see `repfx-deploy search`.",
+        ),
+    ] = None,
     fresh_tuning: FreshTuning = False,
     rpc: Rpc = None,
     rpc_key: Annotated[
@@ -350,19 +359,30 @@ def compress(
         calibration=calibration,
         eval=eval_data,
     )
-    with fresh_databases(fresh_tuning):
-        report = run_compress(
-            CompressRequest(
-                model_path=model,
-                out_dir=output,
-                recipe=loaded_recipe,
-                load=load_options(arch, python_path, trust_pickle, None),
-                target_file=target_file,
-                force=force,
-                rpc=rpc,
-                rpc_key=rpc_key,
+    compress_request = CompressRequest(
+        model_path=model,
+        out_dir=output,
+        recipe=loaded_recipe,
+        load=load_options(arch, python_path, trust_pickle, None),
+        target_file=target_file,
+        force=force,
+        rpc=rpc,
+        rpc_key=rpc_key,
+    )
+    if latency_budget is not None:  # the search, then the chosen model: the search command's own output
+        from repfx_deploy.cli.search import run_interruptible, show
+        from repfx_deploy.pipeline.search import latency_budget_search
+
+        with fresh_databases(fresh_tuning):
+            searched = run_interruptible(
+                lambda r: latency_budget_search(r, latency_budget, progress=stderr.is_terminal),
+                compress_request,
+                output,
+                json_out,
             )
-        )
+        return show(searched, output, json_out)
+    with fresh_databases(fresh_tuning):
+        report = run_compress(compress_request)
     if json_out:
         return emit_json(report)
     from repfx_deploy.report.markdown import render_markdown
@@ -376,5 +396,6 @@ def main() -> None:
 
 
 app.command("space")(space)
+app.command("search")(search)
 app.command("estimate")(estimate)  # registered last, so it comes last in --help
 app.add_typer(device_app, name="device")  # a sub-app: device tracker / serve / list
