@@ -5,7 +5,7 @@
 
 A trial returns ``(accuracy, latency_ms)`` (maximized, minimized) and stores, as user_attrs, ``assignment``
 (every site's choice), ``size_bytes``, ``latency_source``, ``details`` (the scorer's JSON-ready extras),
-``score_time_s`` and, for an assignment scored before, ``cached_from`` (the trial it reused). Each budget is a
+``score_time_s``, ``worker`` (HOST:PID that ran it) and, for an assignment scored before, ``cached_from`` (the trial it reused). Each budget is a
 constraint, ``trial.set_constraint(budget.metric, budget.violation(value))``.
 
 A candidate that fails (it cannot be applied, exported, compiled, or the scorer raises anything else) is a FAIL
@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHED_FROM = "cached_from"
+WORKER = "worker"  # user_attr: HOST:PID of the process that ran the trial
 # user_attrs a reused trial copies from the one it reuses
 SCORE_ATTRS = ("size_bytes", "latency_source", "details", "score_time_s")
 # A search whose first candidates all fail has a broken setup (a pass that never applies, a scorer that
@@ -204,10 +207,13 @@ def run_study(study: optuna.Study, objective: Objective, config: SearchConfig, p
     ran = 0
     failures: list[str] = []
 
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
     def one_trial(trial: optuna.Trial) -> tuple[float, float]:
         if trial_ordinal(study, trial.number) >= config.trials:
             trial.set_user_attr(SURPLUS, True)
             raise _Surplus()
+        trial.set_user_attr(WORKER, worker)
         try:
             return objective(trial)
         except KeyboardInterrupt:

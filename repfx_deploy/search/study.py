@@ -343,5 +343,6 @@ def enqueue_seeds(study: optuna.Study, space: RecipeSpace, seeds: Sequence[Mappi
                     f"Use one of {list(site.choices)}.",
                 )
             params[key] = choice
-        study.enqueue_trial(params, skip_if_exists=True)
+        with quiet_optuna():  # Optuna logs each seed it skips
+            study.enqueue_trial(params, skip_if_exists=True)
     return len(study.get_trials(deepcopy=False)) - before
