@@ -126,7 +126,11 @@ class Objective:
             raise
 
     def _trial(self, trial: optuna.Trial) -> tuple[float, float]:
-        assignment: dict[str, Choice] = {key: trial.suggest_categorical(key, choices) for key, choices in self._sites}
+        # the choices are ints and strs, so Optuna hands back the same types (its signature says any categorical)
+        assignment: dict[str, Choice] = {
+            key: trial.suggest_categorical(key, choices)  # type: ignore[misc]
+            for key, choices in self._sites
+        }
         trial.set_user_attr(ASSIGNMENT, assignment)
         earlier = _scored_before(trial.study, assignment)
         if earlier is not None:

@@ -26,7 +26,7 @@ import functools
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from repfx_deploy.errors import InputError, RecipeError
 from repfx_deploy.search.config import SearchConfig
@@ -111,7 +111,9 @@ def retry_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def open_study(
-    config: SearchConfig, out_dir: Path, directions: Sequence[str] = ("maximize", "minimize")
+    config: SearchConfig,
+    out_dir: Path,
+    directions: Sequence[Literal["maximize", "minimize"]] = ("maximize", "minimize"),
 ) -> optuna.Study:
     """The study ``config.study_name`` in its storage, created or, when it exists, loaded to go on with.
 
