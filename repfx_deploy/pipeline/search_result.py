@@ -39,14 +39,16 @@ def finish_search(
 ) -> dict[str, Any]:
     """Measure the front, fine-tune the top K, ship the most accurate within budget, write the report."""
     from repfx_deploy.search.finetune import finetune_top
-    from repfx_deploy.search.front import pareto_front
+    from repfx_deploy.search.front import is_measured, pareto_front
     from repfx_deploy.search.measure import measure_front
 
     config = request.config
     outcome = measure_front(study, setup.chain, setup.predictor, near=config.measure_near_front, budgets=config.budgets)
     front = pareto_front(outcome.trials, measured=True, budgets=config.budgets)
+    # the fine-tune takes measured candidates only: the budget is never judged on an estimate alone
+    measured_front = pareto_front([t for t in outcome.trials if is_measured(t)], measured=True, budgets=config.budgets)
     tuned = finetune_top(
-        front,
+        measured_front,
         config.top_k,
         chain=setup.chain,
         original=setup.original,

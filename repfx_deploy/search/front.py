@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 MEASURED_LATENCY = "measured_latency_ms"
 MEASURED_SOURCE = "measured_latency_source"
 MEASURE_ERROR = "measure_error"  # why the whole model could not be built or timed: it cannot be deployed
+# an unmeasured trial's prediction corrected by the recalibration the measurements fitted: what it is compared
+# with measured trials at, since raw predictions of another kind (a layer table) are off by a common factor
+CORRECTED_LATENCY = "corrected_latency_ms"
 # A finished trial cannot be changed in Optuna's storage, so measurements are kept as study user attributes
 # under this prefix plus the trial number (in the study's storage, so a rerun does not measure them again).
 MEASUREMENT_PREFIX = "measured:"
@@ -55,13 +58,20 @@ def measurement_key(trial: FrozenTrial) -> str:
     return f"{MEASUREMENT_PREFIX}{trial.number}"
 
 
-def with_measurements(trials: Iterable[FrozenTrial], measured: Mapping[int, Mapping[str, Any]]) -> list[FrozenTrial]:
+def with_measurements(
+    trials: Iterable[FrozenTrial],
+    measured: Mapping[int, Mapping[str, Any]],
+    corrected: Mapping[int, float] | None = None,
+) -> list[FrozenTrial]:
     """``trials`` with each one's measurement (``{"latency_ms", "source"}``, or ``{"error"}``) in its user_attrs,
-    as copies."""
+    and for the others their recalibrated prediction from ``corrected`` (by trial number), as copies."""
     out = []
     for t in trials:
         m = measured.get(t.number)
-        if m is not None and m.get("latency_ms") is not None:
+        if m is None and corrected and t.number in corrected:
+            t = copy.copy(t)
+            t.user_attrs = {**t.user_attrs, CORRECTED_LATENCY: float(corrected[t.number])}
+        elif m is not None and m.get("latency_ms") is not None:
             t = copy.copy(t)
             t.user_attrs = {**t.user_attrs, MEASURED_LATENCY: m["latency_ms"], MEASURED_SOURCE: m.get("source")}
         elif m is not None and m.get("error"):
@@ -96,10 +106,12 @@ def accuracy_of(trial: FrozenTrial) -> float:
 
 
 def latency_of(trial: FrozenTrial, *, measured: bool = False) -> float:
-    """The trial's latency: the measured whole-model latency when ``measured`` and there is one, else the
-    predicted one (its second objective)."""
-    if measured and trial.user_attrs.get(MEASURED_LATENCY) is not None:
-        return float(trial.user_attrs[MEASURED_LATENCY])
+    """The trial's latency: with ``measured``, the whole-model measurement where there is one, else the
+    recalibrated prediction where there is one; otherwise the predicted one (its second objective)."""
+    if measured:
+        for key in (MEASURED_LATENCY, CORRECTED_LATENCY):
+            if trial.user_attrs.get(key) is not None:
+                return float(trial.user_attrs[key])
     assert trial.values is not None  # callers pass completed trials
     return float(trial.values[1])
 

@@ -11,6 +11,9 @@ every member of the front judged on measurements has been measured, or ``max_rou
 Measurements are stored in the study's user attributes (a finished trial cannot be changed), with the raw
 prediction they are paired with, so a resumed search measures nothing twice and recalibrates on every pair.
 A candidate whose whole model fails to export, compile or run is recorded with its error and is never feasible.
+Between rounds the predictor is recalibrated on every pair, and the trials not measured are compared with the
+measured ones at their corrected prediction, so a predictor off by a common factor (a layer table summing
+standalone layers) does not keep putting unmeasured trials on the front.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def measure_front(
     *,
     near: int,
     budgets: Sequence[BudgetLike] = (),
-    max_rounds: int = 3,
+    max_rounds: int = 4,
 ) -> MeasureOutcome:
     """Measure the front and the ``near`` trials nearest it whole, then every new front member the measurements
     bring in (up to ``max_rounds`` rounds); recalibrate ``predictor`` on every stored pair. See the module
@@ -102,15 +105,21 @@ def measure_front(
     started = time.perf_counter()
     stored = measurements(study.user_attrs)
     outcome = MeasureOutcome(trials=[])
-    trials = with_measurements(study.get_trials(deepcopy=False), stored)
-    for round_ in range(max_rounds):
+    raw = study.get_trials(deepcopy=False)
+    trials = _recalibrated(raw, stored, predictor, outcome)
+    for round_ in range(max_rounds + 1):
         if round_ == 0:
             front = pareto_front(trials, budgets=budgets)  # the predicted front, as the sampler saw it
             wanted = front + nearest_to_front(trials, front, near)
-        else:
+        else:  # judged on measurements, and on recalibrated predictions where there is none yet
             wanted = pareto_front(trials, measured=True, budgets=budgets)
         todo = [t for t in wanted if t.number not in stored]
         if not todo:
+            if round_ == 0:
+                continue  # a resumed search: its measured front may still have members to measure
+            break
+        if round_ == max_rounds:
+            log.warning("%d front member(s) left unmeasured after %d rounds", len(todo), max_rounds)
             break
         log.info("measuring %d candidate(s) whole (round %d)", len(todo), round_ + 1)
         for trial in todo:
@@ -119,13 +128,28 @@ def measure_front(
             stored[trial.number] = record
             outcome.new += 1
             outcome.failed += record.get("latency_ms") is None
-        trials = with_measurements(study.get_trials(deepcopy=False), stored)
+        raw = study.get_trials(deepcopy=False)
+        trials = _recalibrated(raw, stored, predictor, outcome)
     outcome.trials = trials
-    outcome.pairs = _pairs(trials, stored)
-    predictor.recalibrate(outcome.pairs)
     outcome.error = dict(predictor.error())
     outcome.time_s = time.perf_counter() - started
     return outcome
+
+
+def _recalibrated(
+    raw: Sequence[FrozenTrial], stored: dict[int, dict[str, Any]], predictor: LatencyPredictor, outcome: MeasureOutcome
+) -> list[FrozenTrial]:
+    """``raw`` with their measurements, the predictor recalibrated on every pair, and the unmeasured trials'
+    predictions corrected by it (``CORRECTED_LATENCY``)."""
+    measured = with_measurements(raw, stored)
+    outcome.pairs = _pairs(measured, stored)
+    correction = predictor.recalibrate(outcome.pairs)
+    corrected = {}
+    for t in completed(raw):
+        prediction = _raw_prediction(t)
+        if t.number not in stored and prediction is not None:
+            corrected[t.number] = float(correction.apply(prediction))
+    return with_measurements(raw, stored, corrected)
 
 
 def _pairs(trials: Sequence[FrozenTrial], stored: dict[int, dict[str, Any]]) -> list[tuple[float, float]]:

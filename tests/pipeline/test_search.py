@@ -196,3 +196,30 @@ def test_search_with_the_greedy_strategy_ships_a_result(search_inputs, fixtures_
     report = run_search(_request(tmp_path, model, recipe, fixtures_dir, trials=4, strategy="greedy", top_k=1))
     assert report["strategy"] == "greedy" and report["trials"]["complete"] >= 1
     assert report["chosen"] is not None and (tmp_path / "out" / "recipe.toml").exists()
+
+
+def test_an_interrupted_search_keeps_the_study_and_a_report_and_a_rerun_finishes_it(
+    search_inputs, fixtures_dir, monkeypatch
+):
+    import dataclasses
+
+    from repfx_deploy.search import objective
+
+    tmp_path, model, recipe = search_inputs
+    real = objective.run_study
+
+    def interrupted_after_two(study, obj, config, progress=False):
+        real(study, obj, dataclasses.replace(config, trials=2), progress)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(objective, "run_study", interrupted_after_two)
+    request = _request(tmp_path, model, recipe, fixtures_dir, trials=4, top_k=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(request)
+    out = tmp_path / "out"
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["status"] == "stopped" and doc["chosen"] is None and doc["trials"]["complete"] == 2
+    assert (out / "study.db").exists() and not (out / "best").exists()
+    monkeypatch.setattr(objective, "run_study", real)
+    report = run_search(request)
+    assert report["status"] == "ok" and report["trials"]["complete"] == 4
