@@ -223,3 +223,12 @@ def test_an_interrupted_search_keeps_the_study_and_a_report_and_a_rerun_finishes
     monkeypatch.setattr(objective, "run_study", real)
     report = run_search(request)
     assert report["status"] == "ok" and report["trials"]["complete"] == 4
+
+
+@pytest.mark.tvm
+def test_search_on_tvm_times_candidates_with_the_kernel_table_and_ships_a_tvm_artifact(search_inputs, fixtures_dir):
+    tmp_path, model, recipe = search_inputs
+    report = run_search(_request(tmp_path, model, recipe, fixtures_dir, trials=3, top_k=1, runtime="tvm"))
+    assert report["runtime"] == "tvm" and report["predictor"]["tier"] == "lut-tvm"
+    assert report["chosen"]["latency_source"] == "measured-local"
+    assert (tmp_path / "out" / "best" / "tvm" / "model.so").exists()
