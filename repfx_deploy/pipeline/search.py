@@ -48,7 +48,7 @@ log = logging.getLogger("repfx_deploy.pipeline")
 # The kept fractions of each site's choices the uniform seeds set (every site of a pass at the same one).
 SEED_FRACTIONS = (0.5, 0.25, 0.75)
 # Files of a search folder: one holding any of them may be searched into again (and resumed).
-SEARCH_FILES = ("study.db", "report.json", "front.json")
+SEARCH_FILES = ("study.db", "report.json", "front.json", "workers")
 
 
 @dataclass(frozen=True)
