@@ -57,6 +57,10 @@ SCORE_ATTRS = ("size_bytes", "latency_source", "details", "score_time_s")
 # cannot run), not unlucky candidates: it stops with the first reason instead of burning every trial.
 FAILURES_BEFORE_STOP = 5
 MAX_REASON_CHARS = 2000
+# With the target taken but trials still running in other workers, a worker polls the study this often, for at
+# most this long (well past the heartbeat's grace period, after which a dead worker's trial is enqueued again).
+WAIT_POLL_S = 2.0
+WAIT_LIMIT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -201,10 +205,13 @@ def run_study(study: optuna.Study, objective: Objective, config: SearchConfig, p
     ``config.time_budget_s`` has passed; with ``progress``, a bar on stderr (trials done / total, best feasible
     accuracy, time left).
 
-    The time budget is checked between trials, so the trial in flight finishes and is kept. SIGINT/SIGTERM (a
+    When the rest of the target is in flight in other workers, this one waits for them (a dead worker's trial
+    is enqueued again once its heartbeat is stale, and then run here). The time budget is checked between
+    trials, so the trial in flight finishes and is kept. SIGINT/SIGTERM (a
     ``KeyboardInterrupt``) stops at once: the trial in flight is lost, its assignment enqueued again so a rerun
     starts with it, and the exception goes on to the caller; every finished trial is in the storage already.
     ``SearchError`` when the first ``FAILURES_BEFORE_STOP`` candidates all fail and none ever succeeded."""
+    import optuna
 
     started = time.monotonic()
     deadline = None if config.time_budget_s is None else started + config.time_budget_s
@@ -240,13 +247,25 @@ def run_study(study: optuna.Study, objective: Objective, config: SearchConfig, p
     # Optuna logs each trial, and each failure with its traceback; the bar and the warning above say it instead
     with quiet_optuna():
         with progress_bar(study, config, started, enabled=progress) as update:
+            waiting_since: float | None = None
             while True:
                 update()
-                if _taken(study) >= config.trials:
-                    break
                 if deadline is not None and time.monotonic() >= deadline:
                     stopped_by = "time_budget"
                     break
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial comes back as WAITING
+                if _taken(study) >= config.trials:
+                    if trials_done(study) >= config.trials:
+                        break
+                    # the last trials run in other workers: wait for them, since one whose worker died is
+                    # enqueued again once its heartbeat is stale, and someone has to run it then
+                    waiting_since = waiting_since or time.monotonic()
+                    if time.monotonic() - waiting_since > WAIT_LIMIT_S:
+                        log.warning("Stopped waiting for the trials other workers are running.")
+                        break
+                    time.sleep(WAIT_POLL_S)
+                    continue
+                waiting_since = None
                 study.optimize(one_trial, n_trials=1, catch=(Exception,), callbacks=[finished], gc_after_trial=False)
                 if len(failures) >= FAILURES_BEFORE_STOP and not _any_complete(study):
                     raise SearchError(

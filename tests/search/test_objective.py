@@ -157,3 +157,27 @@ def test_failure_reason_names_the_problem_and_the_fix_on_one_line():
     assert failure_reason(PassError("Bad\nthing.", "Do that.")) == "Bad thing. Fix: Do that."
     assert failure_reason(RuntimeError("boom")) == "RuntimeError: boom"
     assert len(failure_reason(RuntimeError("x" * 5000))) == 2000
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() by hand, as a dead worker left it
+def test_run_study_waits_for_a_dead_workers_trial_and_runs_it_again(tmp_path, monkeypatch):
+    import repfx_deploy.search.objective as objective_module
+    import repfx_deploy.search.study as study_module
+
+    monkeypatch.setattr(study_module, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(study_module, "GRACE_PERIOD_S", 1)
+    monkeypatch.setattr(objective_module, "WAIT_POLL_S", 0.2)
+    study, _ = _run(tmp_path, FakeScorer(), trials=2)
+    study.enqueue_trial(ASSIGNMENT)
+    orphan = study.ask()  # another worker's trial, which beat once and died
+    for prefix, space in zip(fake_space().prefixes, fake_space().spaces):
+        for site in space.sites:
+            orphan.suggest_categorical(f"{prefix}/{site.name}", list(site.choices))
+    orphan.set_user_attr("assignment", ASSIGNMENT)
+    study._storage.record_heartbeat(orphan._trial_id)
+
+    scorer = FakeScorer()
+    _, run = _run(tmp_path, scorer, trials=3)
+    assert scorer.calls == [ASSIGNMENT]
+    assert run.trials_done == 3
+    assert is_lost(open_study(SearchConfig(), tmp_path).trials[orphan.number])
