@@ -27,7 +27,7 @@ SHOWN_CHOICES = 8
 @handle_errors
 def space(
     model: Annotated[Path, typer.Argument(help="The PyTorch model the recipe compresses.")],
-    recipe: Annotated[Path, typer.Option("--recipe", help="Recipe TOML whose [[passes]] define the space.")],
+    recipe: Annotated[Path, typer.Option("--recipe", help="Recipe TOML whose passes define the space.")],
     target: Target = None,
     target_file: TargetFile = None,
     arch: Arch = None,
