@@ -82,14 +82,26 @@ def main(bench: Bench, doc: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     train_npz, test = _data(bench, args, work)
-    doc: dict[str, Any] = {"bench": bench.name, "args": vars(args), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                           "host": platform.processor() or platform.machine(), "runs": [], "samplers": []}
-    print(f"{bench.name}: recipe {args.recipe}, {args.trials} trials, {args.finetune_steps} fine-tune steps, "
-          f"{args.train_samples} train / {len(test)} test images, {args.threads} thread(s), work {work}", flush=True)
+    doc: dict[str, Any] = {
+        "bench": bench.name,
+        "args": vars(args),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "host": platform.processor() or platform.machine(),
+        "runs": [],
+        "samplers": [],
+    }
+    print(
+        f"{bench.name}: recipe {args.recipe}, {args.trials} trials, {args.finetune_steps} fine-tune steps, "
+        f"{args.train_samples} train / {len(test)} test images, {args.threads} thread(s), work {work}",
+        flush=True,
+    )
     for runtime in [r for r in args.runtimes.split(",") if r]:
         setup, request, dense_ms = setup_for(bench, args, runtime, train_npz, work)
-        print(f"\n== {runtime}: dense {dense_ms:.3f} ms (measured whole), space {setup.chain.space.size:.3g} "
-              f"({len(setup.chain.space.keys())} sites)", flush=True)
+        print(
+            f"\n== {runtime}: dense {dense_ms:.3f} ms (measured whole), space {setup.chain.space.size:.3g} "
+            f"({len(setup.chain.space.keys())} sites)",
+            flush=True,
+        )
         if not args.no_search:
             for fraction in [float(f) for f in args.budgets.split(",") if f]:
                 row = run_budget(bench, args, setup, request, dense_ms, fraction, test, work)
@@ -141,32 +153,42 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 
 
 def print_run(row: dict[str, Any]) -> None:
-    print(f"\n{row['runtime']}, budget {row['fraction']:.0%} of dense = {row['budget_ms']:.3f} ms; "
-          f"search + fine-tune {row['search_s']:.0f} s (compile {row['compile_s']:.0f} s = "
-          f"{_fmt(row['compile_share_pct'], '.1f')} % of it)")
+    print(
+        f"\n{row['runtime']}, budget {row['fraction']:.0%} of dense = {row['budget_ms']:.3f} ms; "
+        f"search + fine-tune {row['search_s']:.0f} s (compile {row['compile_s']:.0f} s = "
+        f"{_fmt(row['compile_share_pct'], '.1f')} % of it)"
+    )
     print("| model | setting | latency ms (side by side) | x dense | test top-1 % | vs searched |")
     print("|---|---|---|---|---|---|")
     searched = row["models"].get("searched", {}).get("test_accuracy")
     for name, m in row["models"].items():
         delta = None if searched is None or m.get("test_accuracy") is None else m["test_accuracy"] - searched
-        print(f"| {name} | {m.get('setting', '')} | {_fmt(m.get('latency_ms'), '.3f')} | "
-              f"{_fmt(m.get('speedup'), '.2f')} | {_fmt(m.get('test_accuracy'))} | {_fmt(delta, '+.2f')} |")
+        print(
+            f"| {name} | {m.get('setting', '')} | {_fmt(m.get('latency_ms'), '.3f')} | "
+            f"{_fmt(m.get('speedup'), '.2f')} | {_fmt(m.get('test_accuracy'))} | {_fmt(delta, '+.2f')} |"
+        )
     pred = row.get("predictor") or {}
-    print(f"predictor on measured trials: MAPE {_fmt(pred.get('mape_pct'), '.1f')} %, Kendall tau "
-          f"{_fmt(pred.get('kendall_tau'), '.2f')} (n={pred.get('n')})")
+    print(
+        f"predictor on measured trials: MAPE {_fmt(pred.get('mape_pct'), '.1f')} %, Kendall tau "
+        f"{_fmt(pred.get('kendall_tau'), '.2f')} (n={pred.get('n')})"
+    )
     for goal in row["goals"]:
         print(f"goal: {goal['goal']}: {goal['figure']} -> {'met' if goal['met'] else 'NOT met'}")
     sys.stdout.flush()
 
 
 def print_samplers(result: dict[str, Any]) -> None:
-    print(f"\nsamplers, {result['runtime']}, budget {result['budget_ms']:.3f} ms, {result['trials']} trials each "
-          f"(the first {result['seeds']} are the uniform seeds, as in the search)")
+    print(
+        f"\nsamplers, {result['runtime']}, budget {result['budget_ms']:.3f} ms, {result['trials']} trials each "
+        f"(the first {result['seeds']} are the uniform seeds, as in the search)"
+    )
     print("| sampler | hypervolume | feasible trials | best feasible proxy % | time s |")
     print("|---|---|---|---|---|")
     for r in result["rows"]:
-        print(f"| {r['sampler']} | {r['hypervolume']:.4f} | {r['feasible']} | {_fmt(r['best_accuracy'])} | "
-              f"{r['time_s']:.0f} |")
+        print(
+            f"| {r['sampler']} | {r['hypervolume']:.4f} | {r['feasible']} | {_fmt(r['best_accuracy'])} | "
+            f"{r['time_s']:.0f} |"
+        )
     print(f"best hypervolume: {result['best']}")
     sys.stdout.flush()
 
@@ -198,8 +220,17 @@ def setup_for(bench: Bench, args: argparse.Namespace, runtime: str, train_npz: P
     dense = setup.chain.apply(unchanged(setup.chain.space))
     # the budgets are fractions of this: the lower of two whole measurements, so one slow moment of a shared
     # host does not loosen them
-    again = evaluate(Deployable(dense.module, input_specs=setup.loaded.input_specs), setup.profile,
-                     runtimes=[runtime], threads=setup.threads, verify=False).latency[runtime].latency_ms
+    again = (
+        evaluate(
+            Deployable(dense.module, input_specs=setup.loaded.input_specs),
+            setup.profile,
+            runtimes=[runtime],
+            threads=setup.threads,
+            verify=False,
+        )
+        .latency[runtime]
+        .latency_ms
+    )
     dense_ms = min(setup.predictor.measure(dense).latency_ms, again)
     return setup, request, dense_ms
 
@@ -236,7 +267,9 @@ def uniform_baselines(space, levels: list[float]) -> dict[str, list[tuple[str, d
     for prefix, kind in zip(space.prefixes, kinds):
         grid = [1.0] if kind == "quantize" else levels
         label = "int8" if kind == "quantize" else kind
-        families[f"uniform {label}"] = [(f"{label} {lv:g}" if kind != "quantize" else "int8", setting([prefix], lv)) for lv in grid]
+        families[f"uniform {label}"] = [
+            (f"{label} {lv:g}" if kind != "quantize" else "int8", setting([prefix], lv)) for lv in grid
+        ]
     if len(kinds) > 1:
         families["uniform " + "+".join("int8" if k == "quantize" else k for k in kinds)] = [
             (f"all at {lv:g}", setting(list(space.prefixes), lv)) for lv in levels
@@ -264,18 +297,31 @@ def run_budget(bench, args, setup, request, dense_ms: float, fraction: float, te
     limit = dense_ms * fraction
     out_dir = work / f"{runtime}-{fraction:g}"
     config = dataclasses.replace(
-        request.config, budgets=(Budget("latency_ms", limit),), sampler=args.sampler, trials=args.trials,
-        top_k=args.top_k, finetune_steps=args.finetune_steps,
+        request.config,
+        budgets=(Budget("latency_ms", limit),),
+        sampler=args.sampler,
+        trials=args.trials,
+        top_k=args.top_k,
+        finetune_steps=args.finetune_steps,
     )
     print(f"searching {runtime} under {limit:.3f} ms ({fraction:.0%}) into {out_dir}", flush=True)
     t0 = time.perf_counter()
     report = run_search(dataclasses.replace(request, out_dir=out_dir, config=config))
     search_s = time.perf_counter() - t0
     chosen = report.get("chosen")
-    row: dict[str, Any] = {"runtime": runtime, "fraction": fraction, "budget_ms": limit, "dense_ms": dense_ms,
-                           "search_s": search_s, "time_s": report["time_s"], "predictor": report.get("predictor"),
-                           "trials": report["trials"], "front": report["front"], "status": report["status"],
-                           "compile_s": report["time_s"].get("compile_s", 0.0)}
+    row: dict[str, Any] = {
+        "runtime": runtime,
+        "fraction": fraction,
+        "budget_ms": limit,
+        "dense_ms": dense_ms,
+        "search_s": search_s,
+        "time_s": report["time_s"],
+        "predictor": report.get("predictor"),
+        "trials": report["trials"],
+        "front": report["front"],
+        "status": report["status"],
+        "compile_s": report["time_s"].get("compile_s", 0.0),
+    }
     row["compile_share_pct"] = 100.0 * row["compile_s"] / search_s if search_s else None
     modules: dict[str, Any] = {}
     settings: dict[str, str] = {"dense (fine-tuned)": "-"}
@@ -304,13 +350,22 @@ def run_budget(bench, args, setup, request, dense_ms: float, fraction: float, te
             modules[family] = _finetuned(setup, best[2], args.finetune_steps, args.seed)
             settings[family] = best[1]
     specs = setup.loaded.input_specs
-    timed = evaluate({k: Deployable(m.eval(), input_specs=specs) for k, m in modules.items()}, setup.profile,
-                     runtimes=[runtime], threads=setup.threads, verify=False)
+    timed = evaluate(
+        {k: Deployable(m.eval(), input_specs=specs) for k, m in modules.items()},
+        setup.profile,
+        runtimes=[runtime],
+        threads=setup.threads,
+        verify=False,
+    )
     row["models"] = {}
     for name, m in modules.items():
         lat = timed[name].latency[runtime].latency_ms
-        row["models"][name] = {"setting": settings[name], "latency_ms": lat, "speedup": None,
-                               "test_accuracy": accuracy_percent(m, test)}
+        row["models"][name] = {
+            "setting": settings[name],
+            "latency_ms": lat,
+            "speedup": None,
+            "test_accuracy": accuracy_percent(m, test),
+        }
     dense_side = row["models"]["dense (fine-tuned)"]["latency_ms"]
     for m in row["models"].values():
         m["speedup"] = dense_side / m["latency_ms"]
@@ -328,28 +383,62 @@ def goals(row: dict[str, Any], fraction: float) -> list[dict[str, Any]]:
     if base:
         k, v = max(base, key=lambda kv: kv[1]["test_accuracy"])
         d = searched["test_accuracy"] - v["test_accuracy"]
-        out.append({"goal": "searched >= best uniform baseline at <= its latency + 2 points",
-                    "figure": f"{d:+.2f} points vs {k}", "met": d >= 2.0})
+        out.append(
+            {
+                "goal": "searched >= best uniform baseline at <= its latency + 2 points",
+                "figure": f"{d:+.2f} points vs {k}",
+                "met": d >= 2.0,
+            }
+        )
     else:
-        out.append({"goal": "searched >= best uniform baseline + 2 points",
-                    "figure": "no baseline at or under the searched model's side-by-side latency", "met": False})
+        out.append(
+            {
+                "goal": "searched >= best uniform baseline + 2 points",
+                "figure": "no baseline at or under the searched model's side-by-side latency",
+                "met": False,
+            }
+        )
     if abs(fraction - 0.5) < 1e-9:
         d = models["dense (fine-tuned)"]["test_accuracy"] - searched["test_accuracy"]
-        out.append({"goal": "at 50 %: within 0.5 points of the dense model fine-tuned equally",
-                    "figure": f"{d:.2f} points under", "met": d <= 0.5})
-    out.append({"goal": "search + fine-tune <= 1 h", "figure": f"{row['search_s'] / 60:.1f} min",
-                "met": row["search_s"] <= 3600})
+        out.append(
+            {
+                "goal": "at 50 %: within 0.5 points of the dense model fine-tuned equally",
+                "figure": f"{d:.2f} points under",
+                "met": d <= 0.5,
+            }
+        )
+    out.append(
+        {
+            "goal": "search + fine-tune <= 1 h",
+            "figure": f"{row['search_s'] / 60:.1f} min",
+            "met": row["search_s"] <= 3600,
+        }
+    )
     within = searched["latency_ms"] <= row["budget_ms"]
-    out.append({"goal": "searched within budget side by side", "figure": f"{searched['latency_ms']:.3f} ms vs "
-                f"{row['budget_ms']:.3f} ms", "met": within})
+    out.append(
+        {
+            "goal": "searched within budget side by side",
+            "figure": f"{searched['latency_ms']:.3f} ms vs {row['budget_ms']:.3f} ms",
+            "met": within,
+        }
+    )
     pred = row.get("predictor") or {}
     mape, tau = pred.get("mape_pct"), pred.get("kendall_tau")
-    out.append({"goal": "predictor MAPE <= 5 %, Kendall tau >= 0.9", "figure": f"{_fmt(mape, '.1f')} %, "
-                f"{_fmt(tau, '.2f')} (n={pred.get('n')})", "met": mape is not None and tau is not None
-                and mape <= 5.0 and tau >= 0.9})
+    out.append(
+        {
+            "goal": "predictor MAPE <= 5 %, Kendall tau >= 0.9",
+            "figure": f"{_fmt(mape, '.1f')} %, {_fmt(tau, '.2f')} (n={pred.get('n')})",
+            "met": mape is not None and tau is not None and mape <= 5.0 and tau >= 0.9,
+        }
+    )
     share = row["compile_share_pct"]
-    out.append({"goal": "compile <= 10 % of search time", "figure": f"{_fmt(share, '.1f')} %",
-                "met": share is not None and share <= 10.0})
+    out.append(
+        {
+            "goal": "compile <= 10 % of search time",
+            "figure": f"{_fmt(share, '.1f')} %",
+            "met": share is not None and share <= 10.0,
+        }
+    )
     return out
 
 
@@ -367,8 +456,13 @@ def compare_samplers(args, setup, request, limit: float, folder: Path) -> dict[s
     rows = []
     seeds = uniform_seeds(setup.chain.space)[: max(1, args.sampler_trials // 2)]
     for sampler in args.samplers.split(","):
-        config = dataclasses.replace(request.config, budgets=(Budget("latency_ms", limit),), sampler=sampler,
-                                     trials=args.sampler_trials, seed=args.seed)
+        config = dataclasses.replace(
+            request.config,
+            budgets=(Budget("latency_ms", limit),),
+            sampler=sampler,
+            trials=args.sampler_trials,
+            seed=args.seed,
+        )
         out = folder / sampler
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -378,10 +472,23 @@ def compare_samplers(args, setup, request, limit: float, folder: Path) -> dict[s
         done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         feasible = [t for t in done if is_feasible(t)]
         points = [(float(t.values[0]), float(t.values[1])) for t in feasible]
-        rows.append({"sampler": sampler, "hypervolume": hypervolume(points, limit), "feasible": len(feasible),
-                     "complete": len(done), "best_accuracy": 100 * max((p[0] for p in points), default=float("nan")),
-                     "time_s": time.perf_counter() - t0})
+        rows.append(
+            {
+                "sampler": sampler,
+                "hypervolume": hypervolume(points, limit),
+                "feasible": len(feasible),
+                "complete": len(done),
+                "best_accuracy": 100 * max((p[0] for p in points), default=float("nan")),
+                "time_s": time.perf_counter() - t0,
+            }
+        )
         print(f"  {sampler}: hypervolume {rows[-1]['hypervolume']:.4f}", flush=True)
     best = max(rows, key=lambda r: r["hypervolume"])["sampler"]
-    return {"runtime": setup.runtime, "budget_ms": limit, "trials": args.sampler_trials, "seeds": len(seeds),
-            "rows": rows, "best": best}
+    return {
+        "runtime": setup.runtime,
+        "budget_ms": limit,
+        "trials": args.sampler_trials,
+        "seeds": len(seeds),
+        "rows": rows,
+        "best": best,
+    }
