@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -90,7 +91,19 @@ def test_same_seed_proposes_the_same_assignments(tmp_path):
     assert [t.params for t in first.trials] != [t.params for t in other.trials]
 
 
-@pytest.mark.parametrize(("sampler", "trials"), [("tpe", 24), ("nsga2", 24), ("gp", 16)])
+@pytest.mark.parametrize(
+    ("sampler", "trials"),
+    [
+        ("tpe", 24),
+        ("gp", 16),
+        # NSGA-II reads constraints like NSGA-III, by constrained domination; about 15 s more
+        pytest.param(
+            "nsga2",
+            24,
+            marks=pytest.mark.skipif(not os.environ.get("REPFX_ALL_SAMPLERS"), reason="set REPFX_ALL_SAMPLERS=1"),
+        ),
+    ],
+)
 def test_tight_budget_makes_the_sampler_propose_mostly_feasible_trials(tmp_path, sampler, trials):
     # latency_ms <= 2 holds for 13 of the fake space's 54 assignments (24 %): a sampler that ignored the
     # constraint would meet it about that often; the later half of a constrained search meets it far more
