@@ -122,19 +122,19 @@ class LatencyTable:
         """Write the table (merged with entries another process saved meanwhile), atomically; a no-op if unchanged."""
         if not self._unsaved:
             return
-        merged = {**_read(self.path, quiet=True), **self.entries}
-        doc = {
-            "format": _FORMAT,
-            "runtime": RUNTIME,
-            "runtime_version": self.version,
-            "threads": self.threads,
-            "entries": merged,
-        }
-        with atomic_file(self.path) as tmp:
-            # strict JSON: a NaN figure is written as null (and that entry is measured again when read)
-            tmp.write_text(strict_json.dumps(doc, indent=1, sort_keys=True))
-        self.entries = merged
+        header = {"format": _FORMAT, "runtime": RUNTIME, "runtime_version": self.version, "threads": self.threads}
+        self.entries = write_table(self.path, header, self.entries)
         self._unsaved = 0
+
+
+def write_table(path: Path, header: dict, entries: dict[str, dict]) -> dict[str, dict]:
+    """Write a latency table at ``path``: ``header`` and ``entries`` merged over the entries another process
+    saved there meanwhile (ours win), atomically, as strict JSON (a NaN figure is written as null, and that
+    entry is measured again when read). Returns the merged entries."""
+    merged = {**_read(path, quiet=True), **entries}
+    with atomic_file(path) as tmp:
+        tmp.write_text(strict_json.dumps({**header, "entries": merged}, indent=1, sort_keys=True))
+    return merged
 
 
 def l2_cache_bytes() -> int:

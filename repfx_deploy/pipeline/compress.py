@@ -28,7 +28,7 @@ from repfx_deploy.pipeline.artifacts import (
     relative_paths,
     relativize_manifest,
 )
-from repfx_deploy.pipeline.data import RecipeData, load_data, load_torch_model
+from repfx_deploy.pipeline.data import RecipeData, load_data, load_torch_model, pass_context
 from repfx_deploy.pipeline.evaluate import EvalData, Evaluation, evaluate, run_all
 from repfx_deploy.recipe import Recipe, dump_recipe
 from repfx_deploy.targets import get_profile, resolve_threads, resolve_tvm_target
@@ -132,7 +132,6 @@ def _runtimes(profile, art: Artifacts, rpc: RpcConfig | None) -> tuple[str, ...]
 def compress(request: CompressRequest) -> dict:
     """Run the whole job; returns the report (also written to ``out_dir/report.json``)."""
     from repfx_deploy.analyze.torch_stats import torch_stats
-    from repfx_deploy.passes.protocol import PassContext
     from repfx_deploy.passes.registry import run_passes
     from repfx_deploy.report.writer import write_report
 
@@ -159,14 +158,7 @@ def compress(request: CompressRequest) -> dict:
     fid_inputs, fid_source = _fidelity_inputs(loaded, data)
     reference = run_all(torch_runner, fid_inputs)
 
-    context = PassContext(
-        input_specs=loaded.input_specs,
-        profile=profile,
-        calibration=data.calibration,
-        train=data.train,
-        reference=original,
-        artifact_checks=True,
-    )
+    context = pass_context(loaded, profile, data, reference=original)
     log.info("applying %d pass(es)", len(recipe.passes))
     # passes never change the module they are given, so the original stays the reference
     run = run_passes(original, recipe.passes, context)

@@ -14,8 +14,10 @@ if TYPE_CHECKING:
 
     from repfx_deploy.data.datasets import Dataset
     from repfx_deploy.ingest.loader import LoadedModel, LoadOptions
+    from repfx_deploy.passes.protocol import PassContext
     from repfx_deploy.recipe import Recipe
     from repfx_deploy.spec import InputSpec
+    from repfx_deploy.targets import TargetProfile
 
 log = logging.getLogger("repfx_deploy.pipeline")
 
@@ -77,6 +79,22 @@ def load_data(recipe: Recipe, loaded: LoadedModel) -> RecipeData:
             if classes is not None and dataset.y is not None:
                 check_labels_fit(dataset.y, classes, dataset.source, dataset.positions)
     return RecipeData(calibration, evaluation, train)
+
+
+def pass_context(loaded: LoadedModel, profile: TargetProfile, data: RecipeData, reference: Any = None) -> PassContext:
+    """The context compress, space and search give the recipe's passes: the model's signature, the profile, the
+    recipe's data, the model before any pass as the teacher (``reference``, default the loaded module), and
+    ``artifact_checks`` on, since each of them exports and checks the result itself."""
+    from repfx_deploy.passes.protocol import PassContext
+
+    return PassContext(
+        input_specs=loaded.input_specs,
+        profile=profile,
+        calibration=data.calibration,
+        train=data.train,
+        reference=loaded.module if reference is None else reference,
+        artifact_checks=True,
+    )
 
 
 def output_classes(module: Any, specs: tuple[InputSpec, ...]) -> int | None:

@@ -113,8 +113,7 @@ def uniform_seeds(space: RecipeSpace, fractions: Sequence[float] = SEED_FRACTION
 def prepare_search(request: SearchRequest) -> SearchSetup:
     """Load the model, the recipe's data and the target; prepare the passes once; build the scorer."""
     from repfx_deploy.passes.chain import prepare_chain
-    from repfx_deploy.passes.protocol import PassContext
-    from repfx_deploy.pipeline.data import load_data, load_torch_model
+    from repfx_deploy.pipeline.data import load_data, load_torch_model, pass_context
     from repfx_deploy.search.predictor import TieredPredictor, choose_runtime
     from repfx_deploy.search.proxy import ProxyData
     from repfx_deploy.search.scorer import CandidateScorer
@@ -137,14 +136,7 @@ def prepare_search(request: SearchRequest) -> SearchSetup:
     data = load_data(recipe, loaded)
     proxy = ProxyData.from_recipe_data(data, config.bn_samples, config.holdout_samples, config.seed)
     assert loaded.module is not None
-    context = PassContext(
-        input_specs=loaded.input_specs,
-        profile=profile,
-        calibration=data.calibration,
-        train=data.train,
-        reference=loaded.module,
-        artifact_checks=True,
-    )
+    context = pass_context(loaded, profile, data)
     log.info("preparing %d pass(es) once for the search", len(recipe.passes))
     chain = prepare_chain(loaded.module, recipe.passes, context)
     predictor = TieredPredictor(profile, runtime, loaded.input_specs, threads=threads, rpc=rpc, timing=request.timing)

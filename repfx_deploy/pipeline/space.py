@@ -28,8 +28,7 @@ def recipe_space(request: SpaceRequest) -> dict[str, Any]:
     once per pass, on the module the earlier passes make at their defaults.
     """
     from repfx_deploy.passes.chain import prepare_chain
-    from repfx_deploy.passes.protocol import PassContext
-    from repfx_deploy.pipeline.data import load_data, load_torch_model
+    from repfx_deploy.pipeline.data import load_data, load_torch_model, pass_context
 
     recipe = request.recipe
     if not recipe.passes:
@@ -38,14 +37,7 @@ def recipe_space(request: SpaceRequest) -> dict[str, Any]:
     loaded = load_torch_model(request.model_path, recipe, request.load, "space")
     assert loaded.module is not None  # load_torch_model refuses a model without one
     data = load_data(recipe, loaded)
-    context = PassContext(
-        input_specs=loaded.input_specs,
-        profile=profile,
-        calibration=data.calibration,
-        train=data.train,
-        reference=loaded.module,
-        artifact_checks=True,
-    )
+    context = pass_context(loaded, profile, data)
     chain = prepare_chain(loaded.module, recipe.passes, context)
     return {
         "model": str(loaded.path),

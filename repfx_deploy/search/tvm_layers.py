@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repfx_deploy.atomic import atomic_file
 from repfx_deploy.errors import CompileError
-from repfx_deploy.report import strict_json
 
 if TYPE_CHECKING:
     import onnx
@@ -267,23 +265,19 @@ class TvmKernelTable:
 
     def save(self) -> None:
         """Write the table (merged with entries another process saved meanwhile), atomically; a no-op if unchanged."""
-        from repfx_deploy.estimate.lut import _read
+        from repfx_deploy.estimate.lut import write_table
 
         if not self._unsaved:
             return
-        merged = {**_read(self.path, quiet=True), **self.entries}
-        doc = {
+        header = {
             "format": _FORMAT,
             "runtime": RUNTIME,
             "runtime_version": self.version,
             "target": self.target,
             "threads": self.threads,
             "tuning_db": str(self.tuning_db),
-            "entries": merged,
         }
-        with atomic_file(self.path) as tmp:
-            tmp.write_text(strict_json.dumps(doc, indent=1, sort_keys=True))
-        self.entries = merged
+        self.entries = write_table(self.path, header, self.entries)
         self._unsaved = 0
 
 
