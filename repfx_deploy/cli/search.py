@@ -51,7 +51,9 @@ def parse_duration(text: str) -> float:
 @handle_errors
 def search(
     model: Annotated[Path, typer.Argument(help="The trained PyTorch model the recipe compresses.")],
-    recipe: Annotated[Path, typer.Option("--recipe", help="Recipe TOML: the knobs of its passes are the space searched.")],
+    recipe: Annotated[
+        Path, typer.Option("--recipe", help="Recipe TOML: the knobs of its passes are the space searched.")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Search folder (a rerun on it resumes).")] = Path(
         "repfx-search"
     ),
