@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -253,7 +254,10 @@ def _document(
     ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     fresh = [t for t in complete if "cached_from" not in t.user_attrs]
-    details = [t.user_attrs.get("details") or {} for t in fresh]
+    # the time split is of this run's wall time, so it sums the trials this run started (a resumed study also
+    # holds the earlier runs'); Optuna stamps trials with naive local time
+    since = datetime.now() - timedelta(seconds=time.perf_counter() - started)
+    details = [t.user_attrs.get("details") or {} for t in fresh if t.datetime_start and t.datetime_start >= since]
     predictor_time = getattr(setup.predictor, "time_s", {})
     notes = list(setup.notes)
     if setup.proxy.pool == "train":
