@@ -110,24 +110,15 @@ def write_partial_report(request: SearchRequest, setup: SearchSetup, study: optu
 
 
 def _write(out_dir: Path, report: dict[str, Any], trials: Sequence[FrozenTrial], recipe_toml: str | None) -> None:
+    from repfx_deploy.search.config import Budget
     from repfx_deploy.search.front import completed
     from repfx_deploy.search.report import trial_record, write_search_report
 
-    budgets = [_Budget(b["metric"], b["limit"]) for b in report["budgets"]]
+    budgets = [Budget(b["metric"], float(b["limit"])) for b in report["budgets"]]
     points = [trial_record(t, budgets) for t in completed(trials)]
     report["artifacts"] = write_search_report(out_dir, report, points=points, recipe_toml=recipe_toml)
     if report.get("chosen"):
         report["artifacts"]["best"] = BEST
-
-
-class _Budget:
-    """A budget as the report stores it, for ``trial_record`` (``search.config.Budget`` validates the user's)."""
-
-    def __init__(self, metric: str, limit: float) -> None:
-        self.metric, self.limit = metric, float(limit)
-
-    def violation(self, value: float) -> float:
-        return (float(value) - self.limit) / self.limit
 
 
 def _ship(

@@ -1,12 +1,11 @@
 """The Pareto front of hand-made trials: feasibility from stored constraints and from measurements, and the
 trials nearest the front."""
 
-from dataclasses import dataclass
-
 import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
+from repfx_deploy.search.config import Budget
 from repfx_deploy.search.front import (
     MEASURED_LATENCY,
     dominates,
@@ -15,15 +14,6 @@ from repfx_deploy.search.front import (
     nearest_to_front,
     pareto_front,
 )
-
-
-@dataclass(frozen=True)
-class _Budget:
-    metric: str
-    limit: float
-
-    def violation(self, value: float) -> float:
-        return (value - self.limit) / self.limit
 
 
 def _trial(number, accuracy, latency, *, width=None, state=TrialState.COMPLETE, constraints=None, **user_attrs):
@@ -70,7 +60,7 @@ def test_pareto_front_uses_measured_latency_when_asked():
 
 
 def test_judged_feasible_uses_the_measurement_over_the_stored_estimate():
-    budget = _Budget("latency_ms", 4.0)
+    budget = Budget("latency_ms", 4.0)
     predicted_ok_measured_over = _trial(0, 0.9, 3.5, constraints={"latency_ms": -0.125}, **{MEASURED_LATENCY: 4.4})
     predicted_over_measured_ok = _trial(1, 0.9, 4.5, constraints={"latency_ms": 0.125}, **{MEASURED_LATENCY: 3.9})
     assert not judged_feasible(predicted_ok_measured_over, [budget])
@@ -81,7 +71,7 @@ def test_judged_feasible_uses_the_measurement_over_the_stored_estimate():
 
 
 def test_judged_feasible_falls_back_to_the_stored_constraint_without_the_figure():
-    budget = _Budget("size_bytes", 1000.0)
+    budget = Budget("size_bytes", 1000.0)
     assert not judged_feasible(_trial(0, 0.9, 3.0, constraints={"size_bytes": 0.5}), [budget])
     assert judged_feasible(_trial(1, 0.9, 3.0, size_bytes=900), [budget])
     assert not judged_feasible(_trial(2, 0.9, 3.0, size_bytes=1100), [budget])
@@ -140,4 +130,4 @@ def test_a_trial_whose_whole_model_failed_to_build_is_never_on_the_front():
     trials = [_trial(0, 0.9, 10.0), _trial(1, 0.8, 5.0)]
     marked = with_measurements(trials, {1: {"latency_ms": None, "error": "CompileError: no kernel"}})
     assert [t.number for t in pareto_front(marked)] == [0]
-    assert [t.number for t in pareto_front(marked, budgets=[_Budget("latency_ms", 100.0)])] == [0]
+    assert [t.number for t in pareto_front(marked, budgets=[Budget("latency_ms", 100.0)])] == [0]

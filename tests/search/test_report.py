@@ -2,24 +2,15 @@
 
 import json
 import struct
-from dataclasses import dataclass
 
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
+from repfx_deploy.search.config import Budget
 from repfx_deploy.search.front import MEASURED_LATENCY, MEASURED_SOURCE
 from repfx_deploy.search.report import render_search_markdown, trial_record, write_search_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class _Budget:
-    metric: str
-    limit: float
-
-    def violation(self, value: float) -> float:
-        return (value - self.limit) / self.limit
 
 
 def _record(number, accuracy, latency, measured=None, **extra):
@@ -149,7 +140,7 @@ def test_trial_record_carries_the_measurement_and_the_budget_judged_on_it():
         constraints={"latency_ms": -0.125},
         user_attrs={MEASURED_LATENCY: 4.4, MEASURED_SOURCE: "measured-local", "size_bytes": 123},
     )
-    record = trial_record(trial, [_Budget("latency_ms", 4.0)])
+    record = trial_record(trial, [Budget("latency_ms", 4.0)])
     assert record["assignment"] == {"prune/conv": 4} and record["size_bytes"] == 123
     assert record["measured_latency_ms"] == 4.4 and record["feasible"] is False
     assert abs(record["violations"]["latency_ms"] - 0.1) < 1e-9
