@@ -11,11 +11,15 @@ A tracker with a token needs it in ``REPFX_RPC_TOKEN_FILE`` (or ``REPFX_RPC_TOKE
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repfx_deploy.compile.manifest import is_artifact, read_manifest
 from repfx_deploy.data.tensors import random_inputs
 from repfx_deploy.ingest.loader import load_model
 from repfx_deploy.targets import TargetProfile
+
+if TYPE_CHECKING:
+    from repfx_deploy.measure.rpc.remote import RpcConfig
 
 VERIFY_SAMPLES = 4
 
@@ -25,11 +29,22 @@ def device_key(profile: TargetProfile, rpc_key: str | None) -> str:
     return rpc_key or profile.rpc_key or profile.name
 
 
+def device_config(profile: TargetProfile, rpc: str, rpc_key: str | None, threads: int) -> RpcConfig:
+    """The session settings for ``--rpc HOST:PORT`` (``device_key`` names the device); the tracker is asked now
+    for a device of that key, so a wrong tracker or key fails before minutes of compiling."""
+    from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
+    from repfx_deploy.measure.rpc.remote import RpcConfig
+    from repfx_deploy.measure.rpc.tracker import check_device
+
+    endpoint = RpcEndpoint.parse(rpc)
+    config = RpcConfig(endpoint, device_key(profile, rpc_key), threads=threads)
+    check_device(endpoint, config.key)
+    return config
+
+
 def bench_on_device(request, profile: TargetProfile) -> dict:
     """``bench`` for ``request.rpc`` (a ``pipeline.bench.BenchRequest``): see the module docstring."""
-    from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-    from repfx_deploy.measure.rpc.remote import RUNTIME, RpcConfig
-    from repfx_deploy.measure.rpc.tracker import check_device
+    from repfx_deploy.measure.rpc.remote import RUNTIME
     from repfx_deploy.pipeline.evaluate import Deployable, EvalData, evaluate
     from repfx_deploy.pipeline.latency import check_rpc_target
 
@@ -38,9 +53,7 @@ def bench_on_device(request, profile: TargetProfile) -> dict:
     check_rpc_target(
         profile, request.runtimes, compiles=model is None
     )  # a compiled folder is the user's to have linked
-    endpoint = RpcEndpoint.parse(request.rpc)
-    config = RpcConfig(endpoint, device_key(profile, request.rpc_key), threads=request.threads or profile.threads)
-    check_device(endpoint, config.key)  # a wrong tracker or key fails before minutes of compiling
+    config = device_config(profile, request.rpc, request.rpc_key, request.threads or profile.threads)
     if model is None:
         loaded = load_model(source, request.load)
         model = Deployable(module=loaded.module, onnx_path=loaded.onnx_path, input_specs=loaded.input_specs)
@@ -67,7 +80,7 @@ def bench_on_device(request, profile: TargetProfile) -> dict:
         "inputs": [s.to_dict() for s in specs],
         # every server the artifact was tried on, in order: those that dropped (killed, gone), then the one that
         # measured it; a finished measurement is never redone, the rest moves to another server of the key
-        "rpc": {"tracker": str(endpoint), "key": config.key, "servers": record["servers"]},
+        "rpc": {"tracker": str(config.endpoint), "key": config.key, "servers": record["servers"]},
         "device": record["device"],
         "emulated": record["emulated"],
         "results": {RUNTIME: record},

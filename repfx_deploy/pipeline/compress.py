@@ -98,10 +98,7 @@ def _rpc_config(request: CompressRequest, profile, threads: int) -> RpcConfig | 
     the passes and the compile."""
     if request.rpc is None:
         return None
-    from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-    from repfx_deploy.measure.rpc.remote import RpcConfig
-    from repfx_deploy.measure.rpc.tracker import check_device
-    from repfx_deploy.pipeline.bench_rpc import device_key
+    from repfx_deploy.pipeline.bench_rpc import device_config
     from repfx_deploy.pipeline.latency import check_rpc_target
 
     if "tvm" not in profile.runtimes or not request.compile_tvm:
@@ -110,10 +107,7 @@ def _rpc_config(request: CompressRequest, profile, threads: int) -> RpcConfig | 
             "Drop --rpc, or use a target whose runtimes include tvm.",
         )
     check_rpc_target(profile, ("tvm",))
-    endpoint = RpcEndpoint.parse(request.rpc)
-    config = RpcConfig(endpoint, device_key(profile, request.rpc_key), threads=threads)
-    check_device(endpoint, config.key)
-    return config
+    return device_config(profile, request.rpc, request.rpc_key, threads)
 
 
 def _runtimes(profile, art: Artifacts, rpc: RpcConfig | None) -> tuple[str, ...]:

@@ -149,10 +149,7 @@ def _rpc_config(request: SearchRequest, profile: TargetProfile, runtime: str, th
     if request.rpc is None:
         return None
     from repfx_deploy.errors import InputError
-    from repfx_deploy.measure.rpc.endpoint import RpcEndpoint
-    from repfx_deploy.measure.rpc.remote import RpcConfig
-    from repfx_deploy.measure.rpc.tracker import check_device
-    from repfx_deploy.pipeline.bench_rpc import device_key
+    from repfx_deploy.pipeline.bench_rpc import device_config
     from repfx_deploy.pipeline.latency import check_rpc_target
 
     if runtime != "tvm":
@@ -161,10 +158,7 @@ def _rpc_config(request: SearchRequest, profile: TargetProfile, runtime: str, th
             "Drop --rpc, or search with --runtime tvm on a target whose runtimes include tvm.",
         )
     check_rpc_target(profile, ("tvm",))
-    endpoint = RpcEndpoint.parse(request.rpc)
-    config = RpcConfig(endpoint, device_key(profile, request.rpc_key), threads=threads)
-    check_device(endpoint, config.key)
-    return config
+    return device_config(profile, request.rpc, request.rpc_key, threads)
 
 
 def check_search_folder(out_dir: Path) -> None:
